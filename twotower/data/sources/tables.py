@@ -1,0 +1,77 @@
+"""Your own interactions/users/items tables from parquet or csv, columns named in the data YAML."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from twotower.data.tables import ITEM, SPLIT, SPLITS, TIME, USER, Tables, read_table, require_columns
+
+
+class TableSource:
+    """Reads interactions plus optional users/items tables.
+
+    Args:
+        interactions: one file (or parquet directory) of all interactions, or ``None`` when a
+            predefined split is given as ``train``/``val``/``test`` files.
+        users, items: tables keyed by ``user_id`` / ``item_id``; when absent, the ids seen in the
+            interactions form a table with no other columns.
+        user_id, item_id, timestamp, split: column names in your files (renamed to the standard ones).
+        train, val, test: a predefined split as separate interaction files.
+    """
+
+    def __init__(
+        self,
+        interactions: str | None = None,
+        users: str | None = None,
+        items: str | None = None,
+        user_id: str = USER,
+        item_id: str = ITEM,
+        timestamp: str | None = None,
+        split: str | None = None,
+        train: str | None = None,
+        val: str | None = None,
+        test: str | None = None,
+    ):
+        split_files = {"train": train, "val": val, "test": test}
+        if interactions is None and not all(split_files.values()):
+            raise ValueError("give either 'interactions' or all of 'train', 'val' and 'test' interaction files")
+        if interactions is not None and any(split_files.values()):
+            raise ValueError("give either 'interactions' or 'train'/'val'/'test' files, not both")
+        self.interactions, self.split_files = interactions, split_files
+        self.users, self.items = users, items
+        self.columns = {user_id: USER, item_id: ITEM}
+        if timestamp:
+            self.columns[timestamp] = TIME
+        if split:
+            self.columns[split] = SPLIT
+
+    def load(self) -> Tables:
+        if self.interactions is not None:
+            interactions = self._read_interactions(self.interactions)
+            name = str(self.interactions)
+        else:
+            parts = []
+            for part in SPLITS:
+                frame = self._read_interactions(self.split_files[part])
+                parts.append(frame.assign(**{SPLIT: part}))
+            interactions = pd.concat(parts, ignore_index=True)
+            name = "interactions (" + ", ".join(str(self.split_files[p]) for p in SPLITS) + ")"
+        users = self._read_entities(self.users, {k: v for k, v in self.columns.items() if v == USER}, interactions[USER])
+        items = self._read_entities(self.items, {k: v for k, v in self.columns.items() if v == ITEM}, interactions[ITEM])
+        names = {"interactions": name, "users": str(self.users or "users (from interactions)"), "items": str(self.items or "items (from interactions)")}
+        return Tables(interactions, users, items, names).validate()
+
+    def _read_interactions(self, path: str) -> pd.DataFrame:
+        frame = read_table(path)
+        require_columns(frame, list(self.columns), str(path))
+        return frame.rename(columns=self.columns)
+
+    @staticmethod
+    def _read_entities(path: str | None, rename: dict[str, str], ids: pd.Series) -> pd.DataFrame:
+        (key,) = rename.values()
+        if path is None:
+            return pd.DataFrame({key: ids.drop_duplicates().reset_index(drop=True)})
+        frame = read_table(Path(path))
+        require_columns(frame, list(rename), str(path))
+        return frame.rename(columns=rename)

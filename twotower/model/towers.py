@@ -1,0 +1,48 @@
+"""A tower: one encoder per feature, concatenated, an MLP, L2-normalised output."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from twotower.data.store import Features
+from twotower.model.features import build_encoder
+
+
+class Tower(nn.Module):
+    """Encodes a dict of feature tensors into unit vectors.
+
+    Args:
+        features: one dict per input feature: ``name``, ``kind`` and the encoder's arguments
+            (``cardinality``, ``dim``, ``in_dim``, ``options``), as ``build_two_tower`` writes them.
+        hidden_dims: widths of the hidden layers of the MLP.
+        output_dim: size of the output vector.
+        dropout: dropout after each hidden layer.
+        normalize: L2-normalise the output (cosine similarity, as the loss and index expect).
+    """
+
+    def __init__(self, features: Sequence[dict[str, Any]], hidden_dims: Sequence[int] = (256,), output_dim: int = 64, dropout: float = 0.0, normalize: bool = True):
+        super().__init__()
+        self.config = {"features": [dict(f) for f in features], "hidden_dims": list(hidden_dims), "output_dim": output_dim, "dropout": dropout, "normalize": normalize}
+        self.encoders = nn.ModuleDict({
+            f["name"]: build_encoder(f["kind"], f.get("cardinality", 0), f.get("dim", 32), f.get("in_dim", 1), **f.get("options", {}))
+            for f in features
+        })
+        layers: list[nn.Module] = []
+        width = sum(e.out_dim for e in self.encoders.values())
+        for hidden in hidden_dims:
+            layers += [nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout)]
+            width = hidden
+        layers.append(nn.Linear(width, output_dim))
+        self.mlp = nn.Sequential(*layers)
+        self.normalize, self.output_dim = normalize, output_dim
+
+    def forward(self, features: Features) -> torch.Tensor:
+        missing = [name for name in self.encoders if name not in features]
+        if missing:
+            raise KeyError(f"tower inputs lack feature(s) {missing} (given: {sorted(features)})")
+        x = torch.cat([encoder(features[name]) for name, encoder in self.encoders.items()], dim=-1)
+        x = self.mlp(x)
+        return F.normalize(x, dim=-1) if self.normalize else x

@@ -1,0 +1,138 @@
+"""The LightningModule: in-batch softmax training and full-catalogue evaluation."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from twotower.data.store import Batch, EvalBatch
+from twotower.losses import in_batch_softmax_loss
+from twotower.metrics import RetrievalMetrics
+from twotower.model.two_tower import TwoTower
+
+
+class TwoTowerModule(pl.LightningModule):
+    """Trains a ``TwoTower`` and evaluates it by ranking the whole catalogue for each user.
+
+    Args:
+        model: the towers.
+        optimizer: ``partial(torch.optim.X, lr=...)``, called with the parameters.
+        temperature: softmax temperature (initial value when ``learn_temperature``).
+        learn_temperature: learn the temperature (kept at or above ``min_temperature``).
+        logq_weight: weight of the logQ sampling-bias correction (0 = none).
+        mask_accidental_hits: a candidate equal to the row's positive is not its negative.
+        mask_same_user: another positive of the same user in the batch is not its negative.
+        ks: metric cut-offs; metrics are logged as ``val/recall@20`` etc.
+        lr_schedule: ``constant`` or ``cosine`` (per step, to 0 at the end of training).
+        warmup_steps: linear learning-rate warm-up steps.
+        catalogue_chunk: items encoded at once when encoding the catalogue.
+    """
+
+    def __init__(
+        self,
+        model: TwoTower,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        temperature: float = 0.05,
+        learn_temperature: bool = False,
+        min_temperature: float = 0.01,
+        logq_weight: float = 1.0,
+        mask_accidental_hits: bool = True,
+        mask_same_user: bool = True,
+        ks: Sequence[int] = (10, 20, 50, 100),
+        lr_schedule: str = "constant",
+        warmup_steps: int = 0,
+        catalogue_chunk: int = 65536,
+    ):
+        super().__init__()
+        if lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule '{lr_schedule}' is not one of constant, cosine")
+        if temperature <= 0:
+            raise ValueError(f"temperature={temperature} must be positive")
+        self.save_hyperparameters(ignore=["model", "optimizer"])
+        self.model, self.optimizer_factory = model, optimizer
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)), requires_grad=learn_temperature)
+        self.val_metrics = RetrievalMetrics(ks)
+        self.test_metrics = RetrievalMetrics(ks)
+        self._catalogue: torch.Tensor | None = None
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.log_temperature.exp().clamp(min=self.hparams.min_temperature)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        query = self.model.encode_query(batch.query)  # (B, D)
+        candidate = self.model.encode_candidate(batch.candidate)  # (B, D)
+        loss = in_batch_softmax_loss(
+            query,
+            candidate,
+            self.temperature,
+            log_q=batch.log_q if self.hparams.logq_weight else None,
+            candidate_ids=batch.candidate_ids if self.hparams.mask_accidental_hits else None,
+            query_ids=batch.query_ids if self.hparams.mask_same_user else None,
+            logq_weight=self.hparams.logq_weight,
+        )
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch))
+        if self.hparams.learn_temperature:
+            self.log("train/temperature", self.temperature, on_step=False, on_epoch=True, batch_size=len(batch))
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        if self.hparams.lr_schedule == "constant" and not self.hparams.warmup_steps:
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = self.hparams.warmup_steps
+        cosine = self.hparams.lr_schedule == "cosine"
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if not cosine:
+                return 1.0
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ full-catalogue evaluation
+    @torch.no_grad()
+    def encode_catalogue(self) -> torch.Tensor:
+        """(n_items, D) vectors of every item in the datamodule's catalogue."""
+        chunks = [self.model.encode_candidate(features) for features in self.trainer.datamodule.catalogue(self.hparams.catalogue_chunk)]
+        return torch.cat(chunks)
+
+    def rank(self, batch: EvalBatch, k: int) -> torch.Tensor:
+        """Top-k item rows per user (U, k) over the whole catalogue, the user's known items excluded."""
+        scores = self.model.encode_query(batch.query) @ self._catalogue.T  # (U, n_items)
+        scores[batch.exclude[0], batch.exclude[1]] = float("-inf")
+        return scores.topk(min(k, scores.shape[1]), dim=1).indices
+
+    def on_validation_epoch_start(self) -> None:
+        self._catalogue = self.encode_catalogue()
+
+    def on_test_epoch_start(self) -> None:
+        self._catalogue = self.encode_catalogue()
+
+    def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
+        self.val_metrics.update(self.rank(batch, max(self.val_metrics.ks)), batch.targets, self._catalogue.shape[0])
+
+    def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
+        self.test_metrics.update(self.rank(batch, max(self.test_metrics.ks)), batch.targets, self._catalogue.shape[0])
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val", self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test", self.test_metrics)
+
+    def _log_metrics(self, split: str, metrics: RetrievalMetrics) -> None:
+        values = metrics.compute()  # already reduced across processes
+        metrics.reset()
+        self._catalogue = None
+        for name, value in values.items():
+            self.log(f"{split}/{name}", value, prog_bar=name in ("recall@20", "ndcg@10"))

@@ -1,0 +1,63 @@
+"""``train(cfg)``: the whole training job from a composed Hydra config, callable without the CLI."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from twotower.module import TwoTowerModule
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fit, validate each epoch, and test the best checkpoint.
+
+    Returns:
+        metrics: every logged ``train/``, ``val/`` and ``test/`` value as floats.
+        objects: ``datamodule``, ``module``, ``trainer``, and ``best_checkpoint`` (a path or None).
+    """
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")  # fitted vocabularies size the towers; raises on bad input before any training
+    model = instantiate(cfg.model)(preprocessor=datamodule.preprocessor)
+    options = {**OmegaConf.to_container(cfg.loss, resolve=True), **OmegaConf.to_container(cfg.module, resolve=True)}
+    module = TwoTowerModule(model=model, optimizer=instantiate(cfg.optimizer), **options)
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
+    if cfg.test:
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+    _report(metrics, cfg.module.ks)
+    return metrics, {"datamodule": datamodule, "module": module, "trainer": trainer, "best_checkpoint": best or None}
+
+
+def _resume_path(cfg: DictConfig) -> str | None:
+    if cfg.ckpt_path == "last":
+        path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        return str(path) if path.exists() else None
+    return cfg.ckpt_path
+
+
+def _report(metrics: dict[str, float], ks: list[int]) -> None:
+    """One small table of validation and test metrics on stdout."""
+    names = ["recall", "ndcg", "map", "mrr", "precision", "hitrate"]
+    rows = []
+    for split in ("val", "test"):
+        for k in ks:
+            values = [metrics.get(f"{split}/{n}@{k}") for n in names]
+            if any(v is not None for v in values):
+                rows.append(f"{split:5s} @{k:<4d} " + " ".join(f"{v:9.4f}" if v is not None else f"{'-':>9s}" for v in values))
+    if rows:
+        print("split  k     " + " ".join(f"{n:>9s}" for n in names))
+        print("\n".join(rows))
