@@ -57,10 +57,20 @@ class TwoTowerModule(pl.LightningModule):
         self.val_metrics = RetrievalMetrics(ks)
         self.test_metrics = RetrievalMetrics(ks)
         self._catalogue: torch.Tensor | None = None
+        # The resolved run config, stored in checkpoints so export can rebuild data and towers.
+        self.run_config: dict[str, Any] | None = None
 
     @property
     def temperature(self) -> torch.Tensor:
         return self.log_temperature.exp().clamp(min=self.hparams.min_temperature)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Everything export needs besides the weights: tower config, fitted features, run config."""
+        checkpoint["twotower"] = {
+            "model_config": self.model.config,
+            "preprocessor": self.trainer.datamodule.preprocessor.to_json(),
+            "run_config": self.run_config,
+        }
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:

@@ -105,7 +105,7 @@ class TwoTowerDataModule(pl.LightningDataModule):
 
         u = torch.from_numpy(self.user_rows.get_indexer(interactions[USER]))
         i = torch.from_numpy(self.item_rows.get_indexer(interactions[ITEM]))
-        part = {p: torch.from_numpy((interactions[SPLIT] == p).to_numpy()) for p in ("train", "val", "test")}
+        part = {p: torch.from_numpy((interactions[SPLIT] == p).to_numpy().copy()) for p in ("train", "val", "test")}
         known_test = part["train"] | part["val"]
         self.train_pairs = torch.stack([u[part["train"]], i[part["train"]]], 1)  # (n_train, 2)
         n_users, n_items = len(self.user_rows), len(self.item_rows)
