@@ -206,6 +206,8 @@ class Retriever:
             found = found[found >= 0]
             if exclude:
                 found = found[~np.isin(found, exclude[q])]
+            if rerank is not None:
+                found = found[: rerank.fetch]  # the index's best rerank.fetch, after exclusions
             vectors = np.asarray(self.item_vectors[found], dtype=np.float32)  # (N, dim)
             exact = vectors @ queries[q]  # exact re-score: the index may approximate (PQ, HNSW)
             if rerank is not None:
