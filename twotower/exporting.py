@@ -179,7 +179,7 @@ def _write_items_table(items: pd.DataFrame, path: Path) -> None:
 
 
 def _training_metrics(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Epoch, step and monitored best score from the checkpoint; last val/test values from the run's CSV log."""
+    """Epoch, step and monitored best score from the checkpoint; its epoch's val values and the test values from the run's CSV log."""
     out: dict[str, Any] = {"epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step")}
     for name, state in checkpoint.get("callbacks", {}).items():
         if name.startswith("ModelCheckpoint") and state.get("best_model_score") is not None:
@@ -187,7 +187,9 @@ def _training_metrics(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     for csv in sorted(run_dir.glob("*/metrics.csv"))[:1]:
         log_frame = pd.read_csv(csv)
+        at_epoch = log_frame[log_frame["epoch"] == out["epoch"]] if "epoch" in log_frame else log_frame
         for column in log_frame.columns:
-            if column.startswith(("val/", "test/")) and log_frame[column].notna().any():
-                out[column] = float(log_frame[column].dropna().iloc[-1])
+            values = (at_epoch if column.startswith("val/") else log_frame)[column].dropna()
+            if column.startswith(("val/", "test/")) and len(values):
+                out[column] = float(values.iloc[-1])
     return out
