@@ -127,7 +127,7 @@ class Retriever:
         if self.history_name is None:
             raise ValueError("the query tower has no history feature; recommend_from_history needs one")
         histories = [item_ids] if not len(item_ids) or not _is_sequence(item_ids[0]) else list(item_ids)
-        histories = [id_keys(pd.Series(list(h), dtype=object)).tolist() for h in histories]
+        histories = [_keys(h) for h in histories]
         features = self._visitor_features(len(histories))
         history = self._history_tensor(histories)
         features[self.history_name] = history
@@ -223,7 +223,7 @@ class Retriever:
         return Recommendations(self.item_ids[order][None], weights[order][None])
 
     def _rows(self, ids: Sequence[Any], lookup: dict[str, int], what: str) -> np.ndarray:
-        keys = id_keys(pd.Series(list(ids), dtype=object)).tolist()
+        keys = _keys(ids)
         unknown = [key for key in keys if key not in lookup]
         if unknown:
             hint = " (recommend_from_history or popular serve visitors without a profile)" if what == "user" else ""
@@ -264,7 +264,7 @@ class Retriever:
         seen = [self._seen_of(r) if r >= 0 else np.zeros(0, dtype=np.int64) for r in known]
         if self.history_name:
             if self.history_name in frame.columns:
-                histories = [id_keys(pd.Series(list(h), dtype=object)).tolist() if _is_sequence(h) else [] for h in frame[self.history_name]]
+                histories = [_keys(h) if _is_sequence(h) else [] for h in frame[self.history_name]]
                 features[self.history_name] = self._history_tensor(histories)
                 seen = [np.union1d(s, [self._item_row[i] for i in h if i in self._item_row]).astype(np.int64) for s, h in zip(seen, histories)]
             else:
@@ -276,6 +276,19 @@ class Retriever:
 def _expect(file: str, what: str, value: Any, other: str, expected: Any) -> None:
     if value != expected:
         raise ArtifactError(f"{file}: {what} {value}, but {other} {expected}")
+
+
+def _keys(values: Sequence[Any]) -> list[str]:
+    """Ids as the string keys ``tables.id_keys`` makes (integral floats lose '.0'), without pandas' per-call cost."""
+    return [_key(v) for v in values]
+
+
+def _key(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _is_sequence(value: Any) -> bool:
