@@ -29,7 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from twotower.data.sources.synthetic import SyntheticSource  # noqa: E402
-from twotower.data.store import CSR  # noqa: E402
 from twotower.exporting import encode  # noqa: E402
 from twotower.index import IndexSpec, build_index, exact_scores_of, exact_search, recall_at, tune  # noqa: E402
 from twotower.retriever import Retriever  # noqa: E402

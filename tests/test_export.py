@@ -10,7 +10,6 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
