@@ -43,10 +43,22 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 
 def _resume_path(cfg: DictConfig) -> str | None:
-    if cfg.ckpt_path == "last":
-        path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-        return str(path) if path.exists() else None
-    return cfg.ckpt_path
+    """``ckpt_path``: a path, null (start fresh), or ``last``: the run directory's newest checkpoint.
+
+    ``last`` picks the newer of ``checkpoints/last.ckpt`` (written every few steps and at each
+    epoch end) and Lightning's ``hpc_ckpt_<n>.ckpt`` (written when SLURM signals a requeue), so a
+    restarted or requeued job in the same run directory continues where it stopped, and a fresh
+    run directory starts fresh.
+    """
+    if cfg.ckpt_path != "last":
+        return cfg.ckpt_path
+    run_dir = Path(cfg.paths.output_dir)
+    found = [p for p in (run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+    if not found:
+        return None
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    log.info("resuming from %s", newest)
+    return str(newest)
 
 
 def _report(metrics: dict[str, float], ks: list[int]) -> None:
