@@ -45,15 +45,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 def _resume_path(cfg: DictConfig) -> str | None:
     """``ckpt_path``: a path, null (start fresh), or ``last``: the run directory's newest checkpoint.
 
-    ``last`` picks the newer of ``checkpoints/last.ckpt`` (written every few steps and at each
-    epoch end) and Lightning's ``hpc_ckpt_<n>.ckpt`` (written when SLURM signals a requeue), so a
-    restarted or requeued job in the same run directory continues where it stopped, and a fresh
-    run directory starts fresh.
+    Every checkpoint holds the whole training state, so the newest one is where training stopped:
+    the step and epoch-end resume points and the best checkpoint in ``checkpoints/``, or
+    Lightning's ``hpc_ckpt_<n>.ckpt`` written when SLURM signals a requeue. A restarted or
+    requeued job in the same run directory continues; a fresh run directory starts fresh.
     """
     if cfg.ckpt_path != "last":
         return cfg.ckpt_path
     run_dir = Path(cfg.paths.output_dir)
-    found = [p for p in (run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+    found = [*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
     if not found:
         return None
     newest = max(found, key=lambda p: p.stat().st_mtime)
