@@ -160,7 +160,7 @@ def test_sweep_runs_as_slurm_jobs(slurm, tmp_path):
     results = job_results(sweep_dir)
     assert [outcome for outcome, _ in results] == ["success", "success"], results
     # Each job returned the sweep's objective and wrote its own metrics, test split included.
-    assert all(0.0 < value <= 1.0 for _, value in results)
+    assert all(0.0 < job.return_value <= 1.0 for _, job in results)
     for job in ("0", "1"):
         header = (sweep_dir / job / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
         assert {"val/recall@20", "test/recall@20"} <= set(header)
