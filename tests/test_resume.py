@@ -9,10 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+# Two training processes, one killed: about a minute; .ci/run runs it.
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 EVERY = 10  # steps between resume points
 EPOCHS = 2
