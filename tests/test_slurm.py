@@ -200,5 +200,8 @@ def test_requeue_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
     final = torch.load(run_dir / "checkpoints" / "resume-epoch.ckpt", map_location="cpu", weights_only=False)
     assert final["global_step"] == epochs * steps_per_epoch()
     assert 0 < signalled_at < final["global_step"]
-    # Steps in the second run = total - steps at the signal: the rerun continued, it did not restart.
-    assert {int(s["step"]) for s in final["optimizer_states"][0]["state"].values()} == {final["global_step"]}
+    # The optimizer state came back: a fresh optimizer would count only the second run's steps.
+    # Lightning saves hpc_ckpt from inside the signal handler, which can land between two
+    # parameters' updates of one optimizer step, so some parameters may count one step more.
+    adam_steps = {int(s["step"]) for s in final["optimizer_states"][0]["state"].values()}
+    assert adam_steps <= {final["global_step"], final["global_step"] + 1} and final["global_step"] in adam_steps
