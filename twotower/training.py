@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_only
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -64,6 +65,7 @@ def _resume_path(cfg: DictConfig) -> str | None:
     return str(newest)
 
 
+@rank_zero_only
 def _report(metrics: dict[str, float], ks: list[int]) -> None:
     """One small table of validation and test metrics on stdout."""
     names = ["recall", "ndcg", "map", "mrr", "precision", "hitrate"]
