@@ -34,7 +34,8 @@ def find_checkpoint(path: str | Path) -> Path:
     """A ``.ckpt`` file as is; for a run directory, the best checkpoint its ModelCheckpoint recorded.
 
     The best path is read from ``checkpoints/last.ckpt`` (and looked up by name in that folder,
-    so a run directory that moved still works); without it, the folder's only other checkpoint.
+    so a run directory that moved still works); without it, the folder's only checkpoint that is
+    not a resume point (``resume-*.ckpt``).
     """
     path = Path(path)
     if path.is_file():
@@ -46,10 +47,11 @@ def find_checkpoint(path: str | Path) -> Path:
     if last.is_file():
         state = torch.load(last, map_location="cpu", weights_only=True)
         for name, callback in state.get("callbacks", {}).items():
-            best = callback.get("best_model_path") if name.startswith("ModelCheckpoint") else None
+            # Only a checkpoint callback that monitors a metric has a best; resume-point callbacks have none.
+            best = callback.get("best_model_path") if name.startswith("ModelCheckpoint") and callback.get("monitor") else None
             if best and (folder / Path(best).name).is_file():
                 return folder / Path(best).name
-    others = sorted(p for p in folder.glob("*.ckpt") if p.name != "last.ckpt")
+    others = sorted(p for p in folder.glob("*.ckpt") if p.name != "last.ckpt" and not p.name.startswith("resume-"))
     if len(others) == 1:
         return others[0]
     if not others and last.is_file():
