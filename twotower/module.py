@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from twotower.beyond_accuracy import BeyondAccuracyMetrics, beyond_accuracy_for_split
 from twotower.data.store import Batch, EvalBatch
 from twotower.losses import in_batch_softmax_loss
 from twotower.metrics import RetrievalMetrics
@@ -29,6 +30,8 @@ class TwoTowerModule(pl.LightningModule):
         lr_schedule: ``constant`` or ``cosine`` (per step, to 0 at the end of training).
         warmup_steps: linear learning-rate warm-up steps.
         catalogue_chunk: items encoded at once when encoding the catalogue.
+        beyond_accuracy_ks: cut-offs of coverage, diversity, novelty, ... (``twotower.beyond_accuracy``),
+            logged as ``val/coverage@20`` etc.; empty = not computed.
     """
 
     def __init__(
@@ -45,6 +48,7 @@ class TwoTowerModule(pl.LightningModule):
         lr_schedule: str = "constant",
         warmup_steps: int = 0,
         catalogue_chunk: int = 65536,
+        beyond_accuracy_ks: Sequence[int] = (10, 20),
     ):
         super().__init__()
         if lr_schedule not in ("constant", "cosine"):
@@ -57,6 +61,8 @@ class TwoTowerModule(pl.LightningModule):
         self.val_metrics = RetrievalMetrics(ks)
         self.test_metrics = RetrievalMetrics(ks)
         self._catalogue: torch.Tensor | None = None
+        # Built from the datamodule's split when an evaluation starts (they need its popularity and activity).
+        self._beyond: dict[str, BeyondAccuracyMetrics] = {}
         # The resolved run config, stored in checkpoints so export can rebuild data and towers.
         self.run_config: dict[str, Any] | None = None
 
@@ -76,6 +82,7 @@ class TwoTowerModule(pl.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         query = self.model.encode_query(batch.query)  # (B, D)
         candidate = self.model.encode_candidate(batch.candidate)  # (B, D)
+        negatives = None if batch.negatives is None else self.model.encode_candidate(batch.negatives)  # (N, D)
         loss = in_batch_softmax_loss(
             query,
             candidate,
@@ -83,6 +90,9 @@ class TwoTowerModule(pl.LightningModule):
             log_q=batch.log_q if self.hparams.logq_weight else None,
             candidate_ids=batch.candidate_ids if self.hparams.mask_accidental_hits else None,
             query_ids=batch.query_ids if self.hparams.mask_same_user else None,
+            negatives=negatives,
+            negatives_log_q=batch.negative_log_q,
+            negative_ids=batch.negative_ids,
             logq_weight=self.hparams.logq_weight,
         )
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch))
@@ -120,19 +130,33 @@ class TwoTowerModule(pl.LightningModule):
         """Top-k item rows per user (U, k) over the whole catalogue, the user's known items excluded."""
         scores = self.model.encode_query(batch.query) @ self._catalogue.T  # (U, n_items)
         scores[batch.exclude[0], batch.exclude[1]] = float("-inf")
+        if batch.candidates is not None:
+            scores[:, ~batch.candidates] = float("-inf")
         return scores.topk(min(k, scores.shape[1]), dim=1).indices
 
     def on_validation_epoch_start(self) -> None:
-        self._catalogue = self.encode_catalogue()
+        self._start_evaluation("val")
 
     def on_test_epoch_start(self) -> None:
+        self._start_evaluation("test")
+
+    def _start_evaluation(self, split: str) -> None:
         self._catalogue = self.encode_catalogue()
+        if self.hparams.beyond_accuracy_ks and split not in self._beyond:
+            self._beyond[split] = beyond_accuracy_for_split(self.trainer.datamodule, split, self.hparams.beyond_accuracy_ks).to(self.device)
 
     def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
-        self.val_metrics.update(self.rank(batch, max(self.val_metrics.ks)), batch.targets, self._catalogue.shape[0])
+        self._evaluate(batch, "val", self.val_metrics)
 
     def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
-        self.test_metrics.update(self.rank(batch, max(self.test_metrics.ks)), batch.targets, self._catalogue.shape[0])
+        self._evaluate(batch, "test", self.test_metrics)
+
+    def _evaluate(self, batch: EvalBatch, split: str, metrics: RetrievalMetrics) -> None:
+        k = max(metrics.ks + list(self.hparams.beyond_accuracy_ks))
+        top = self.rank(batch, k)  # (U, k)
+        metrics.update(top, batch.targets, self._catalogue.shape[0])
+        if split in self._beyond:
+            self._beyond[split].update(top, batch.targets, batch.users, self._catalogue.shape[0], batch.candidates)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", self.val_metrics)
@@ -143,6 +167,9 @@ class TwoTowerModule(pl.LightningModule):
     def _log_metrics(self, split: str, metrics: RetrievalMetrics) -> None:
         values = metrics.compute()  # already reduced across processes
         metrics.reset()
+        if split in self._beyond:
+            values.update(self._beyond[split].compute())
+            self._beyond[split].reset()
         self._catalogue = None
         for name, value in values.items():
             self.log(f"{split}/{name}", value, prog_bar=name in ("recall@20", "ndcg@10"))
