@@ -79,3 +79,12 @@ def test_module_logs_beyond_accuracy_next_to_accuracy(tmp_path):
         assert f"val/{name}" in metrics, sorted(metrics)
     assert 0.0 < metrics["val/coverage@20"] <= 1.0
     assert metrics["val/novelty@20"] > 0.0
+
+
+def test_users_without_history_are_light():
+    metric = BeyondAccuracyMetrics(torch.eye(2), torch.tensor([1, 1]), user_activity=torch.tensor([0, 0]), num_users=2, ks=[1])
+    metric.set_activity_cuts(torch.tensor([0, 1]))
+    metric.update(torch.tensor([[0], [1]]), torch.tensor([[0, 1], [0, 0]]), torch.tensor([0, 1]), num_items=2)
+    values = metric.compute()
+    assert float(values["recall_light@1"]) == pytest.approx(0.5)
+    assert float(values["recall_heavy@1"]) == 0.0

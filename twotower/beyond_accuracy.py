@@ -125,7 +125,8 @@ class BeyondAccuracyMetrics(Metric):
         keep = n_relevant > 0
         top_items, hits, n_relevant, users = top_items[keep], hits[keep], n_relevant[keep], users[keep]
         activity = self.user_activity[users]
-        group_of = torch.bucketize(activity.double(), torch.tensor(self.activity_cuts, dtype=torch.float64, device=activity.device), right=True)  # 0 light, 1 medium, 2 heavy
+        # light: activity <= first cut, medium: <= second cut, heavy: above (users with no history are light).
+        group_of = torch.bucketize(activity.double(), torch.tensor(self.activity_cuts, dtype=torch.float64, device=activity.device))  # 0, 1, 2
         self.users += len(users)
         for g, group in enumerate(ACTIVITY_GROUPS):
             state = getattr(self, f"users_{group}")
