@@ -56,8 +56,8 @@ def config(protocol: str, seed: int, experiment: str | None, overrides: list[str
     return cfg
 
 
-def run_protocol(protocol: str, seed: int, models: list[str], epochs: int | None) -> dict[str, dict[str, float]]:
-    rows: dict[str, dict[str, float]] = {}
+def run_protocol(protocol: str, seed: int, models: list[str], epochs: int | None, rows: dict[str, dict[str, float]], save) -> None:
+    """Fills ``rows`` model by model, calling ``save()`` after each, so a cut-short run keeps what it measured."""
     cfg = config(protocol, seed, None, [])
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
@@ -67,6 +67,7 @@ def run_protocol(protocol: str, seed: int, models: list[str], epochs: int | None
         start = time.perf_counter()
         rows[model.name] = evaluate(model, datamodule, "test", seed=seed) | {"seconds": time.perf_counter() - start}
         print(f"  {protocol:17s} {model.name:24s} R@20 {rows[model.name]['recall@20']:.4f} N@10 {rows[model.name]['ndcg@10']:.4f} ({rows[model.name]['seconds']:.0f}s)", flush=True)
+        save()
     for name, experiment in TWO_TOWER.items():
         if name not in models:
             continue
@@ -76,7 +77,7 @@ def run_protocol(protocol: str, seed: int, models: list[str], epochs: int | None
             metrics, _ = train(config(protocol, seed, experiment, overrides))
         rows[name] = {k.removeprefix("test/"): v for k, v in metrics.items() if k.startswith("test/")} | {"seconds": time.perf_counter() - start}
         print(f"  {protocol:17s} {name:24s} R@20 {rows[name]['recall@20']:.4f} N@10 {rows[name]['ndcg@10']:.4f} ({rows[name]['seconds']:.0f}s)", flush=True)
-    return rows
+        save()
 
 
 def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
@@ -100,22 +101,27 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     start = time.perf_counter()
-    results = {protocol: run_protocol(protocol, args.seed, args.models, args.epochs) for protocol in args.protocols}
-    total = time.perf_counter() - start
     command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
-    text = "\n".join([
-        "# Quality on MovieLens-100K",
-        "",
-        f"Command: `{command.strip()}`; seed {args.seed}; test split, metrics at the best validation checkpoint for the two-tower;",
-        "known (train + val) items excluded; cold-start items rank only the held-out items.",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads; total {total / 60:.1f} min.",
-        "",
-        table(results),
-        "",
-    ])
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+
+    def save() -> str:
+        text = "\n".join([
+            "# Quality on MovieLens-100K",
+            "",
+            f"Command: `{command.strip()}`; seed {args.seed}; test split, metrics at the best validation checkpoint for the two-tower;",
+            "known (train + val) items excluded; cold-start items rank only the held-out items.",
+            f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads; total {(time.perf_counter() - start) / 60:.1f} min.",
+            "",
+            table(results),
+            "",
+        ])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        return text
+
+    for protocol in args.protocols:
+        run_protocol(protocol, args.seed, args.models, args.epochs, results.setdefault(protocol, {}), save)
+    print(save())
 
 
 if __name__ == "__main__":
