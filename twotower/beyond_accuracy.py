@@ -57,8 +57,8 @@ def item_vectors_from_interactions(users: torch.Tensor, items: torch.Tensor, num
 
     Items nobody interacted with get a zero vector (similarity 0 to everything).
     """
-    matrix = torch.sparse_coo_tensor(torch.stack([users, items]), torch.ones(len(users)), (num_users, num_items)).coalesce()
-    matrix = torch.sparse_coo_tensor(matrix.indices(), torch.ones(matrix.indices().shape[1]), matrix.shape).to_dense()  # 0/1
+    matrix = torch.zeros(num_users, num_items)
+    matrix[users, items] = 1.0  # (num_users, num_items), 0/1 even for repeated pairs
     q = min(dim, num_users, num_items)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
