@@ -12,6 +12,7 @@ from twotower.data.store import Batch, EvalBatch
 from twotower.losses import in_batch_softmax_loss
 from twotower.metrics import RetrievalMetrics
 from twotower.model.two_tower import TwoTower
+from twotower.optim import build_optimizer
 
 
 class TwoTowerModule(pl.LightningModule):
@@ -29,6 +30,10 @@ class TwoTowerModule(pl.LightningModule):
         lr_schedule: ``constant`` or ``cosine`` (per step, to 0 at the end of training).
         warmup_steps: linear learning-rate warm-up steps.
         catalogue_chunk: items encoded at once when encoding the catalogue.
+        table_optimizer: ``partial(twotower.optim.RowWiseAdagrad, lr=...)`` or ``partial(torch.optim.SparseAdam, ...)``:
+            embedding tables get sparse gradients and this optimizer, the rest ``optimizer``
+            (None: ``optimizer`` trains everything). See ``twotower.optim``.
+        compile: ``torch.compile`` each tower (kernels fused; the first steps pay the compilation).
     """
 
     def __init__(
@@ -45,14 +50,20 @@ class TwoTowerModule(pl.LightningModule):
         lr_schedule: str = "constant",
         warmup_steps: int = 0,
         catalogue_chunk: int = 65536,
+        table_optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        compile: bool = False,
     ):
         super().__init__()
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule '{lr_schedule}' is not one of constant, cosine")
         if temperature <= 0:
             raise ValueError(f"temperature={temperature} must be positive")
-        self.save_hyperparameters(ignore=["model", "optimizer"])
-        self.model, self.optimizer_factory = model, optimizer
+        self.save_hyperparameters(ignore=["model", "optimizer", "table_optimizer"])
+        self.model, self.optimizer_factory, self.table_optimizer_factory = model, optimizer, table_optimizer
+        if compile:
+            # In place (nn.Module.compile), so parameter names and checkpoints are unchanged.
+            model.query_tower.compile()
+            model.candidate_tower.compile()
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)), requires_grad=learn_temperature)
         self.val_metrics = RetrievalMetrics(ks)
         self.test_metrics = RetrievalMetrics(ks)
@@ -91,7 +102,7 @@ class TwoTowerModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        optimizer = build_optimizer(self, self.optimizer_factory, self.table_optimizer_factory)
         if self.hparams.lr_schedule == "constant" and not self.hparams.warmup_steps:
             return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))
