@@ -141,18 +141,21 @@ def test_combined_optimizer_schedules_and_round_trips_its_state():
         resumed.load_state_dict({"optimizers": saved["optimizers"][:1]})
 
 
-@pytest.mark.parametrize("table_optimizer", [partial(RowWiseAdagrad, lr=0.05), partial(torch.optim.SparseAdam, lr=0.01)], ids=["rowwise_adagrad", "sparse_adam"])
+@pytest.mark.parametrize("table_optimizer", [
+    pytest.param(partial(RowWiseAdagrad, lr=0.05), id="rowwise_adagrad"),
+    pytest.param(partial(torch.optim.SparseAdam, lr=0.01), id="sparse_adam", marks=pytest.mark.slow),
+])
 def test_module_trained_with_a_table_optimizer_learns(table_optimizer):
     torch.manual_seed(0)
     features = {
         "query": [{"name": "user_id", "kind": "id"}, {"name": "segment", "kind": "categorical"}, {"name": "history", "kind": "history", "max_len": 16}],
-        "candidate": [{"name": "item_id", "kind": "id"}, {"name": "genres", "kind": "multi_hot", "separator": "|"}, {"name": "title", "kind": "text"}],
+        "candidate": [{"name": "item_id", "kind": "id"}, {"name": "genres", "kind": "multi_hot", "separator": "|"}],
     }
-    datamodule = TwoTowerDataModule(SyntheticSource(n_users=200, n_items=120, seed=1), features, RandomSplit(test=0.0, val=0.1), batch_size=128)
+    datamodule = TwoTowerDataModule(SyntheticSource(n_users=150, n_items=120, seed=1), features, RandomSplit(test=0.0, val=0.1), batch_size=128)
     datamodule.setup("fit")
     model = build_two_tower(datamodule.preprocessor, embedding_dim=16, hidden_dims=[32], output_dim=16)
     module = TwoTowerModule(model, partial(torch.optim.AdamW, lr=0.01), table_optimizer=table_optimizer, ks=[20])
-    trainer = pl.Trainer(max_epochs=8, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(max_epochs=5, check_val_every_n_epoch=5, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, datamodule=datamodule)
     # log(127 negatives + 1) = 4.85 for a model that learned nothing.
     assert float(trainer.callback_metrics["train/loss_epoch"]) < 4.3
