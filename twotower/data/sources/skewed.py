@@ -12,10 +12,24 @@ distinct genres of ``n_genres``, the first being the primary genre, ``|``-joined
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
 from twotower.data.tables import ITEM, USER, Tables
+
+
+@dataclass
+class SkewedArrays:
+    """The generated tables as 0-based integer codes: per user, per item, and per interaction."""
+
+    segment: np.ndarray  # (n_users,) preferred genre
+    country: np.ndarray  # (n_users,)
+    category: np.ndarray  # (n_items,)
+    genres: np.ndarray  # (n_items, genres_per_item), distinct; column 0 = primary genre
+    users: np.ndarray  # (n_interactions,) user row
+    items: np.ndarray  # (n_interactions,) item row
 
 
 class SkewedSource:
@@ -52,24 +66,27 @@ class SkewedSource:
         self.n_categories, self.n_countries = n_categories, n_countries
         self.item_exponent, self.user_exponent, self.signal, self.seed = item_exponent, user_exponent, signal, seed
 
-    def load(self) -> Tables:
+    def generate(self) -> SkewedArrays:
+        """The tables as integer arrays (0-based codes), for code that needs no DataFrames."""
         rng = np.random.default_rng(self.seed)
         genres = self._item_genres(rng)  # (n_items, genres_per_item); column 0 = primary genre
         segment = rng.integers(0, self.n_genres, self.n_users)
-        users = pd.DataFrame({
-            USER: np.arange(self.n_users),
-            "segment": np.char.add("G", segment.astype(str)),
-            "country": np.char.add("C", _zipf_draws(rng, self.n_countries, 1.0, self.n_users).astype(str)),
-        })
-        genre_names = np.char.add("G", np.arange(self.n_genres).astype(str)).astype(object)
+        country = _zipf_draws(rng, self.n_countries, 1.0, self.n_users)
+        category = _zipf_draws(rng, self.n_categories, 1.0, self.n_items)
+        users = _zipf_draws(rng, self.n_users, self.user_exponent, self.n_interactions)
+        items = self._draw_items(rng, genres[:, 0], segment[users])
+        return SkewedArrays(segment, country, category, genres, users, items)
+
+    def load(self) -> Tables:
+        a = self.generate()
+        users = pd.DataFrame({USER: np.arange(self.n_users), "segment": _names("G", a.segment), "country": _names("C", a.country)})
+        genre_names = _names("G", np.arange(self.n_genres)).astype(object)
         items = pd.DataFrame({
             ITEM: np.arange(self.n_items),
-            "category": np.char.add("K", _zipf_draws(rng, self.n_categories, 1.0, self.n_items).astype(str)),
-            "genres": ["|".join(row) for row in genre_names[genres]],
+            "category": _names("K", a.category),
+            "genres": ["|".join(row) for row in genre_names[a.genres]],
         })
-        interaction_users = _zipf_draws(rng, self.n_users, self.user_exponent, self.n_interactions)
-        interaction_items = self._draw_items(rng, genres[:, 0], segment[interaction_users])
-        interactions = pd.DataFrame({USER: interaction_users, ITEM: interaction_items})
+        interactions = pd.DataFrame({USER: a.users, ITEM: a.items})
         names = {"interactions": "skewed synthetic interactions", "users": "skewed synthetic users", "items": "skewed synthetic items"}
         return Tables(interactions, users, items, names).validate()
 
@@ -106,3 +123,7 @@ def _zipf_draws(rng: np.random.Generator, n: int, exponent: float, size: int) ->
     cdf = np.cumsum(weights)
     ranks = np.minimum(np.searchsorted(cdf, rng.random(size) * cdf[-1], side="right"), n - 1)
     return rng.permutation(n)[ranks]
+
+
+def _names(prefix: str, codes: np.ndarray) -> np.ndarray:
+    return np.char.add(prefix, codes.astype(str))
