@@ -15,6 +15,8 @@ import argparse
 import platform
 import resource
 import time
+import warnings
+from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,7 +27,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-from benchmarks.yardsticks import DeviceData, NaiveModule, PlainTwoTower, naive_loader, raw_evaluation, raw_loop
+from benchmarks.yardsticks import Clock, DeviceData, NaiveModule, PlainTwoTower, naive_loader, raw_evaluation, raw_loop
 from twotower.data import TwoTowerDataModule
 from twotower.data.preprocess import FittedFeature, Preprocessor
 from twotower.data.sources.skewed import SkewedArrays, SkewedSource
@@ -59,7 +61,7 @@ class Size:
 
 SIZES = {
     # CI: every path once, in seconds.
-    "ci": Size(2_000, 2_000, 30_000, 256, 6, 2, 512, 4),
+    "ci": Size(1_000, 1_000, 20_000, 256, 4, 1, 512, 3),
     # MovieLens-100K's scale (943 users x 1682 items x 100k ratings), batch as conf/data/movielens.yaml.
     "cpu": Size(1_000, 1_700, 100_000, 1024, 40, 5, 1024, 15),
     "medium": Size(100_000, 100_000, 2_000_000, 8192, 100, 10, 2048, 20),
@@ -133,24 +135,51 @@ class PreparedDataModule(TwoTowerDataModule):
 class StepTimer(pl.Callback):
     """Times the steps after ``warmup`` (waiting for the device only at the two ends)."""
 
-    def __init__(self, warmup: int, batch_size: int):
-        self.warmup, self.batch_size = warmup, batch_size
-        self.start: float | None = None
-        self.samples_per_s = float("nan")
+    def __init__(self, warmup: int):
+        self.warmup, self.steps, self.clock = warmup, 0, None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup and self.start is None:
-            _sync(pl_module.device)
-            self.start = time.perf_counter()
+        if trainer.global_step == self.warmup and self.clock is None:
+            self.clock = Clock(pl_module.device)
+            self.clock.start()
 
     def on_train_end(self, trainer, pl_module) -> None:
-        _sync(pl_module.device)
-        self.samples_per_s = (trainer.global_step - self.warmup) * self.batch_size / (time.perf_counter() - self.start)
+        self.clock.stop()
+        self.steps = trainer.global_step - self.warmup
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class SyncAudit(pl.Callback):
+    """Turns on CUDA's sync debug mode for the steps after ``warmup``: each host sync warns."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.steps = warmup, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.warmup:
+            torch.cuda.set_sync_debug_mode("warn")
+        self.steps += trainer.global_step > self.warmup
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def audit_host_syncs(dm: "PreparedDataModule", size: "Size", device: torch.device, refresh_rate: int) -> tuple[float, list[str]]:
+    """Host syncs per training step of twotower's Trainer path (CUDA only), and where they come from."""
+    audit = SyncAudit(size.warmup)
+    bar = pl.callbacks.TQDMProgressBar(refresh_rate=refresh_rate)
+    trainer = pl.Trainer(**{**trainer_options(device), "max_steps": size.warmup + 20, "max_epochs": -1, "limit_val_batches": 0,
+                            "logger": False, "enable_checkpointing": False, "callbacks": [audit, bar]})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(twotower_module(dm), datamodule=dm)
+    syncs = [w for w in caught if "synchronizing" in str(w.message)]
+    places = Counter(f"{Path(w.filename).name}:{w.lineno}" for w in syncs)
+    return len(syncs) / max(audit.steps, 1), [f"{place} ({n})" for place, n in places.most_common(5)]
 
 
 def trainer_options(device: torch.device) -> dict:
@@ -187,21 +216,21 @@ def twotower_module(dm: PreparedDataModule, table_optimizer=None, compile: bool 
     return TwoTowerModule(model, partial(torch.optim.AdamW, lr=LR), table_optimizer=table_optimizer, compile=compile, ks=[10, TOP_K])
 
 
-def run_twotower(dm: PreparedDataModule, size: Size, device: torch.device, **module_options) -> float:
-    timer = StepTimer(size.warmup, size.batch)
+def run_twotower(dm: PreparedDataModule, size: Size, device: torch.device, **module_options) -> Clock:
+    timer = StepTimer(size.warmup)
     trainer = pl.Trainer(**{**trainer_options(device), "max_steps": size.warmup + size.steps, "max_epochs": -1, "limit_val_batches": 0,
                             "logger": False, "enable_checkpointing": False, "callbacks": [timer]})
     trainer.fit(twotower_module(dm, **module_options), datamodule=dm)
-    return timer.samples_per_s
+    return timer.clock
 
 
-def run_naive(dm: PreparedDataModule, size: Size, device: torch.device, workers: int) -> float:
-    timer = StepTimer(min(size.warmup, size.naive_steps // 2), size.batch)
+def run_naive(dm: PreparedDataModule, size: Size, device: torch.device, workers: int) -> Clock:
+    timer = StepTimer(min(size.warmup, size.naive_steps // 2))
     trainer = pl.Trainer(**{**trainer_options(device), "max_steps": timer.warmup + size.naive_steps, "max_epochs": -1,
                             "logger": False, "enable_checkpointing": False, "callbacks": [timer]})
     loader = naive_loader(dm.device_data(torch.device("cpu")), size.batch, workers, pin_memory=device.type == "cuda")
     trainer.fit(NaiveModule(plain_model(dm), LR), train_dataloaders=loader)
-    return timer.samples_per_s
+    return timer.clock
 
 
 def run_validate(dm: PreparedDataModule, device: torch.device, repeats: int = 2) -> list[float]:
@@ -245,11 +274,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers of the naive build (default: 8 on GPU, 0 on CPU)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="also time torch.compile variants (default: on GPU only)")
     parser.add_argument("--movielens", action=argparse.BooleanOptionalAction, default=None, help="time trainer.validate on MovieLens-100K (default: --size cpu)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "throughput.md")
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/throughput.md (CPU) or throughput-gpu.md (CUDA)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     size, device = SIZES[args.size], torch.device(args.device)
+    args.out = args.out or ROOT / "benchmarks" / "results" / ("throughput-gpu.md" if device.type == "cuda" else "throughput.md")
     compile = args.compile if args.compile is not None else device.type == "cuda"
     workers = args.workers if args.workers is not None else (8 if device.type == "cuda" else 0)
     bf16 = trainer_options(device).get("precision") == "bf16-mixed"
@@ -263,15 +293,16 @@ def main(argv: list[str] | None = None) -> dict:
     setup_s = time.perf_counter() - start
     data = dm.device_data(device)
 
-    train_rows: list[tuple[str, float, float]] = []
+    train_rows: list[tuple[str, float, float, float]] = []  # name, samples/s, samples per CPU-second, peak GiB
 
-    def record(name: str, run) -> None:
+    def record(name: str, run, steps: int = size.steps) -> None:
         memory.reset()
-        value = run()
-        train_rows.append((name, value, memory.peak_gib()))
-        print(f"{name}: {value:,.0f} samples/s", flush=True)
+        clock = run()
+        samples = steps * size.batch
+        train_rows.append((name, samples / clock.wall, samples / clock.cpu, memory.peak_gib()))
+        print(f"{name}: {samples / clock.wall:,.0f} samples/s, {samples / clock.cpu:,.0f} per CPU-second", flush=True)
 
-    def raw(compiled: bool) -> float:
+    def raw(compiled: bool) -> Clock:
         model = plain_model(dm).to(device)
         return raw_loop(data, model, torch.optim.AdamW(model.parameters(), lr=LR), size.batch, size.warmup, size.steps, device, bf16, compiled)
 
@@ -283,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict:
     record("twotower, SparseAdam tables + AdamW", lambda: run_twotower(dm, size, device, table_optimizer=partial(torch.optim.SparseAdam, lr=LR)))
     if compile:
         record("twotower, row-wise Adagrad + compile", lambda: run_twotower(dm, size, device, table_optimizer=partial(RowWiseAdagrad, lr=0.05), compile=True))
-    record(f"naive Lightning, per-sample DataLoader ({workers} workers)", lambda: run_naive(dm, size, device, workers))
+    record(f"naive Lightning, per-sample DataLoader ({workers} workers)", lambda: run_naive(dm, size, device, workers), size.naive_steps)
 
     memory.reset()
     validate_s = run_validate(dm, device)
@@ -292,9 +323,10 @@ def main(argv: list[str] | None = None) -> dict:
     raw_model = plain_model(dm).to(device).eval()
     raw_eval = raw_evaluation(data, raw_model, dm.eval_users["val"].to(device), size.eval_batch, TOP_K, device, bf16)
     movielens = movielens_validate_seconds() if (args.movielens if args.movielens is not None else args.size == "cpu") else None
+    syncs = {rate: audit_host_syncs(dm, size, device, rate) for rate in (1, 50)} if device.type == "cuda" else None
 
     results = {"train": train_rows, "validate_s": validate_s, "eval_users": n_eval, "raw_eval_users_per_s": raw_eval,
-               "eval_peak_gib": eval_peak, "movielens_validate_s": movielens, "setup_s": setup_s}
+               "eval_peak_gib": eval_peak, "movielens_validate_s": movielens, "setup_s": setup_s, "syncs": syncs}
     write_report(args, size, device, workers, bf16, results)
     return results
 
@@ -306,7 +338,7 @@ def device_name(device: torch.device) -> str:
 
 
 def write_report(args, size: Size, device: torch.device, workers: int, bf16: bool, r: dict) -> None:
-    raw = r["train"][0][1]
+    raw, raw_cpu = r["train"][0][1], r["train"][0][2]
     memory_kind = "peak GPU memory (GiB)" if device.type == "cuda" else "process peak RSS so far (GiB)"
     lines = [
         f"# Throughput: `python -m benchmarks.throughput --size {args.size} --device {device.type}`",
@@ -319,9 +351,12 @@ def write_report(args, size: Size, device: torch.device, workers: int, bf16: boo
         "",
         "## Training (samples/s; ratios to the raw loop of the same run)",
         "",
-        f"| path | samples/s | x raw loop | {memory_kind} |",
-        "| --- | ---: | ---: | ---: |",
-        *[f"| {name} | {value:,.0f} | {value / raw:.2f} | {peak:.2f} |" for name, value, peak in r["train"]],
+        f"| path | samples/s | x raw loop | samples per CPU-second | x raw loop | {memory_kind} |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        *[f"| {name} | {value:,.0f} | {value / raw:.2f} | {cpu:,.0f} | {cpu / raw_cpu:.2f} | {peak:.2f} |" for name, value, cpu, peak in r["train"]],
+        "",
+        "CPU-seconds are the process' own (DataLoader worker processes not counted); with one torch thread they",
+        "measure the work of a path regardless of other load on the machine.",
         "",
         f"## Full-corpus evaluation (exact top-{TOP_K} over {size.items:,} items, {r['eval_users']:,} users)",
         "",
@@ -335,6 +370,10 @@ def write_report(args, size: Size, device: torch.device, workers: int, bf16: boo
     if r["movielens_validate_s"]:
         lines += ["", "## MovieLens-100K `trainer.validate` (default train.py config, untrained towers)", "",
                   ", ".join(f"call {k + 1}: {s:.3f} s" for k, s in enumerate(r["movielens_validate_s"]))]
+    if r["syncs"]:
+        lines += ["", "## Host syncs per training step (CUDA sync debug mode, twotower AdamW)", "",
+                  "| progress bar refresh | syncs/step | where |", "| ---: | ---: | --- |",
+                  *[f"| every {rate} steps | {per_step:.2f} | {'; '.join(places) or '-'} |" for rate, (per_step, places) in r["syncs"].items()]]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")

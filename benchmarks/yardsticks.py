@@ -75,9 +75,30 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class Clock:
+    """Wall and process CPU seconds between ``start`` and ``stop``, waiting for the device at both.
+
+    CPU seconds of a single-threaded run count the work done, whatever else the machine runs,
+    so on a shared CPU they compare two paths more fairly than wall time.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.wall = self.cpu = float("nan")
+
+    def start(self) -> None:
+        _sync(self.device)
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def stop(self) -> "Clock":
+        _sync(self.device)
+        self.wall, self.cpu = time.perf_counter() - self._wall, time.process_time() - self._cpu
+        return self
+
+
 def raw_loop(data: DeviceData, model: PlainTwoTower, optimizer: torch.optim.Optimizer, batch_size: int, warmup: int, steps: int,
-             device: torch.device, bf16: bool = False, compile: bool = False, temperature: float = 0.05) -> float:
-    """Samples/s of a plain training loop over ``steps`` steps after ``warmup`` untimed ones."""
+             device: torch.device, bf16: bool = False, compile: bool = False, temperature: float = 0.05) -> Clock:
+    """The time of ``steps`` steps of a plain training loop, after ``warmup`` untimed ones."""
 
     def step(rows: torch.Tensor) -> torch.Tensor:
         users, items, user_x, item_x, genres, log_q = data.batch(rows)
@@ -94,16 +115,15 @@ def raw_loop(data: DeviceData, model: PlainTwoTower, optimizer: torch.optim.Opti
     n = len(data.pairs)
     per_epoch = n // batch_size
     order = torch.randperm(n, device=device)
+    clock = Clock(device)
     for s in range(warmup + steps):
         if s == warmup:
-            _sync(device)
-            start = time.perf_counter()
+            clock.start()
         k = s % per_epoch
         if k == 0 and s:
             order = torch.randperm(n, device=device)
         run(order[k * batch_size : (k + 1) * batch_size])
-    _sync(device)
-    return steps * batch_size / (time.perf_counter() - start)
+    return clock.stop()
 
 
 @torch.no_grad()
