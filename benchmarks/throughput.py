@@ -17,7 +17,7 @@ import resource
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -270,6 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="cpu")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: the size's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers of the naive build (default: 8 on GPU, 0 on CPU)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="also time torch.compile variants (default: on GPU only)")
@@ -279,6 +280,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     size, device = SIZES[args.size], torch.device(args.device)
+    if args.steps:
+        size = replace(size, steps=args.steps, warmup=min(size.warmup, args.steps), naive_steps=min(size.naive_steps, args.steps))
     args.out = args.out or ROOT / "benchmarks" / "results" / ("throughput-gpu.md" if device.type == "cuda" else "throughput.md")
     compile = args.compile if args.compile is not None else device.type == "cuda"
     workers = args.workers if args.workers is not None else (8 if device.type == "cuda" else 0)
@@ -341,7 +344,8 @@ def write_report(args, size: Size, device: torch.device, workers: int, bf16: boo
     raw, raw_cpu = r["train"][0][1], r["train"][0][2]
     memory_kind = "peak GPU memory (GiB)" if device.type == "cuda" else "process peak RSS so far (GiB)"
     lines = [
-        f"# Throughput: `python -m benchmarks.throughput --size {args.size} --device {device.type}`",
+        f"# Throughput: `python -m benchmarks.throughput --size {args.size} --device {device.type}"
+        f"{f' --steps {args.steps}' if args.steps else ''}{f' --threads {args.threads}' if args.threads else ''}`",
         "",
         f"- device: **{device_name(device)}**; torch {torch.__version__}, lightning {pl.__version__}; precision: {'bf16-mixed' if bf16 else 'fp32'}",
         f"- data: {size.users:,} users x {size.items:,} items x {size.interactions:,} interactions (Zipf item popularity), 5% held out for evaluation",
