@@ -12,7 +12,7 @@ from twotower.data.sources import SyntheticSource
 from twotower.data.splits import RandomSplit
 from twotower.model import build_two_tower
 from twotower.module import TwoTowerModule
-from twotower.optim import CombinedOptimizer, RowWiseAdagrad, build_optimizer, embedding_tables
+from twotower.optim import CombinedOptimizer, RowWiseAdagrad, build_optimizer, embedding_tables, sum_duplicate_rows
 
 
 def _table() -> nn.Parameter:
@@ -47,6 +47,12 @@ def test_rowwise_adagrad_dense_gradient_gives_the_sparse_result():
         sparse_opt.step()
         dense_opt.step()
     torch.testing.assert_close(sparse_table.data, dense_table.data)
+
+
+def test_sum_duplicate_rows_gives_one_slot_per_row_then_zero_slots():
+    rows, values = sum_duplicate_rows(torch.tensor([4, 1, 4, 4]), torch.tensor([[1.0], [2.0], [3.0], [5.0]]))
+    assert rows.tolist() == [1, 4, 0, 0]
+    assert values.flatten().tolist() == [2.0, 9.0, 0.0, 0.0]
 
 
 def test_rowwise_adagrad_rejects_what_it_cannot_update():

@@ -106,7 +106,8 @@ class RowWiseAdagrad(Optimizer):
 
     Per touched row r with gradient g_r: ``acc[r] += mean(g_r ** 2)``, then
     ``w_r -= lr * g_r / (sqrt(acc[r]) + eps)``. The state is one float per row (not one per
-    weight), and a sparse gradient updates only its rows. A dense gradient gives the same result
+    weight), and a sparse gradient updates only its rows, without waiting for the device (no
+    ``coalesce()``, whose output size the host must read). A dense gradient gives the same result
     (a row with zero gradient is left unchanged), so a table shared with a dense path still works.
 
     Args:
@@ -142,8 +143,7 @@ class RowWiseAdagrad(Optimizer):
                     state["sum"] = torch.full((p.shape[0],), group["initial_accumulator_value"], dtype=torch.float32, device=p.device)
                 grad = p.grad
                 if grad.is_sparse:
-                    grad = grad.coalesce()  # one entry per row: repeated ids in a batch are summed
-                    rows, values = grad.indices()[0], grad.values()  # (nnz,), (nnz, dim)
+                    rows, values = sum_duplicate_rows(grad._indices()[0], grad._values())  # (nnz,), (nnz, dim)
                     state["sum"].index_add_(0, rows, values.float().pow(2).mean(1))
                     std = state["sum"][rows].sqrt_().add_(group["eps"])  # (nnz,)
                     p.index_add_(0, rows, (values / std.unsqueeze(1)).to(p.dtype), alpha=-group["lr"])
@@ -152,3 +152,23 @@ class RowWiseAdagrad(Optimizer):
                     std = state["sum"].sqrt().add_(group["eps"])  # (rows,)
                     p.add_((grad / std.unsqueeze(1)).to(p.dtype), alpha=-group["lr"])
         return loss
+
+
+def sum_duplicate_rows(rows: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient of each distinct row, in shapes fixed by the input (no host sync, unlike ``coalesce``).
+
+    Args:
+        rows: (nnz,) row of each gradient entry, repeats allowed (an id twice in a batch).
+        values: (nnz, dim) the entries.
+    Returns:
+        (nnz,) rows and (nnz, dim) summed gradients: one slot per distinct row, then unused slots
+        holding row 0 with a zero gradient (a no-op for an update that scales the gradient).
+    """
+    order = torch.argsort(rows)
+    rows = rows[order]
+    starts = torch.ones_like(rows, dtype=torch.bool)
+    starts[1:] = rows[1:] != rows[:-1]
+    slot = starts.cumsum(0) - 1  # (nnz,) the slot of each entry's row
+    summed = torch.zeros_like(values).index_add_(0, slot, values[order])
+    slot_rows = torch.zeros_like(rows).scatter_(0, slot, rows)
+    return slot_rows, summed
