@@ -47,7 +47,7 @@ class PlainTwoTower(nn.Module):
 
 def softmax_loss(q: torch.Tensor, c: torch.Tensor, temperature: float, log_q: torch.Tensor, item_ids: torch.Tensor, user_ids: torch.Tensor) -> torch.Tensor:
     """In-batch softmax with logQ correction, accidental-hit and same-user masking, written out."""
-    logits = (q @ c.T).float() / temperature - log_q.unsqueeze(0)  # (B, B); diagonal = positives
+    logits = ((q / temperature) @ c.T).float() - log_q.unsqueeze(0)  # (B, B); diagonal = positives
     excluded = (item_ids.unsqueeze(1) == item_ids.unsqueeze(0)) | (user_ids.unsqueeze(1) == user_ids.unsqueeze(0))
     excluded.fill_diagonal_(False)
     return F.cross_entropy(logits.masked_fill(excluded, float("-inf")), torch.arange(len(q), device=q.device))
