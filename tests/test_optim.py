@@ -167,11 +167,3 @@ def test_module_trained_with_a_table_optimizer_learns(table_optimizer):
     assert float(trainer.callback_metrics["train/loss_epoch"]) < 4.3
     # The planted genre structure: random ranking of 120 items would give recall@20 near 0.17.
     assert float(trainer.callback_metrics["val/recall@20"]) > 0.3
-
-
-def test_compile_switch_keeps_parameter_names():
-    datamodule = TwoTowerDataModule(SyntheticSource(n_users=30, n_items=20), {"query": [{"name": "user_id", "kind": "id"}], "candidate": [{"name": "item_id", "kind": "id"}]}, RandomSplit(test=0.0, val=0.2), batch_size=8)
-    datamodule.setup("fit")
-    plain = TwoTowerModule(build_two_tower(datamodule.preprocessor, embedding_dim=4, hidden_dims=[8], output_dim=4), partial(torch.optim.AdamW))
-    compiled = TwoTowerModule(build_two_tower(datamodule.preprocessor, embedding_dim=4, hidden_dims=[8], output_dim=4), partial(torch.optim.AdamW), compile=True)
-    assert list(compiled.state_dict()) == list(plain.state_dict())

@@ -34,6 +34,9 @@ class TwoTowerModule(pl.LightningModule):
             embedding tables get sparse gradients and this optimizer, the rest ``optimizer``
             (None: ``optimizer`` trains everything). See ``twotower.optim``.
         compile: ``torch.compile`` each tower (kernels fused; the first steps pay the compilation).
+        progress_bar_loss: show each step's loss in the progress bar. Lightning turns every
+            ``prog_bar`` value into a Python float after every step: one host-device sync per
+            step, which stalls a GPU. False: the loss still goes to the loggers and the epoch mean.
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class TwoTowerModule(pl.LightningModule):
         catalogue_chunk: int = 65536,
         table_optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         compile: bool = False,
+        progress_bar_loss: bool = True,
     ):
         super().__init__()
         if lr_schedule not in ("constant", "cosine"):
@@ -96,7 +100,7 @@ class TwoTowerModule(pl.LightningModule):
             query_ids=batch.query_ids if self.hparams.mask_same_user else None,
             logq_weight=self.hparams.logq_weight,
         )
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch))
+        self.log("train/loss", loss, prog_bar=self.hparams.progress_bar_loss, on_step=True, on_epoch=True, batch_size=len(batch))
         if self.hparams.learn_temperature:
             self.log("train/temperature", self.temperature, on_step=False, on_epoch=True, batch_size=len(batch))
         return loss
