@@ -40,3 +40,11 @@ def test_prepared_datamodule_serves_twotower_batches():
     counts = torch.bincount(dm.train_pairs[:, 1], minlength=150).double()
     assert torch.allclose(batch.log_q, (counts / counts.sum()).log().float()[items])
     assert len(dm.train_pairs) + dm.heldout["val"].indices.numel() == 3_000
+
+
+@pytest.mark.slow
+def test_ci_sized_benchmark_compiles_the_raw_loop_and_the_towers(tmp_path):
+    results = throughput.main(["--size", "ci", "--device", "cpu", "--compile", "--no-movielens", "--out", str(tmp_path / "t.md")])
+    assert results["failures"] == []
+    names = [name for name, *_ in results["train"]]
+    assert "raw loop, torch.compile" in names and any(n.endswith(", compile") for n in names)
