@@ -17,7 +17,7 @@ if [ "$DEVICE" = cuda ]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
 "$PY" -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'lightning', pl.__version__)"
-timeout "$LIMIT_S" "$PY" -m benchmarks.throughput --size "$SIZE" --device "$DEVICE" --no-movielens --out "$RESULT"
+timeout "$LIMIT_S" "$PY" -m benchmarks.throughput --size "$SIZE" --device "$DEVICE" --repeats "${REPEATS:-2}" --no-movielens --out "$RESULT"
 cat "$RESULT"
 if [ -n "${OUT:-}" ]; then
     cp "$RESULT" "$OUT/"
