@@ -14,6 +14,7 @@ from twotower.distributed import RemoteCandidates, gather_remote_candidates, wor
 from twotower.losses import in_batch_softmax_loss
 from twotower.metrics import RetrievalMetrics
 from twotower.model.two_tower import TwoTower
+from twotower.optim import build_optimizer
 
 
 class TwoTowerModule(pl.LightningModule):
@@ -35,6 +36,13 @@ class TwoTowerModule(pl.LightningModule):
         catalogue_chunk: items encoded at once when encoding the catalogue.
         beyond_accuracy_ks: cut-offs of coverage, diversity, novelty, ... (``twotower.beyond_accuracy``),
             logged as ``val/coverage@20`` etc.; empty = not computed.
+        table_optimizer: ``partial(twotower.optim.RowWiseAdagrad, lr=...)`` or ``partial(torch.optim.SparseAdam, ...)``:
+            embedding tables get sparse gradients and this optimizer, the rest ``optimizer``
+            (None: ``optimizer`` trains everything). See ``twotower.optim``.
+        compile: ``torch.compile`` each tower (kernels fused; the first steps pay the compilation).
+        progress_bar_loss: show each step's loss in the progress bar. Lightning turns every
+            ``prog_bar`` value into a Python float after every step: one host-device sync per
+            step, which stalls a GPU. False: the loss still goes to the loggers and the epoch mean.
     """
 
     def __init__(
@@ -53,14 +61,21 @@ class TwoTowerModule(pl.LightningModule):
         warmup_steps: int = 0,
         catalogue_chunk: int = 65536,
         beyond_accuracy_ks: Sequence[int] = (10, 20),
+        table_optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        compile: bool = False,
+        progress_bar_loss: bool = True,
     ):
         super().__init__()
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule '{lr_schedule}' is not one of constant, cosine")
         if temperature <= 0:
             raise ValueError(f"temperature={temperature} must be positive")
-        self.save_hyperparameters(ignore=["model", "optimizer"])
-        self.model, self.optimizer_factory = model, optimizer
+        self.save_hyperparameters(ignore=["model", "optimizer", "table_optimizer"])
+        self.model, self.optimizer_factory, self.table_optimizer_factory = model, optimizer, table_optimizer
+        if compile:
+            # In place (nn.Module.compile), so parameter names and checkpoints are unchanged.
+            model.query_tower.compile()
+            model.candidate_tower.compile()
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)), requires_grad=learn_temperature)
         self.val_metrics = RetrievalMetrics(ks)
         self.test_metrics = RetrievalMetrics(ks)
@@ -100,7 +115,7 @@ class TwoTowerModule(pl.LightningModule):
             mask=_pad_left(negatives.same_user_mask(batch.query_ids), len(batch)) if negatives and self.hparams.mask_same_user else None,
             logq_weight=self.hparams.logq_weight,
         )  # logits (B, B + N); diagonal = positives
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch))
+        self.log("train/loss", loss, prog_bar=self.hparams.progress_bar_loss, on_step=True, on_epoch=True, batch_size=len(batch))
         if self.hparams.learn_temperature:
             self.log("train/temperature", self.temperature, on_step=False, on_epoch=True, batch_size=len(batch))
         return loss
@@ -123,7 +138,7 @@ class TwoTowerModule(pl.LightningModule):
         return RemoteCandidates(*(torch.cat([getattr(b, f) for b in blocks]) for f in ("vectors", "ids", "log_q", "query_ids")))
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        optimizer = build_optimizer(self, self.optimizer_factory, self.table_optimizer_factory)
         if self.hparams.lr_schedule == "constant" and not self.hparams.warmup_steps:
             return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))
