@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from twotower.data.store import Batch, EvalBatch
+from twotower.impression_metrics import ImpressionMetrics
 from twotower.losses import in_batch_softmax_loss
 from twotower.metrics import RetrievalMetrics
 from twotower.model.two_tower import TwoTower
@@ -56,6 +57,9 @@ class TwoTowerModule(pl.LightningModule):
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)), requires_grad=learn_temperature)
         self.val_metrics = RetrievalMetrics(ks)
         self.test_metrics = RetrievalMetrics(ks)
+        # Only updated (and logged) when evaluation batches carry impressions (MIND data).
+        self.val_impression_metrics = ImpressionMetrics()
+        self.test_impression_metrics = ImpressionMetrics()
         self._catalogue: torch.Tensor | None = None
         # The resolved run config, stored in checkpoints so export can rebuild data and towers.
         self.run_config: dict[str, Any] | None = None
@@ -76,6 +80,10 @@ class TwoTowerModule(pl.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         query = self.model.encode_query(batch.query)  # (B, D)
         candidate = self.model.encode_candidate(batch.candidate)  # (B, D)
+        row_negatives = None
+        if batch.row_negatives is not None:
+            flat = {name: x.flatten(0, 1) for name, x in batch.row_negatives.items()}
+            row_negatives = self.model.encode_candidate(flat).view(len(batch), -1, candidate.shape[-1])  # (B, M, D)
         loss = in_batch_softmax_loss(
             query,
             candidate,
@@ -84,6 +92,8 @@ class TwoTowerModule(pl.LightningModule):
             candidate_ids=batch.candidate_ids if self.hparams.mask_accidental_hits else None,
             query_ids=batch.query_ids if self.hparams.mask_same_user else None,
             logq_weight=self.hparams.logq_weight,
+            row_negatives=row_negatives,
+            row_negatives_mask=batch.row_negatives_mask,
         )
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch))
         if self.hparams.learn_temperature:
@@ -116,9 +126,10 @@ class TwoTowerModule(pl.LightningModule):
         chunks = [self.model.encode_candidate(features) for features in self.trainer.datamodule.catalogue(self.hparams.catalogue_chunk)]
         return torch.cat(chunks)
 
-    def rank(self, batch: EvalBatch, k: int) -> torch.Tensor:
+    def rank(self, batch: EvalBatch, k: int, query: torch.Tensor | None = None) -> torch.Tensor:
         """Top-k item rows per user (U, k) over the whole catalogue, the user's known items excluded."""
-        scores = self.model.encode_query(batch.query) @ self._catalogue.T  # (U, n_items)
+        query = self.model.encode_query(batch.query) if query is None else query
+        scores = query @ self._catalogue.T  # (U, n_items)
         scores[batch.exclude[0], batch.exclude[1]] = float("-inf")
         return scores.topk(min(k, scores.shape[1]), dim=1).indices
 
@@ -129,20 +140,31 @@ class TwoTowerModule(pl.LightningModule):
         self._catalogue = self.encode_catalogue()
 
     def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
-        self.val_metrics.update(self.rank(batch, max(self.val_metrics.ks)), batch.targets, self._catalogue.shape[0])
+        self._evaluate(batch, self.val_metrics, self.val_impression_metrics)
 
     def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
-        self.test_metrics.update(self.rank(batch, max(self.test_metrics.ks)), batch.targets, self._catalogue.shape[0])
+        self._evaluate(batch, self.test_metrics, self.test_impression_metrics)
+
+    def _evaluate(self, batch: EvalBatch, metrics: RetrievalMetrics, impression_metrics: ImpressionMetrics) -> None:
+        query = self.model.encode_query(batch.query)  # (U, D)
+        metrics.update(self.rank(batch, max(metrics.ks), query), batch.targets, self._catalogue.shape[0])
+        if batch.impressions is not None:
+            position, item, impression, label = batch.impressions
+            scores = (query[position] * self._catalogue[item]).sum(-1)  # (n,) one per shown item
+            impression_metrics.update(scores, label, impression)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val", self.val_metrics)
+        self._log_metrics("val", self.val_metrics, self.val_impression_metrics)
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics("test", self.test_metrics)
+        self._log_metrics("test", self.test_metrics, self.test_impression_metrics)
 
-    def _log_metrics(self, split: str, metrics: RetrievalMetrics) -> None:
+    def _log_metrics(self, split: str, metrics: RetrievalMetrics, impression_metrics: ImpressionMetrics) -> None:
         values = metrics.compute()  # already reduced across processes
         metrics.reset()
+        if impression_metrics.update_called:
+            values.update(impression_metrics.compute())
+            impression_metrics.reset()
         self._catalogue = None
         for name, value in values.items():
-            self.log(f"{split}/{name}", value, prog_bar=name in ("recall@20", "ndcg@10"))
+            self.log(f"{split}/{name}", value, prog_bar=name in ("recall@20", "ndcg@10", "impression_auc"))

@@ -83,6 +83,9 @@ class Batch(_Movable):
 
     ``candidate_ids`` and ``query_ids`` are item and user rows (accidental-hit and same-user
     masking); ``log_q`` is the log sampling probability of each candidate (logQ correction).
+    ``row_negatives`` are features of shape (B, M, ...): M extra negatives of each row (e.g. the
+    items shown but not clicked in the impression of the row's click), with ``row_negatives_mask``
+    (B, M) True where a slot is padding.
     """
 
     query: Features
@@ -90,6 +93,8 @@ class Batch(_Movable):
     query_ids: torch.Tensor
     candidate_ids: torch.Tensor
     log_q: torch.Tensor
+    row_negatives: Features | None = None
+    row_negatives_mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.candidate_ids)
@@ -100,12 +105,15 @@ class EvalBatch(_Movable):
     """Users to rank the whole catalogue for: their features, the items to exclude and the held-out targets.
 
     ``exclude`` and ``targets`` are (position in batch, item row) pairs as two stacked rows, shape (2, nnz).
+    ``impressions`` (optional) lists the items shown to these users as four stacked rows, shape
+    (4, n): position in batch, item row, impression id, label (1 = clicked).
     """
 
     query: Features
     users: torch.Tensor
     exclude: torch.Tensor
     targets: torch.Tensor
+    impressions: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.users)
