@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from twotower.data.datamodule import TwoTowerDataModule
-from twotower.data.sources.mind import IMPRESSION, MindSource, MindTables
+from twotower.data.sources.mind import IMPRESSION, IN_TRAIN, MindSource, MindTables
 from twotower.data.splits import PredefinedSplit
 from twotower.data.store import CSR, Batch, EvalBatch, Features
 from twotower.data.tables import ITEM, SPLIT, USER
@@ -73,22 +73,23 @@ class MindDataModule(TwoTowerDataModule):
             self.history = {"train": self._click_history(tables.histories["train"], max_len), "val": dev, "test": dev}
 
         clicks = tables.interactions
-        self.train_impression = torch.from_numpy(clicks.loc[clicks[SPLIT] == "train", IMPRESSION].to_numpy())  # aligned with train_pairs
+        self.train_impression = torch.from_numpy(clicks.loc[clicks[SPLIT] == "train", IMPRESSION].to_numpy(copy=True))  # aligned with train_pairs
         shown, meta = tables.impressions, tables.impression_meta
         shown_split = meta[SPLIT].to_numpy()[shown[IMPRESSION].to_numpy()]
         item = torch.from_numpy(self.item_rows.get_indexer(shown[ITEM]))
-        impression = torch.from_numpy(shown[IMPRESSION].to_numpy())
+        impression = torch.from_numpy(shown[IMPRESSION].to_numpy(copy=True))
         label = torch.from_numpy(shown["label"].to_numpy().astype(np.int64))
         skipped = torch.from_numpy((shown_split == "train") & (shown["label"].to_numpy() == 0))
         self.skipped = CSR.from_pairs(impression[skipped], item[skipped], len(meta))  # impression -> items shown, not clicked
 
-        self.impression_entries, self.impressions_by_user = {}, {}
+        self.impression_entries, self.impression_users, self.impressions_by_user = {}, {}, {}
         user_of_impression = torch.from_numpy(self.user_rows.get_indexer(meta[USER]))
         for split in ("val", "test"):
             keep = torch.from_numpy(shown_split == split)
             self.impression_entries[split] = torch.stack([item[keep], impression[keep], label[keep]])  # (3, n)
-            owner = user_of_impression[impression[keep]]
-            self.impressions_by_user[split] = CSR.from_pairs(owner, torch.arange(int(keep.sum())), n_users)
+            self.impression_users[split] = user_of_impression[impression[keep]]  # (n,)
+            self.impressions_by_user[split] = CSR.from_pairs(self.impression_users[split], torch.arange(int(keep.sum())), n_users)
+        self.item_seen_in_train = torch.from_numpy(tables.items[IN_TRAIN].to_numpy(dtype=bool, copy=True))  # (n_items,)
 
     def _click_history(self, histories: pd.Series, max_len: int) -> torch.Tensor:
         """(n_users, max_len) item rows + 1 of each user's latest ``max_len`` clicks, most recent first; 0 = empty."""
@@ -109,12 +110,15 @@ class MindDataModule(TwoTowerDataModule):
         self.skipped = self.skipped.to(device)
         self.impression_entries = {k: v.to(device) for k, v in self.impression_entries.items()}
         self.impressions_by_user = {k: v.to(device) for k, v in self.impressions_by_user.items()}
+        self.impression_users = {k: v.to(device) for k, v in self.impression_users.items()}
+        self.item_seen_in_train = self.item_seen_in_train.to(device)
 
     # ------------------------------------------------------------------ gathering on the device
     def query_features(self, users: torch.Tensor, split: str, clicked: torch.Tensor | None = None) -> Features:
         """The users' features plus their click history: ``history`` (B, L) item-id indices (as the
-        plain ``HistoryEncoder`` reads them), ``history.present`` (B, L) and ``history.<item feature>``
-        (B, L, ...) for ``ClickHistoryTower``. ``clicked`` items are removed from their row's history."""
+        plain ``HistoryEncoder`` reads them), and for ``ClickHistoryTower`` the features of the distinct
+        history items ``history.<item feature>`` (U, ...), ``history.index`` (B, L) into them and
+        ``history.present`` (B, L). ``clicked`` items are removed from their row's history."""
         query = self.users.gather(users)
         if not self.history_name:
             return query
@@ -122,12 +126,14 @@ class MindDataModule(TwoTowerDataModule):
         if clicked is not None:
             rows = rows.masked_fill(rows == clicked.unsqueeze(1) + 1, 0)
         present = rows > 0
-        item_rows = (rows - 1).clamp(min=0)
         name = self.history_name
-        query[name] = torch.where(present, self.item_vocab_index[item_rows], 0)
+        query[name] = torch.where(present, self.item_vocab_index[(rows - 1).clamp(min=0)], 0)
+        # Popular news sit in many histories: each distinct item is gathered (and encoded) once.
+        distinct, index = torch.unique(rows, return_inverse=True)  # (U,), (B, L)
+        query[f"{name}.index"] = index
         query[f"{name}.present"] = present
-        for feature, column in self.items.columns.items():
-            query[f"{name}.{feature}"] = column[item_rows]  # (B, L, ...)
+        for feature, values in self.items.gather((distinct - 1).clamp(min=0)).items():
+            query[f"{name}.{feature}"] = values  # (U, ...)
         return query
 
     def impression_negative_rows(self, impressions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

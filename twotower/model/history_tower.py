@@ -6,8 +6,10 @@ embedding, as in LSTUR) are concatenated to the pooled vector before a small MLP
 history gets a learned "no history" vector in place of the pooled one, so every user has a vector.
 
 Inputs, for a history feature named ``h`` (written by ``MindDataModule``):
-    ``h.present`` (B, L) bool: which history slots hold an item;
-    ``h.<item feature>`` (B, L, ...): the candidate tower's features of each history item.
+    ``h.<item feature>`` (U, ...): the candidate tower's features of the U distinct items in the
+        batch's histories (each encoded once, however many users clicked it);
+    ``h.index`` (B, L) int64: the row of ``h.<item feature>`` in each history slot;
+    ``h.present`` (B, L) bool: which history slots hold an item.
 """
 from __future__ import annotations
 
@@ -80,9 +82,9 @@ class ClickHistoryTower(nn.Module):
         self.normalize, self.output_dim = normalize, output_dim
 
     def item_inputs(self, features: Features) -> Features:
-        """The candidate-tower inputs of the history items, (B, L, ...) each."""
+        """The candidate-tower inputs of the distinct history items, (U, ...) each."""
         names = {name: f"{self.history}.{name}" for name in self.items.encoders}
-        missing = [key for key in [*names.values(), f"{self.history}.present"] if key not in features]
+        missing = [key for key in [*names.values(), f"{self.history}.index", f"{self.history}.present"] if key not in features]
         if missing:
             raise KeyError(f"click-history tower inputs lack {missing} (given: {sorted(features)}); the data module must write the history items' features")
         return {name: features[key] for name, key in names.items()}
@@ -100,11 +102,7 @@ class ClickHistoryTower(nn.Module):
     def forward(self, features: Features) -> torch.Tensor:
         inputs = self.item_inputs(features)
         present = features[f"{self.history}.present"]  # (B, L)
-        batch, length = present.shape
-        # Only the slots that hold an item go through the item tower.
-        slots = present.reshape(-1).nonzero().squeeze(1)
-        encoded = self.items({name: x.reshape(batch * length, *x.shape[2:])[slots] for name, x in inputs.items()})  # (n_present, D)
-        vectors = encoded.new_zeros(batch * length, encoded.shape[-1]).index_copy(0, slots, encoded).view(batch, length, -1)  # (B, L, D)
+        vectors = self.items(inputs)[features[f"{self.history}.index"]]  # (U, D) -> (B, L, D)
         parts = [self.pool(vectors, present)] + [encoder(features[name]) for name, encoder in self.encoders.items()]
         x = self.mlp(torch.cat(parts, dim=-1))
         return F.normalize(x, dim=-1) if self.normalize else x

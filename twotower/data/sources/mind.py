@@ -27,11 +27,13 @@ NEWS_COLUMNS = ("news_id", "category", "subcategory", "title", "abstract", "url"
 TIME_FORMAT = "%m/%d/%Y %I:%M:%S %p"
 DIRECTORIES = ("train", "dev")
 IMPRESSION = "impression"
+IN_TRAIN = "in_train_news"  # items column: listed in train/news.tsv (False: fresh in dev)
 
 
 @dataclass
 class MindTables(Tables):
-    """``Tables`` (clicks as interactions, with an ``impression`` column) plus what MIND adds.
+    """``Tables`` (clicks as interactions, with an ``impression`` column; news as items, with
+    ``IN_TRAIN``) plus what MIND adds.
 
     Attributes:
         impressions: one row per shown news item: ``impression`` (index into ``impression_meta``),
@@ -150,6 +152,7 @@ class MindSource:
         news = {d: read_news(self.path / d / "news.tsv") for d in DIRECTORIES}
         # A news item is usually listed in both directories' news.tsv, identically.
         items = pd.concat([news["train"], news["dev"]]).drop_duplicates("news_id").reset_index(drop=True)
+        items[IN_TRAIN] = items["news_id"].isin(news["train"]["news_id"])
         known = set(items["news_id"])
         meta, shown, clicks, histories = [], [], [], {}
         offset = 0
