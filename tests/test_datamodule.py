@@ -1,0 +1,75 @@
+import pandas as pd
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from twotower.data.datamodule import TwoTowerDataModule
+from twotower.data.splits import PredefinedSplit
+from twotower.data.sources import TableSource
+from twotower.data.tables import ITEM, USER
+
+
+@pytest.fixture
+def synthetic(compose_cfg):
+    dm = instantiate(compose_cfg("data=synthetic").data)
+    dm.setup()
+    return dm
+
+
+def test_target_never_in_its_own_history(synthetic):
+    dm = synthetic
+    batch = dm.train_batch(torch.arange(len(dm.train_pairs)))
+    target = dm.item_vocab_index[batch.candidate_ids]
+    assert not (batch.query["history"] == target.unsqueeze(1)).any()
+    # The rest of the user's training items stay visible.
+    assert (batch.query["history"] > 0).sum(1).float().mean() > 5
+
+
+def test_batches_gather_the_rows_of_their_pairs(synthetic):
+    dm = synthetic
+    rows = torch.tensor([5, 0, 17])
+    batch = dm.train_batch(rows)
+    users, items = dm.train_pairs[rows].unbind(1)
+    assert torch.equal(batch.query["user_id"], dm.users.columns["user_id"][users])
+    assert torch.equal(batch.candidate["genres"], dm.items.columns["genres"][items])
+    assert torch.equal(batch.log_q, dm.item_log_q[items])
+
+
+def test_eval_batch_excludes_known_and_targets_heldout(synthetic):
+    dm = synthetic
+    users = dm.eval_users["test"][:4]
+    batch = dm.eval_batch(users, "test")
+    pairs = dm.tables.interactions.assign(split=dm.split(dm.tables.interactions))
+    for pos, user_row in enumerate(users.tolist()):
+        uid = dm.user_rows[user_row]
+        mine = pairs[pairs[USER] == uid]
+        known = set(dm.item_rows.get_indexer(mine.loc[mine.split != "test", ITEM]))
+        held = set(dm.item_rows.get_indexer(mine.loc[mine.split == "test", ITEM]))
+        assert set(batch.exclude[1][batch.exclude[0] == pos].tolist()) == known
+        assert set(batch.targets[1][batch.targets[0] == pos].tolist()) == held
+
+
+def test_vocabularies_fit_on_train_only(tmp_path):
+    inter = pd.DataFrame({"user_id": ["a", "a", "b", "b", "c"], "item_id": ["x", "y", "x", "z", "y"],
+                          "split": ["train", "train", "train", "val", "test"]})
+    items = pd.DataFrame({"item_id": ["x", "y", "z"], "genres": ["A", "B", "Only-in-val"]})
+    inter.to_csv(tmp_path / "i.csv", index=False)
+    items.to_csv(tmp_path / "items.csv", index=False)
+    features = {"query": [{"name": "user_id", "kind": "id"}],
+                "candidate": [{"name": "item_id", "kind": "id"}, {"name": "genres", "kind": "multi_hot"}]}
+    dm = TwoTowerDataModule(TableSource(str(tmp_path / "i.csv"), items=str(tmp_path / "items.csv"), split="split"), features, PredefinedSplit(), batch_size=2)
+    dm.setup()
+    assert dm.preprocessor.item_ids.values == ["x", "y"]  # z is seen only in validation
+    assert dm.preprocessor.candidate["genres"].vocab.values == ["A", "B"]
+    z = dm.item_rows.get_loc("z")
+    assert dm.items.columns["item_id"][z].item() == 0 and dm.items.columns["genres"][z].tolist() == [0]
+    assert dm.preprocessor.user_ids.values == ["a", "b"]  # c has only a test interaction
+
+
+def test_split_that_leaves_validation_empty_is_refused(tmp_path):
+    inter = pd.DataFrame({"user_id": ["a", "b"], "item_id": ["x", "y"], "split": ["train", "test"]})
+    inter.to_csv(tmp_path / "i.csv", index=False)
+    dm = TwoTowerDataModule(TableSource(str(tmp_path / "i.csv"), split="split"),
+                            {"query": [{"name": "user_id", "kind": "id"}], "candidate": [{"name": "item_id", "kind": "id"}]}, PredefinedSplit())
+    with pytest.raises(ValueError, match=r"leaves 'val' empty .*i\.csv"):
+        dm.setup()

@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+from twotower.model.features import EmbeddingEncoder, HistoryEncoder, MultiHotEncoder, build_encoder
+from twotower.model.text import TextEncoder
+from twotower.model.towers import Tower
+from twotower.model.two_tower import TwoTower
+
+QUERY = [{"name": "user_id", "kind": "id", "cardinality": 5, "dim": 4}, {"name": "age", "kind": "numeric"},
+         {"name": "history", "kind": "history", "cardinality": 7, "dim": 4}]
+CANDIDATE = [{"name": "item_id", "kind": "id", "cardinality": 7, "dim": 4},
+             {"name": "genres", "kind": "multi_hot", "cardinality": 4, "dim": 3},
+             {"name": "title", "kind": "text", "cardinality": 9, "dim": 3, "options": {"pooling": "attention", "transformer_layers": 1, "heads": 1, "max_len": 5}},
+             {"name": "vec", "kind": "dense", "in_dim": 6, "dim": 2}]
+
+
+def batch_query(n=3):
+    return {"user_id": torch.tensor([0, 1, 4])[:n], "age": torch.randn(n), "history": torch.tensor([[1, 2, 0], [0, 0, 0], [6, 6, 3]])[:n]}
+
+
+def batch_candidate(n=3):
+    return {"item_id": torch.tensor([1, 0, 6])[:n], "genres": torch.tensor([[1, 2], [0, 0], [3, 0]])[:n],
+            "title": torch.tensor([[1, 2, 0, 0, 0], [0, 0, 0, 0, 0], [8, 7, 6, 5, 4]])[:n], "vec": torch.randn(n, 6)}
+
+
+def two_tower(share=True):
+    return TwoTower(Tower(QUERY, [8], 5), Tower(CANDIDATE, [8], 5), share_item_embedding=share)
+
+
+def test_towers_output_unit_vectors_of_one_dim():
+    model = two_tower()
+    q, c = model.encode_query(batch_query()), model.encode_candidate(batch_candidate())
+    assert q.shape == c.shape == (3, 5)
+    torch.testing.assert_close(q.norm(dim=1), torch.ones(3))
+    assert torch.isfinite(c).all()  # an empty text row (all padding) stays finite
+
+
+def test_history_shares_the_item_id_table():
+    model = two_tower(share=True)
+    assert model.query_tower.encoders["history"].embedding is model.candidate_tower.encoders["item_id"].embedding
+    assert two_tower(share=False).query_tower.encoders["history"].embedding is not two_tower(share=False).candidate_tower.encoders["item_id"].embedding
+
+
+def test_mean_pooling_ignores_padding_and_empty_is_zero():
+    enc = HistoryEncoder(7, 4)
+    out = enc(torch.tensor([[1, 2, 0], [0, 0, 0]]))
+    torch.testing.assert_close(out[0], enc.embedding.weight[[1, 2]].mean(0))
+    assert torch.equal(out[1], torch.zeros(4))
+    bag = MultiHotEncoder(4, 3)
+    torch.testing.assert_close(bag(torch.tensor([[2, 0]]))[0], bag.embedding.weight[2])
+
+
+def test_attention_history_of_empty_user_is_zero_not_nan():
+    enc = HistoryEncoder(7, 4, pooling="attention")
+    out = enc(torch.tensor([[0, 0], [3, 0]]))
+    assert torch.equal(out[0], torch.zeros(4))
+    torch.testing.assert_close(out[1], enc.embedding.weight[3])
+
+
+def test_history_dropout_only_in_training():
+    enc = HistoryEncoder(7, 4, dropout=0.99)
+    history = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    enc.eval()
+    torch.testing.assert_close(enc(history)[0], enc.embedding.weight[1:7].mean(0))
+    enc.train()
+    torch.manual_seed(0)
+    assert not torch.allclose(enc(history)[0], enc.embedding.weight[1:7].mean(0))
+
+
+def test_oov_index_has_its_own_learned_vector():
+    enc = EmbeddingEncoder(5, 4)
+    assert not torch.equal(enc(torch.tensor([0]))[0], torch.zeros(4))
+
+
+def test_text_mean_pooling_matches_manual_mean():
+    enc = TextEncoder(9, 3)
+    torch.testing.assert_close(enc(torch.tensor([[1, 4, 0]]))[0], enc.embedding.weight[[1, 4]].mean(0))
+
+
+def test_config_round_trip_rebuilds_identical_model():
+    model = two_tower()
+    clone = TwoTower.from_config(model.config)
+    clone.load_state_dict(model.state_dict())
+    model.eval(), clone.eval()
+    query, candidate = batch_query(), batch_candidate()
+    torch.testing.assert_close(clone.encode_query(query), model.encode_query(query))
+    torch.testing.assert_close(clone.encode_candidate(candidate), model.encode_candidate(candidate))
+
+
+def test_errors_name_what_is_wrong():
+    with pytest.raises(ValueError, match="no encoder for feature kind 'picture'"):
+        build_encoder("picture")
+    with pytest.raises(ValueError, match="query tower outputs dim 5, candidate tower 6"):
+        TwoTower(Tower(QUERY, [8], 5), Tower(CANDIDATE, [8], 6))
+    with pytest.raises(KeyError, match=r"lack feature\(s\) \['age'\]"):
+        Tower(QUERY, [8], 5)({"user_id": torch.tensor([0]), "history": torch.tensor([[0]])})
+    with pytest.raises(ValueError, match="history pooling 'max'"):
+        HistoryEncoder(3, 2, pooling="max")

@@ -1,0 +1,54 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from twotower.data.splits import LeaveLastOut, PredefinedSplit, RandomSplit, TemporalSplit
+
+
+@pytest.fixture
+def interactions():
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(30), rng.integers(1, 15, 30))
+    return pd.DataFrame({"user_id": users.astype(str), "item_id": rng.integers(0, 50, len(users)).astype(str), "timestamp": rng.permutation(len(users))})
+
+
+def test_random_split_is_per_user_and_deterministic(interactions):
+    labels = RandomSplit(test=0.2, val=0.25, seed=3)(interactions)
+    assert labels.equals(RandomSplit(test=0.2, val=0.25, seed=3)(interactions))
+    assert not labels.equals(RandomSplit(test=0.2, val=0.25, seed=4)(interactions))
+    for _, group in labels.groupby(interactions["user_id"]):
+        n = len(group)
+        n_test = int(np.floor(n * 0.2 + 0.5))
+        assert (group == "test").sum() == n_test
+        assert (group == "val").sum() == int(np.floor((n - n_test) * 0.25 + 0.5))
+
+
+def test_temporal_split_cuts_time_globally(interactions):
+    labels = TemporalSplit(test=0.2, val=0.1)(interactions)
+    t = interactions["timestamp"]
+    assert t[labels == "train"].max() < t[labels == "val"].min() <= t[labels == "val"].max() < t[labels == "test"].min()
+    assert (labels == "test").sum() == round(len(t) * 0.2)
+
+
+def test_leave_last_out(interactions):
+    labels = LeaveLastOut()(interactions)
+    for user, group in interactions.groupby("user_id"):
+        lab = labels[group.index]
+        latest = group["timestamp"].idxmax()
+        if len(group) >= 2:
+            assert lab[latest] == "test" and (lab == "test").sum() == 1
+        if len(group) >= 3:
+            assert (lab == "val").sum() == 1 and group.loc[lab == "val", "timestamp"].iloc[0] < group.loc[latest, "timestamp"]
+        if len(group) == 1:
+            assert lab.iloc[0] == "train"
+
+
+def test_predefined_split_and_errors(interactions):
+    frame = interactions.assign(split="train")
+    assert (PredefinedSplit()(frame) == "train").all()
+    with pytest.raises(ValueError, match=r"has no column\(s\) \['split'\]"):
+        PredefinedSplit()(interactions)
+    with pytest.raises(ValueError, match=r"has no column\(s\) \['timestamp'\]"):
+        TemporalSplit()(interactions.drop(columns="timestamp"))
+    with pytest.raises(ValueError, match="test=1.5 must be in"):
+        RandomSplit(test=1.5)
