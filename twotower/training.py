@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from twotower.module import TwoTowerModule
+from twotower.tracking import wandb_offline_unless_logged_in
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     module = TwoTowerModule(model=model, optimizer=instantiate(cfg.optimizer), **options)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if any("Wandb" in str(c.get("_target_", "")) for c in (cfg.get("logger") or {}).values()):
+        wandb_offline_unless_logged_in()
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
