@@ -123,3 +123,8 @@ def test_generator_command_line(tmp_path, capsys):
         assert all(len(line.split("\t")) == 5 for line in lines)
         news_lines = (tmp_path / directory / "news.tsv").read_text().splitlines()
         assert all(len(line.split("\t")) == 8 for line in news_lines)
+
+
+def test_no_path_says_which_override_to_set():
+    with pytest.raises(ValueError, match=r"set data.path=<dir>"):
+        MindSource(None).load()

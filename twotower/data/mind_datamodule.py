@@ -45,7 +45,7 @@ class MindDataModule(TwoTowerDataModule):
 
     def __init__(
         self,
-        path: str,
+        path: str | None,
         features: Mapping[str, Sequence[Mapping[str, Any]]],
         impression_negatives: int = 4,
         dev_test_fraction: float = 0.5,

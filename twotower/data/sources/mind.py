@@ -135,7 +135,7 @@ class MindSource:
 
     def __init__(
         self,
-        path: str,
+        path: str | None,
         dev_test_fraction: float = 0.5,
         seed: int = 0,
         sentence_model: str | None = None,
@@ -144,11 +144,13 @@ class MindSource:
     ):
         if not 0.0 <= dev_test_fraction < 1.0:
             raise ValueError(f"dev_test_fraction={dev_test_fraction} must be in [0, 1)")
-        self.path, self.dev_test_fraction, self.seed = Path(path), dev_test_fraction, seed
+        self.path, self.dev_test_fraction, self.seed = Path(path) if path else None, dev_test_fraction, seed
         self.sentence_model, self.sentence_columns = sentence_model, tuple(sentence_columns)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "sentence_vectors"
 
     def load(self) -> MindTables:
+        if self.path is None:
+            raise ValueError("no MIND directory given: set data.path=<dir> (the directory holding train/ and dev/)")
         news = {d: read_news(self.path / d / "news.tsv") for d in DIRECTORIES}
         # A news item is usually listed in both directories' news.tsv, identically.
         items = pd.concat([news["train"], news["dev"]]).drop_duplicates("news_id").reset_index(drop=True)
