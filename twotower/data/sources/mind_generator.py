@@ -102,7 +102,7 @@ def generate_mind(
         shown_mean: mean news shown per impression (at least 2).
         fresh_share: share of the news shown in dev impressions that are fresh.
     """
-    if users < 2 or news < 20 or categories < 2 or not 1 <= categories <= 10_000:
+    if users < 2 or news < 20 or categories < 2:
         raise ValueError(f"need users >= 2, news >= 20, categories >= 2 (got users={users}, news={news}, categories={categories})")
     rng = np.random.default_rng(seed)
     train_impressions = train_impressions or 3 * users
