@@ -24,8 +24,6 @@ from twotower.data.splits import PredefinedSplit
 from twotower.data.store import CSR, Batch, EvalBatch, Features
 from twotower.data.tables import ITEM, SPLIT, USER
 
-HISTORY_DIRECTORY = {"train": "train", "val": "dev", "test": "dev"}
-
 
 class MindDataModule(TwoTowerDataModule):
     """``TwoTowerDataModule`` over a MIND directory (``<path>/train``, ``<path>/dev``).
