@@ -23,20 +23,27 @@ def test_row_negatives_join_each_rows_softmax():
     assert loss.item() == pytest.approx((0.680270 + 1.006409) / 2, abs=1e-6)
 
 
-def test_row_negatives_are_not_log_q_corrected_and_all_padding_is_plain_in_batch():
+def test_row_negatives_get_their_items_log_q_correction_and_all_padding_is_plain_in_batch():
     query = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     candidate = torch.tensor([[0.6, 0.8], [0.8, 0.6]])
     log_q = torch.tensor([-1.0, -2.0])
     plain = in_batch_softmax_loss(query, candidate, 1.0, log_q=log_q)
-    padded = in_batch_softmax_loss(query, candidate, 1.0, log_q=log_q, row_negatives=torch.ones(2, 3, 2), row_negatives_mask=torch.ones(2, 3, dtype=torch.bool))
+    padded = in_batch_softmax_loss(
+        query, candidate, 1.0, log_q=log_q, row_negatives=torch.ones(2, 3, 2), row_negatives_mask=torch.ones(2, 3, dtype=torch.bool), row_negatives_log_q=torch.zeros(2, 3)
+    )
     assert padded.item() == pytest.approx(plain.item())
-    # One unpadded negative with logit 0.5 at temperature 0.5 -> logit 1, uncorrected.
-    one = in_batch_softmax_loss(query, candidate, 0.5, log_q=log_q, row_negatives=torch.tensor([[[0.5, 0.0]], [[0.0, 0.5]]]))
+    # Temperature 0.5; in-batch logits 1.2 / 1.6 plus 1 or 2 (-log_q); one row negative each with
+    # raw logit 0.5 / 0.5 = 1.0, plus 3 (row 0) or 0.5 (row 1) from its own log_q.
+    one = in_batch_softmax_loss(
+        query, candidate, 0.5, log_q=log_q, row_negatives=torch.tensor([[[0.5, 0.0]], [[0.0, 0.5]]]), row_negatives_log_q=torch.tensor([[-3.0], [-0.5]])
+    )
     rows = [
-        -math.log(math.exp(1.2 + 1) / (math.exp(1.2 + 1) + math.exp(1.6 + 2) + math.exp(1.0))),
-        -math.log(math.exp(1.2 + 2) / (math.exp(1.6 + 1) + math.exp(1.2 + 2) + math.exp(1.0))),
+        -math.log(math.exp(1.2 + 1) / (math.exp(1.2 + 1) + math.exp(1.6 + 2) + math.exp(1.0 + 3))),
+        -math.log(math.exp(1.2 + 2) / (math.exp(1.6 + 1) + math.exp(1.2 + 2) + math.exp(1.0 + 0.5))),
     ]
     assert one.item() == pytest.approx(sum(rows) / 2, abs=1e-6)
+    with pytest.raises(ValueError, match="row_negatives_log_q is required"):
+        in_batch_softmax_loss(query, candidate, 0.5, log_q=log_q, row_negatives=torch.ones(2, 1, 2))
 
 
 def _towers(pooling="mean", user_features=()):

@@ -19,6 +19,7 @@ def in_batch_softmax_loss(
     logq_weight: float = 1.0,
     row_negatives: torch.Tensor | None = None,
     row_negatives_mask: torch.Tensor | None = None,
+    row_negatives_log_q: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sampled softmax over in-batch candidates (plus optional extra negatives).
 
@@ -41,8 +42,11 @@ def in_batch_softmax_loss(
         logq_weight: 1 for the full correction, 0 for none.
         row_negatives: (B, M, D) negatives of one row each, e.g. the items shown to the user in
             the same impression as row i's click but not clicked. They join row i's softmax next
-            to the in-batch negatives, with no logQ correction (they are not sampled by frequency).
+            to the in-batch negatives.
         row_negatives_mask: (B, M) bool, True where a slot holds no negative (padding).
+        row_negatives_log_q: (B, M) the row negatives' items' ``log_q``, required with ``log_q``: every
+            column gets its item's correction, so all logits share one scale (uncorrected, the
+            row negatives would sit ~|log_q| below the corrected in-batch logits and barely count).
 
     Returns:
         The mean cross-entropy of each row's positive against its negatives.
@@ -65,6 +69,8 @@ def in_batch_softmax_loss(
     excluded[diagonal, diagonal] = False
     if row_negatives is not None:
         row_logits = torch.einsum("bd,bmd->bm", query, row_negatives) / temperature  # (B, M)
+        if log_q is not None:
+            row_logits = row_logits - logq_weight * _required(row_negatives_log_q, "row_negatives_log_q")
         row_excluded = row_negatives_mask if row_negatives_mask is not None else torch.zeros_like(row_logits, dtype=torch.bool)
         logits = torch.cat([logits, row_logits], dim=1)  # (B, B + N + M)
         excluded = torch.cat([excluded, row_excluded], dim=1)

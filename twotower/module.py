@@ -105,6 +105,7 @@ class TwoTowerModule(pl.LightningModule):
             logq_weight=self.hparams.logq_weight,
             row_negatives=row_negatives,
             row_negatives_mask=batch.row_negatives_mask,
+            row_negatives_log_q=batch.row_negatives_log_q,
         )  # logits (B, B + N + M); diagonal = positives
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch))
         if self.hparams.learn_temperature:

@@ -157,6 +157,7 @@ class MindDataModule(TwoTowerDataModule):
             gathered = self.items.gather(negatives.reshape(-1))
             batch.row_negatives = {k: v.view(*negatives.shape, *v.shape[1:]) for k, v in gathered.items()}  # (B, M, ...)
             batch.row_negatives_mask = padding
+            batch.row_negatives_log_q = self.item_log_q[negatives]  # (B, M)
         return batch
 
     def eval_batch(self, users: torch.Tensor, split: str) -> EvalBatch:

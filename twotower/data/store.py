@@ -85,7 +85,7 @@ class Batch(_Movable):
     masking); ``log_q`` is the log sampling probability of each candidate (logQ correction).
     ``row_negatives`` are features of shape (B, M, ...): M extra negatives of each row (e.g. the
     items shown but not clicked in the impression of the row's click), with ``row_negatives_mask``
-    (B, M) True where a slot is padding.
+    (B, M) True where a slot is padding, and ``row_negatives_log_q`` (B, M) their items' ``log_q``.
     """
 
     query: Features
@@ -95,6 +95,7 @@ class Batch(_Movable):
     log_q: torch.Tensor
     row_negatives: Features | None = None
     row_negatives_mask: torch.Tensor | None = None
+    row_negatives_log_q: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.candidate_ids)
