@@ -166,4 +166,4 @@ class MindDataModule(TwoTowerDataModule):
         targets = torch.stack(self.heldout[split].gather(users))
         position, entry = self.impressions_by_user[split].gather(users)
         item, impression, label = self.impression_entries[split][:, entry]
-        return EvalBatch(query, users, exclude, targets, torch.stack([position, item, impression, label]))
+        return EvalBatch(query, users, exclude, targets, impressions=torch.stack([position, item, impression, label]))
