@@ -1,10 +1,17 @@
-"""Experiment-tracking set-up that never blocks a batch job."""
+"""Experiment tracking: set-up that never blocks a batch job, and what a run records besides metrics."""
 from __future__ import annotations
 
 import logging
 import netrc
 import os
+from typing import Any, Mapping, Sequence
 from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from pytorch_lightning.loggers import Logger, TensorBoardLogger, WandbLogger
 
 log = logging.getLogger(__name__)
 
@@ -25,3 +32,45 @@ def wandb_offline_unless_logged_in() -> None:
     if not logged_in:
         log.warning("no W&B credentials (WANDB_API_KEY or ~/.netrc): logging offline; upload later with `wandb sync`")
         os.environ["WANDB_MODE"] = "offline"
+
+
+def log_config(loggers: Sequence[Logger], config: Mapping[str, Any]) -> None:
+    """The whole resolved run config (data, model, loss, trainer, ...) as every logger's hyperparameters."""
+    for logger in loggers:
+        logger.log_hyperparams(dict(config))
+
+
+def log_images(loggers: Sequence[Logger], figures: Mapping[str, Figure], step: int | None = None) -> None:
+    """Figures as images in the loggers that hold images (W&B, TensorBoard); others keep the PNG files only."""
+    targets = [logger for logger in loggers if isinstance(logger, (WandbLogger, TensorBoardLogger))]
+    if not targets:
+        return
+    pixels = {key: _rgb(figure) for key, figure in figures.items()}
+    for logger in targets:
+        for key, image in pixels.items():
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key, [image], step=step)
+            else:
+                logger.experiment.add_image(key, image, global_step=step, dataformats="HWC")
+
+
+def log_table(loggers: Sequence[Logger], key: str, table: pd.DataFrame) -> None:
+    """A table (e.g. sample recommendations) in the W&B run; other loggers have no table type."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_table(key, dataframe=table)
+
+
+def finish_runs(loggers: Sequence[Logger]) -> None:
+    """Closes the W&B run, so its files are complete and a next ``train`` in this process starts a new run."""
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        import wandb
+
+        wandb.finish()
+
+
+def _rgb(figure: Figure) -> np.ndarray:
+    """(H, W, 3) uint8 pixels of a figure."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
