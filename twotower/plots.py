@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator, ScalarFormatter
 
 DPI = 120
 NAMES = {"recall": "Recall", "ndcg": "NDCG", "map": "MAP", "mrr": "MRR", "precision": "Precision", "hitrate": "Hit rate"}
@@ -125,6 +125,9 @@ def plot_recall_vs_latency(index_infos: Mapping[str, Any] | Sequence[Mapping[str
         ylabel=f"recall@{k} vs exact search",
         xscale="log",
     )
+    # Plain numbers (0.1, 0.2, 0.5, 1) rather than 10^-1 on the log axis; minor ticks labelled at 2 and 5 only.
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "25" else ""))
     axes.set_ylim(min(0.9, min(info[metric] for info in infos) - 0.05), 1.01)
     axes.grid(alpha=0.3, which="both")
     axes.legend(loc="lower right")
