@@ -147,3 +147,30 @@ def _save(figure: Figure, path: str | Path | None) -> Figure:
         path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path)
     return figure
+
+
+def plot_item_map(coordinates, labels: Sequence[str], path: str | Path | None = None, top: int = 8, title: str = "Item embeddings", axis_names: Sequence[str] = ("axis 1", "axis 2")) -> Figure:
+    """A scatter of items in two dimensions, coloured by label (the ``top`` commonest; the rest grey).
+
+    Args:
+        coordinates: (n_items, 2), e.g. from ``twotower.explore.principal_axes``.
+        labels: one per item, e.g. its genre.
+    """
+    if len(coordinates) != len(labels):
+        raise ValueError(f"coordinates have {len(coordinates)} rows, labels {len(labels)}")
+    counts: dict[str, int] = defaultdict(int)
+    for label in labels:
+        counts[label] += 1
+    shown = sorted(counts, key=lambda label: (-counts[label], label))[:top]
+    figure = Figure(figsize=(8, 6.5), dpi=DPI, layout="constrained")
+    axes = figure.subplots()
+    rest = [i for i, label in enumerate(labels) if label not in shown]
+    if rest:
+        axes.scatter(coordinates[rest, 0], coordinates[rest, 1], s=8, color="lightgrey", label="other")
+    for label in shown:
+        chosen = [i for i, other in enumerate(labels) if other == label]
+        axes.scatter(coordinates[chosen, 0], coordinates[chosen, 1], s=10, alpha=0.8, label=f"{label} ({len(chosen)})")
+    axes.set(title=title, xlabel=axis_names[0], ylabel=axis_names[1])
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best", fontsize=8, markerscale=1.5)
+    return _save(figure, path)
