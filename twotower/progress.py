@@ -7,7 +7,7 @@ import time
 from typing import Iterable, Iterator, Sequence, TypeVar
 
 import pytorch_lightning as pl
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
