@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -41,10 +42,23 @@ def read_records(path: str | Path) -> Iterator[wandb_internal_pb2.Record]:
             yield record
 
 
+def finished_records(path: str | Path, timeout: float = 120.0) -> list[wandb_internal_pb2.Record]:
+    """The records once the run's ``exit`` record is written.
+
+    ``wandb.finish()`` can return while wandb-core is still writing the file on a loaded machine.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        records = list(read_records(path))
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
 def offline_run(path: str | Path) -> dict[str, Any]:
-    """``{"config": {...}, "history": [{key: value}], "summary": {...}, "files": [...]}`` of a run file."""
+    """``{"config": {...}, "history": [{key: value}], "summary": {...}, "files": [...]}`` of a finished run file."""
     out: dict[str, Any] = {"config": {}, "history": [], "summary": {}, "files": []}
-    for record in read_records(path):
+    for record in finished_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "config":
             for item in record.config.update:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 from urllib.parse import urlparse
 
@@ -67,6 +68,29 @@ def finish_runs(loggers: Sequence[Logger]) -> None:
         import wandb
 
         wandb.finish()
+
+
+def log_exported_artifact(path: str | Path, project: str = "twotower", save_dir: str | Path | None = None, metadata: Mapping[str, Any] | None = None) -> None:
+    """Records an exported artifact directory as a W&B Artifact (type ``model``) in an ``export`` run.
+
+    Offline unless credentials are present, like training; ``wandb sync`` uploads it later.
+
+    Args:
+        path: the artifact directory (every file is added).
+        save_dir: where the run's ``wandb/`` folder goes (default: next to the artifact).
+        metadata: shown with the artifact (e.g. the manifest's index key, dims and counts).
+    """
+    import wandb
+
+    path = Path(path)
+    wandb_offline_unless_logged_in()
+    run = wandb.init(project=project, dir=str(save_dir or path.parent), job_type="export", name=f"export-{path.name}")
+    try:
+        artifact = wandb.Artifact(f"twotower-{path.name}", type="model", metadata=dict(metadata or {}))
+        artifact.add_dir(str(path))
+        run.log_artifact(artifact)
+    finally:
+        run.finish()
 
 
 def _rgb(figure: Figure) -> np.ndarray:
