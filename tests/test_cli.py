@@ -58,3 +58,15 @@ def test_wheel_ships_the_configs_and_composes_them_outside_the_checkout(tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines()[0] == str(site / "twotower" / "conf")
     assert "SyntheticSource" in done.stdout
+
+
+def test_export_console_script_writes_an_artifact(compose_cfg, fast_synthetic, tmp_path):
+    pytest.importorskip("twotower.exporting", reason="export lands with issue 3")
+    from twotower.training import train
+
+    train(compose_cfg(*fast_synthetic, "trainer.max_epochs=1", "test=false"))
+    script = "import sys; from twotower.cli import export_main; sys.argv = ['twotower-export', *sys.argv[1:]]; export_main()"
+    done = subprocess.run([sys.executable, "-c", script, f"checkpoint={tmp_path}", f"output_dir={tmp_path / 'artifact'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"artifact: {tmp_path / 'artifact'}" in done.stdout and (tmp_path / "artifact" / "manifest.json").exists()
