@@ -3,7 +3,8 @@ import logging
 
 import pytorch_lightning as pl
 
-from twotower.progress import EpochLog, progress
+from twotower.callbacks import EpochLog
+from twotower.progress import progress
 
 
 def test_progress_bar_is_off_when_stderr_is_not_a_terminal(capsys):
@@ -19,9 +20,9 @@ def test_progress_bar_can_be_forced_on(capsys):
 
 def test_epoch_line_is_silent_while_a_progress_bar_is_shown(caplog):
     trainer = pl.Trainer(enable_progress_bar=True, logger=False, enable_checkpointing=False, max_epochs=3)
-    with caplog.at_level(logging.INFO, logger="twotower.progress"):
+    with caplog.at_level(logging.INFO, logger="twotower.callbacks.epoch_log"):
         EpochLog().on_train_epoch_end(trainer, None)
-    assert [r for r in caplog.records if r.name == "twotower.progress"] == []
+    assert [r for r in caplog.records if r.name == "twotower.callbacks.epoch_log"] == []
 
 
 def test_epoch_line_shows_the_metrics_it_finds():

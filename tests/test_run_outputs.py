@@ -30,7 +30,7 @@ def run(tmp_path_factory):
     lines = []
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(record.getMessage())
-    logger = logging.getLogger("twotower.progress")
+    logger = logging.getLogger("twotower.callbacks.epoch_log")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:

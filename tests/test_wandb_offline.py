@@ -4,8 +4,11 @@ import os
 
 import pytest
 
+from hydra import compose, initialize_config_dir
+
+from tests.conftest import CONF
 from tests.wandb_records import finished_records, offline_run
-from twotower.tracking import log_exported_artifact
+from twotower.exporting import export
 from twotower.training import train
 
 
@@ -17,11 +20,11 @@ def no_wandb_credentials(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
-def test_wandb_run_is_recorded_offline(compose_cfg, fast_synthetic, no_wandb_credentials, tmp_path):
+def test_wandb_run_and_its_export_are_recorded_offline(compose_cfg, fast_synthetic, no_wandb_credentials, tmp_path):
     overrides = [o for o in fast_synthetic if not o.startswith("logger=")]
     metrics, _ = train(compose_cfg(*overrides, "logger=wandb", "trainer.max_epochs=2"))
     assert os.environ["WANDB_MODE"] == "offline"
-    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")  # before export adds its own run
     (run_file,) = run_dir.glob("run-*.wandb")
     run = offline_run(run_file)
 
@@ -40,15 +43,13 @@ def test_wandb_run_is_recorded_offline(compose_cfg, fast_synthetic, no_wandb_cre
     assert table["columns"] == ["user_id", "rank", "item_id", "score", "held_out", "title", "genres"]
     assert len(table["data"]) == 5 * 10
 
+    # Exporting a checkpoint of a W&B-tracked run records the artifact in an export run next to it.
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        export_cfg = compose("export", overrides=[f"checkpoint={tmp_path}", f"output_dir={tmp_path / 'artifacts' / 'demo'}"])
+    export(export_cfg)
+    (export_file,) = (tmp_path / "artifacts" / "wandb").glob("offline-run-*/run-*.wandb")
+    (record,) = [r.artifact for r in finished_records(export_file) if r.WhichOneof("record_type") == "artifact"]
+    assert (record.name, record.type) == ("twotower-demo", "model")
+    assert "manifest.json" in {entry.path for entry in record.manifest.contents}
+    assert json.loads(record.metadata)["items"] == 300  # the synthetic catalogue
 
-def test_exported_artifact_is_recorded_as_a_wandb_artifact(no_wandb_credentials, tmp_path):
-    exported = tmp_path / "artifact"
-    (exported / "query_tower").mkdir(parents=True)
-    (exported / "manifest.json").write_text('{"dim": 4}')
-    (exported / "query_tower" / "config.json").write_text("{}")
-    log_exported_artifact(exported, metadata={"dim": 4})
-    (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
-    (record,) = [r.artifact for r in finished_records(run_file) if r.WhichOneof("record_type") == "artifact"]
-    assert (record.name, record.type) == ("twotower-artifact", "model")
-    assert sorted(entry.path for entry in record.manifest.contents) == ["manifest.json", "query_tower/config.json"]
-    assert json.loads(record.metadata) == {"dim": 4}

@@ -70,6 +70,14 @@ def finish_runs(loggers: Sequence[Logger]) -> None:
         wandb.finish()
 
 
+def wandb_logger_config(run_config: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The W&B logger's settings in a training run's resolved config, or None when it used no W&B."""
+    for logger in ((run_config or {}).get("logger") or {}).values():
+        if "Wandb" in str(logger.get("_target_", "")):
+            return logger
+    return None
+
+
 def log_exported_artifact(path: str | Path, project: str = "twotower", save_dir: str | Path | None = None, metadata: Mapping[str, Any] | None = None) -> None:
     """Records an exported artifact directory as a W&B Artifact (type ``model``) in an ``export`` run.
 
