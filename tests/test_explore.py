@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twotower.explore import axis_extremes, most_specific_tag, popularity_metrics, principal_axes, titled
+from twotower.explore import axis_extremes, most_specific_tag, principal_axes, titled
 from twotower.plots import plot_item_map
 
 
@@ -46,14 +46,3 @@ def test_titled_keeps_rank_order_and_drops_padding():
     assert table["item_id"].tolist() == ["3", "1", "9"] and table["score"].tolist() == [0.9, 0.8, 0.7]
     assert table["title"].tolist()[:2] == ["Three", "One"] and pd.isna(table["title"].iloc[2])
 
-
-def test_popularity_metrics_match_the_reference_ranking(compose_cfg):
-    from hydra.utils import instantiate
-
-    from tests.test_train_e2e import popularity_recall_at_20
-
-    dm = instantiate(compose_cfg("data=synthetic").data)
-    dm.setup()
-    values = popularity_metrics(dm, "test", ks=[10, 20])
-    assert values["recall@20"] == pytest.approx(popularity_recall_at_20(dm, "test"), abs=1e-6)
-    assert values["recall@10"] <= values["recall@20"]

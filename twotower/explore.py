@@ -5,9 +5,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
-
-from twotower.metrics import RetrievalMetrics
 
 
 def principal_axes(vectors: np.ndarray, n: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -74,19 +71,3 @@ def titled(item_ids: Sequence[Any], items: pd.DataFrame, scores: Sequence[float]
     frame.index = pd.RangeIndex(1, len(frame) + 1, name="rank")
     return frame
 
-
-def popularity_metrics(datamodule, split: str = "test", ks: Sequence[int] = (10, 20, 50, 100)) -> dict[str, float]:
-    """``{"recall@20": ...}`` of recommending every user the items most often known on ``split``.
-
-    Same users, exclusions and metric code as the model's ``split/name@k``: the floor any
-    personalised model has to clear.
-    """
-    known = datamodule.known[split]
-    counts = torch.bincount(known.indices.cpu(), minlength=len(datamodule.item_rows)).float()  # (n_items,)
-    metric = RetrievalMetrics(list(ks))
-    for users in datamodule.eval_users[split].split(datamodule.eval_batch_size):
-        batch = datamodule.eval_batch(users.to(known.indices.device), split)
-        scores = counts.expand(len(users), -1).clone()  # (U, n_items)
-        scores[batch.exclude[0].cpu(), batch.exclude[1].cpu()] = float("-inf")
-        metric.update(scores.topk(min(max(ks), scores.shape[1]), dim=1).indices, batch.targets.cpu(), scores.shape[1])
-    return {name: float(value) for name, value in metric.compute().items()}
