@@ -1,4 +1,4 @@
-"""Console scripts: ``twotower-train`` is train.py with the same configs, from a checkout and from a wheel."""
+"""Console scripts: ``twotower-train``/``twotower-export`` are train.py/export.py with the same configs, from a checkout and from a wheel."""
 import shutil
 import subprocess
 import sys
@@ -19,7 +19,7 @@ def test_package_configs_are_the_repository_configs():
     assert Path(CONF_DIR).resolve() == CONF.resolve()
 
 
-def test_train_console_script_takes_train_py_overrides(tmp_path):
+def test_console_scripts_train_then_export(tmp_path):
     run_dir = tmp_path / "run"
     overrides = ["data=synthetic", "data.source.n_users=200", "trainer.max_epochs=1", "test=false", "logger=csv",
                  "+trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"]
@@ -29,6 +29,11 @@ def test_train_console_script_takes_train_py_overrides(tmp_path):
     assert "- data.source.n_users=200" in (run_dir / ".hydra" / "overrides.yaml").read_text()
     assert (run_dir / "plots" / "learning_curves.png").exists() and list((run_dir / "checkpoints").glob("epoch*.ckpt"))
     assert "val   @20" in done.stdout  # the metrics table train.py prints
+
+    export = ["-c", SCRIPT.replace("train_main", "export_main").replace("twotower-train", "twotower-export"), f"checkpoint={run_dir}", f"output_dir={tmp_path / 'artifact'}"]
+    done = subprocess.run([sys.executable, *export], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"artifact: {tmp_path / 'artifact'}" in done.stdout and (tmp_path / "artifact" / "manifest.json").exists()
 
 
 def test_train_console_script_refuses_an_unknown_group_option(tmp_path):
@@ -59,14 +64,3 @@ def test_wheel_ships_the_configs_and_composes_them_outside_the_checkout(tmp_path
     assert done.stdout.splitlines()[0] == str(site / "twotower" / "conf")
     assert "SyntheticSource" in done.stdout
 
-
-def test_export_console_script_writes_an_artifact(compose_cfg, fast_synthetic, tmp_path):
-    pytest.importorskip("twotower.exporting", reason="export lands with issue 3")
-    from twotower.training import train
-
-    train(compose_cfg(*fast_synthetic, "trainer.max_epochs=1", "test=false"))
-    script = "import sys; from twotower.cli import export_main; sys.argv = ['twotower-export', *sys.argv[1:]]; export_main()"
-    done = subprocess.run([sys.executable, "-c", script, f"checkpoint={tmp_path}", f"output_dir={tmp_path / 'artifact'}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"artifact: {tmp_path / 'artifact'}" in done.stdout and (tmp_path / "artifact" / "manifest.json").exists()
