@@ -1,16 +1,8 @@
-"""Export a trained checkpoint as a FAISS index artifact: python export.py checkpoint=<ckpt or run dir> [index=ivf_pq] output_dir=<dir>."""
-import hydra
-from omegaconf import DictConfig
+"""Export a trained checkpoint as a FAISS index artifact: python export.py checkpoint=<ckpt or run dir> [index=ivf_pq] output_dir=<dir>.
 
-from twotower.exporting import export
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="export")
-def main(cfg: DictConfig) -> str:
-    path = export(cfg)
-    print(f"artifact: {path}")
-    return str(path)
-
+The same as the installed ``twotower-export`` (see README).
+"""
+from twotower.cli import export_main
 
 if __name__ == "__main__":
-    main()
+    export_main()

@@ -26,6 +26,8 @@ from twotower.data.tables import ITEM, TIME, USER
 from twotower.index import IndexSpec, build_and_measure
 from twotower.model.towers import Tower
 from twotower.model.two_tower import TwoTower
+from twotower.progress import progress
+from twotower.tracking import log_exported_artifact, wandb_logger_config
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +80,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 @torch.inference_mode()
-def encode(tower: Tower, rows: int, gather, device: torch.device, chunk: int) -> np.ndarray:
+def encode(tower: Tower, rows: int, gather, device: torch.device, chunk: int, desc: str = "encoding") -> np.ndarray:
     """(rows, dim) float32 vectors, ``chunk`` rows on the device at a time (memory bounded by the chunk)."""
     out = np.empty((rows, tower.output_dim), dtype=np.float32)
-    for start in range(0, rows, chunk):
+    for start in progress(range(0, rows, chunk), desc=desc, unit="chunk"):
         idx = torch.arange(start, min(rows, start + chunk))
         features = {k: v.to(device) for k, v in gather(idx).items()}
         out[start : start + len(idx)] = tower(features).float().cpu().numpy()
@@ -114,9 +116,9 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
         # Serving reads every logged interaction, so histories use all splits, most recent first.
         max_len = datamodule.preprocessor.query[datamodule.history_name].max_len
         user_features[datamodule.history_name] = datamodule._history_table(users, items, times if TIME in interactions else None, max_len)
-    item_vectors = encode(model.candidate_tower, len(datamodule.items), datamodule.items.gather, device, cfg.chunk_size)  # (n_items, D)
+    item_vectors = encode(model.candidate_tower, len(datamodule.items), datamodule.items.gather, device, cfg.chunk_size, "encoding the catalogue")  # (n_items, D)
     sample = _sample(datamodule.eval_users["val"], cfg.eval_queries, datamodule.seed)
-    queries = encode(model.query_tower, len(sample), lambda rows: datamodule.eval_batch(sample[rows], "val").query, device, cfg.chunk_size)
+    queries = encode(model.query_tower, len(sample), lambda rows: datamodule.eval_batch(sample[rows], "val").query, device, cfg.chunk_size, "encoding queries")
     index, infos = build_and_measure(item_vectors, queries, IndexSpec.from_config(OmegaConf.to_container(cfg.index, resolve=True)))
     log.info("index %s: recall@10 %.4f, p99 %.2f ms", infos["key"], infos.get("recall@10", float("nan")), infos["latency_ms"]["p99"])
 
@@ -154,6 +156,9 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
             "config": {"run": meta["run_config"], "export": OmegaConf.to_container(cfg, resolve=True)},
         })
     log.info("artifact written to %s", path)
+    wandb_logger = wandb_logger_config(meta["run_config"])
+    if wandb_logger is not None:
+        log_exported_artifact(path, project=wandb_logger.get("project") or "twotower", metadata={"index": infos["key"], "dim": int(index.d), "items": int(index.ntotal)})
     return path
 
 

@@ -17,6 +17,8 @@ from typing import Any, Iterable, Iterator, Mapping
 import faiss
 import numpy as np
 
+from twotower.progress import progress
+
 log = logging.getLogger(__name__)
 
 #: Catalogues up to this size get exact search from ``auto`` (a flat scan is fast enough and exact).
@@ -96,7 +98,7 @@ def build_index(vectors: np.ndarray, spec: IndexSpec) -> tuple[faiss.Index, int]
         rows = np.sort(np.random.default_rng(spec.seed).choice(n, size=min(n, spec.train_size), replace=False))
         index.train(np.ascontiguousarray(vectors[rows], dtype=np.float32))
         trained_on = len(rows)
-    for chunk in _chunks(vectors, spec.add_chunk):
+    for chunk in progress(_chunks(vectors, spec.add_chunk), desc="building the index", total=-(-vectors.shape[0] // spec.add_chunk), unit="chunk"):
         index.add(chunk)
     apply_search_params(index, spec.search)
     return index, trained_on

@@ -1,10 +1,18 @@
-"""Experiment-tracking set-up that never blocks a batch job."""
+"""Experiment tracking: set-up that never blocks a batch job, and what a run records besides metrics."""
 from __future__ import annotations
 
 import logging
 import netrc
 import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from pytorch_lightning.loggers import Logger, TensorBoardLogger, WandbLogger
 
 log = logging.getLogger(__name__)
 
@@ -25,3 +33,76 @@ def wandb_offline_unless_logged_in() -> None:
     if not logged_in:
         log.warning("no W&B credentials (WANDB_API_KEY or ~/.netrc): logging offline; upload later with `wandb sync`")
         os.environ["WANDB_MODE"] = "offline"
+
+
+def log_config(loggers: Sequence[Logger], config: Mapping[str, Any]) -> None:
+    """The whole resolved run config (data, model, loss, trainer, ...) as every logger's hyperparameters."""
+    for logger in loggers:
+        logger.log_hyperparams(dict(config))
+
+
+def log_images(loggers: Sequence[Logger], figures: Mapping[str, Figure], step: int | None = None) -> None:
+    """Figures as images in the loggers that hold images (W&B, TensorBoard); others keep the PNG files only."""
+    targets = [logger for logger in loggers if isinstance(logger, (WandbLogger, TensorBoardLogger))]
+    if not targets:
+        return
+    pixels = {key: _rgb(figure) for key, figure in figures.items()}
+    for logger in targets:
+        for key, image in pixels.items():
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key, [image], step=step)
+            else:
+                logger.experiment.add_image(key, image, global_step=step, dataformats="HWC")
+
+
+def log_table(loggers: Sequence[Logger], key: str, table: pd.DataFrame) -> None:
+    """A table (e.g. sample recommendations) in the W&B run; other loggers have no table type."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_table(key, dataframe=table)
+
+
+def finish_runs(loggers: Sequence[Logger]) -> None:
+    """Closes the W&B run, so its files are complete and a next ``train`` in this process starts a new run."""
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        import wandb
+
+        wandb.finish()
+
+
+def wandb_logger_config(run_config: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The W&B logger's settings in a training run's resolved config, or None when it used no W&B."""
+    for logger in ((run_config or {}).get("logger") or {}).values():
+        if "Wandb" in str(logger.get("_target_", "")):
+            return logger
+    return None
+
+
+def log_exported_artifact(path: str | Path, project: str = "twotower", save_dir: str | Path | None = None, metadata: Mapping[str, Any] | None = None) -> None:
+    """Records an exported artifact directory as a W&B Artifact (type ``model``) in an ``export`` run.
+
+    Offline unless credentials are present, like training; ``wandb sync`` uploads it later.
+
+    Args:
+        path: the artifact directory (every file is added).
+        save_dir: where the run's ``wandb/`` folder goes (default: next to the artifact).
+        metadata: shown with the artifact (e.g. the manifest's index key, dims and counts).
+    """
+    import wandb
+
+    path = Path(path)
+    wandb_offline_unless_logged_in()
+    run = wandb.init(project=project, dir=str(save_dir or path.parent), job_type="export", name=f"export-{path.name}")
+    try:
+        artifact = wandb.Artifact(f"twotower-{path.name}", type="model", metadata=dict(metadata or {}))
+        artifact.add_dir(str(path))
+        run.log_artifact(artifact)
+    finally:
+        run.finish()
+
+
+def _rgb(figure: Figure) -> np.ndarray:
+    """(H, W, 3) uint8 pixels of a figure."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

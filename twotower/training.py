@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from twotower.impression_metrics import NAMES as IMPRESSION_NAMES
 from twotower.module import TwoTowerModule
-from twotower.tracking import wandb_offline_unless_logged_in
+from twotower.tracking import finish_runs, log_config, wandb_offline_unless_logged_in
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         wandb_offline_unless_logged_in()
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    log_config(loggers, module.run_config)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -44,6 +45,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if cfg.test:
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+    finish_runs(loggers)
     _report(metrics, cfg.module.ks)
     return metrics, {"datamodule": datamodule, "module": module, "trainer": trainer, "best_checkpoint": best or None}
 

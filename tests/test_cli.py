@@ -1,0 +1,66 @@
+"""Console scripts: ``twotower-train``/``twotower-export`` are train.py/export.py with the same configs, from a checkout and from a wheel."""
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CONF
+from twotower.cli import CONF_DIR
+
+ROOT = CONF.parent
+# What the installed console script runs: `twotower-train` calls twotower.cli:train_main with sys.argv.
+SCRIPT = "import sys; from twotower.cli import train_main; sys.argv = ['twotower-train', *sys.argv[1:]]; train_main()"
+
+
+def test_package_configs_are_the_repository_configs():
+    assert Path(CONF_DIR).resolve() == CONF.resolve()
+
+
+def test_console_scripts_train_then_export(tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = ["data=synthetic", "data.source.n_users=200", "trainer.max_epochs=1", "test=false", "logger=csv",
+                 "+trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"]
+    done = subprocess.run([sys.executable, "-c", SCRIPT, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "epoch 1/1  train/loss" in (run_dir / "train.log").read_text()
+    assert "- data.source.n_users=200" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    assert (run_dir / "plots" / "learning_curves.png").exists() and list((run_dir / "checkpoints").glob("epoch*.ckpt"))
+    assert "val   @20" in done.stdout  # the metrics table train.py prints
+
+    export = ["-c", SCRIPT.replace("train_main", "export_main").replace("twotower-train", "twotower-export"), f"checkpoint={run_dir}", f"output_dir={tmp_path / 'artifact'}"]
+    done = subprocess.run([sys.executable, *export], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"artifact: {tmp_path / 'artifact'}" in done.stdout and (tmp_path / "artifact" / "manifest.json").exists()
+
+
+def test_train_console_script_refuses_an_unknown_group_option(tmp_path):
+    done = subprocess.run([sys.executable, "-c", SCRIPT, "model=transformer", f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Could not find 'model/transformer'" in done.stderr
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_configs_and_composes_them_outside_the_checkout(tmp_path):
+    # Built from a copy of the checkout's files (setuptools writes build/ next to the sources).
+    source = tmp_path / "source"
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for name in listed.stdout.splitlines():
+        if (ROOT / name).exists():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name, follow_symlinks=False)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(source), "-w", str(tmp_path)], check=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("twotower-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {name.removeprefix("twotower/conf/") for name in archive.namelist() if name.startswith("twotower/conf/")}
+        archive.extractall(site)
+    assert shipped == {str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml")}
+    # From a folder outside the checkout, with only the unpacked wheel on the path.
+    script = f"import sys; sys.path.insert(0, {str(site)!r}); import twotower.cli; print(twotower.cli.CONF_DIR); " + SCRIPT.removeprefix("import sys; ")
+    done = subprocess.run([sys.executable, "-I", "-c", script, "--cfg", "job", "data=synthetic"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[0] == str(site / "twotower" / "conf")
+    assert "SyntheticSource" in done.stdout
+

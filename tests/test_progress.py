@@ -1,0 +1,32 @@
+"""Progress display: bars only on a terminal (or when asked), the epoch line only without a bar."""
+import logging
+
+import pytorch_lightning as pl
+
+from twotower.callbacks import EpochLog
+from twotower.progress import progress
+
+
+def test_progress_bar_is_off_when_stderr_is_not_a_terminal(capsys):
+    assert list(progress(range(3), "encoding catalogue")) == [0, 1, 2]  # pytest's captured stderr is no tty
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_bar_can_be_forced_on(capsys):
+    assert list(progress(range(3), "building index", unit="items", enabled=True)) == [0, 1, 2]
+    err = capsys.readouterr().err
+    assert "building index: 100%" in err and "3/3" in err
+
+
+def test_epoch_line_is_silent_while_a_progress_bar_is_shown(caplog):
+    trainer = pl.Trainer(enable_progress_bar=True, logger=False, enable_checkpointing=False, max_epochs=3)
+    with caplog.at_level(logging.INFO, logger="twotower.callbacks.epoch_log"):
+        EpochLog().on_train_epoch_end(trainer, None)
+    assert [r for r in caplog.records if r.name == "twotower.callbacks.epoch_log"] == []
+
+
+def test_epoch_line_shows_the_metrics_it_finds():
+    trainer = pl.Trainer(enable_progress_bar=False, logger=False, enable_checkpointing=False, max_epochs=3)
+    trainer.callback_metrics.update({"train/loss_epoch": 4.12345, "train/loss_step": 9.0, "val/recall@20": 0.25})
+    line = EpochLog(["train/loss", "val/recall@20", "val/ndcg@10"]).line(trainer)
+    assert line.startswith("epoch 1/3  train/loss 4.1235  val/recall@20 0.2500  elapsed ")

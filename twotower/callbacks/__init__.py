@@ -1,0 +1,6 @@
+"""Lightning callbacks of a training run besides checkpointing: plots, sample recommendations, epoch log."""
+from twotower.callbacks.epoch_log import EpochLog
+from twotower.callbacks.run_plots import RunPlots
+from twotower.callbacks.sample_recommendations import SampleRecommendations
+
+__all__ = ["EpochLog", "RunPlots", "SampleRecommendations"]

@@ -1,0 +1,69 @@
+"""``SampleRecommendations``: a few validation users' top items, with titles, after training."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+
+from twotower.data.tables import ITEM, USER
+from twotower.tracking import log_table
+
+FILE = "sample_recommendations.csv"
+
+
+class SampleRecommendations(pl.Callback):
+    """After ``fit``, ranks the whole catalogue for the first ``n_users`` validation users.
+
+    Writes ``sample_recommendations.csv`` (user, rank, item id, score, whether the item is one of
+    the user's held-out validation items, and the items table's ``columns``) and logs it as a
+    table to W&B: a look at what the model recommends, next to the numbers.
+
+    Args:
+        dirpath: where the CSV goes (the run directory).
+        n_users: validation users shown (the first ones, so runs can be compared).
+        k: recommendations per user.
+        columns: items-table columns shown next to the ids (e.g. title, genres); missing ones are skipped.
+    """
+
+    def __init__(self, dirpath: str | Path, n_users: int = 5, k: int = 10, columns: Sequence[str] = ("title", "genres")):
+        self.dirpath, self.n_users, self.k, self.columns = Path(dirpath), n_users, k, list(columns)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        table = self.recommendations(pl_module, trainer.datamodule)
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        table.to_csv(self.dirpath / FILE, index=False)
+        log_table(trainer.loggers, "sample_recommendations", table)
+
+    @torch.no_grad()
+    def recommendations(self, pl_module: pl.LightningModule, datamodule: pl.LightningDataModule) -> pd.DataFrame:
+        """One row per (user, rank), best first; the user's known (train) items are never recommended."""
+        was_training = pl_module.training
+        pl_module.eval()
+        users = datamodule.eval_users["val"][: self.n_users].to(datamodule.items.device)
+        batch = datamodule.eval_batch(users, "val")
+        catalogue = pl_module.encode_catalogue()  # (n_items, D)
+        scores = pl_module.model.encode_query(batch.query) @ catalogue.T  # (U, n_items)
+        scores[batch.exclude[0], batch.exclude[1]] = float("-inf")
+        top = scores.topk(min(self.k, scores.shape[1]), dim=1)
+        pl_module.train(was_training)
+
+        heldout = set(zip(batch.targets[0].tolist(), batch.targets[1].tolist()))
+        items = datamodule.tables.items
+        shown = [c for c in self.columns if c in items.columns and c != ITEM]
+        rows = []
+        for position, (user, item_rows, item_scores) in enumerate(zip(users.tolist(), top.indices.tolist(), top.values.tolist())):
+            for rank, (row, score) in enumerate(zip(item_rows, item_scores), start=1):
+                rows.append({
+                    USER: datamodule.user_rows[user],
+                    "rank": rank,
+                    ITEM: datamodule.item_rows[row],
+                    "score": round(score, 4),
+                    "held_out": (position, row) in heldout,
+                    **{c: items[c].iat[row] for c in shown},
+                })
+        return pd.DataFrame(rows)

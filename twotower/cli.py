@@ -1,0 +1,33 @@
+"""Console scripts ``twotower-train`` and ``twotower-export``: ``train.py`` and ``export.py``, installed.
+
+Both read the same Hydra configs: ``twotower/conf`` is a link to the repository's ``conf/`` (one
+copy), which a wheel ships as package data. Add your own config groups with Hydra's
+``--config-dir`` (e.g. ``twotower-train --config-dir my_conf data=mine``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+CONF_DIR = str(Path(__file__).parent / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def train_main(cfg: DictConfig) -> float | None:
+    """``twotower-train [overrides]``: ``twotower.training.train``; returns the monitored metric for sweepers."""
+    from twotower.training import train  # imported here so ``--help`` answers without loading torch
+
+    metrics, _ = train(cfg)
+    return metrics.get(cfg.monitor.metric)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
+def export_main(cfg: DictConfig) -> str:
+    """``twotower-export checkpoint=<ckpt or run dir> output_dir=<dir> [index=...]``: ``twotower.exporting.export``."""
+    from twotower.exporting import export
+
+    path = export(cfg)
+    print(f"artifact: {path}")
+    return str(path)
