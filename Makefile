@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
+	rm -rf outputs/demo   # a fresh run each time (train.py resumes from a run directory's checkpoints)
 	$(PY) train.py hydra.run.dir=outputs/demo
 	$(PY) export.py checkpoint=outputs/demo output_dir=artifacts/demo
 	$(PY) -m twotower.show_recommendations artifacts/demo --users 1 2 3

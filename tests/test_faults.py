@@ -44,7 +44,7 @@ def test_nan_loss_stops_the_run_keeps_the_last_good_checkpoint_and_resume_contin
     with pytest.raises(NonFiniteLossError, match=rf"training loss is nan at step {steps_per_epoch + 5} \(epoch 1\).*Last good checkpoint: .*last\.ckpt"):
         train(cfg)
     checkpoints = sorted((tmp_path / "checkpoints").glob("*.ckpt"))
-    assert [c.name for c in checkpoints] == ["epoch000.ckpt", "last.ckpt"]
+    assert {"epoch000.ckpt", "last.ckpt"} <= {c.name for c in checkpoints}
     for path in checkpoints:
         state = torch.load(path, map_location="cpu", weights_only=False)
         assert (state["epoch"], state["global_step"]) == (0, steps_per_epoch)
@@ -126,7 +126,7 @@ def test_interrupted_write_in_process_leaves_no_partial_file(tmp_path):
 
 
 def test_trainer_configs_write_checkpoints_atomically(compose_cfg, fast_synthetic):
-    for trainer in ("cpu", "gpu", "ddp"):
+    for trainer in ("cpu", "gpu", "ddp", "ddp_cpu"):
         cfg = compose_cfg(f"trainer={trainer}")
         assert [p["_target_"] for p in cfg.trainer.plugins] == ["twotower.checkpoint_io.AtomicCheckpointIO"]
     trainer = instantiate(compose_cfg(*fast_synthetic).trainer)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from twotower.data.store import Batch, EvalBatch
+from twotower.distributed import gather_remote_candidates, world
 from twotower.losses import in_batch_softmax_loss
 from twotower.metrics import RetrievalMetrics
 from twotower.model.two_tower import TwoTower
@@ -25,6 +26,8 @@ class TwoTowerModule(pl.LightningModule):
         logq_weight: weight of the logQ sampling-bias correction (0 = none).
         mask_accidental_hits: a candidate equal to the row's positive is not its negative.
         mask_same_user: another positive of the same user in the batch is not its negative.
+        cross_device_negatives: under DDP, every query also sees the other ranks' candidates
+            (B x world_size per softmax, masking and logQ applied globally); no effect on one process.
         ks: metric cut-offs; metrics are logged as ``val/recall@20`` etc.
         lr_schedule: ``constant`` or ``cosine`` (per step, to 0 at the end of training).
         warmup_steps: linear learning-rate warm-up steps.
@@ -41,6 +44,7 @@ class TwoTowerModule(pl.LightningModule):
         logq_weight: float = 1.0,
         mask_accidental_hits: bool = True,
         mask_same_user: bool = True,
+        cross_device_negatives: bool = True,
         ks: Sequence[int] = (10, 20, 50, 100),
         lr_schedule: str = "constant",
         warmup_steps: int = 0,
@@ -76,6 +80,9 @@ class TwoTowerModule(pl.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         query = self.model.encode_query(batch.query)  # (B, D)
         candidate = self.model.encode_candidate(batch.candidate)  # (B, D)
+        remote = None
+        if self.hparams.cross_device_negatives and world()[1] > 1:
+            remote = gather_remote_candidates(candidate, batch.candidate_ids, batch.log_q, batch.query_ids)  # (N = (W-1)B, D)
         loss = in_batch_softmax_loss(
             query,
             candidate,
@@ -83,8 +90,12 @@ class TwoTowerModule(pl.LightningModule):
             log_q=batch.log_q if self.hparams.logq_weight else None,
             candidate_ids=batch.candidate_ids if self.hparams.mask_accidental_hits else None,
             query_ids=batch.query_ids if self.hparams.mask_same_user else None,
+            negatives=remote.vectors if remote else None,
+            negatives_log_q=remote.log_q if remote else None,
+            negative_ids=remote.ids if remote else None,
+            mask=_pad_left(remote.same_user_mask(batch.query_ids), len(batch)) if remote and self.hparams.mask_same_user else None,
             logq_weight=self.hparams.logq_weight,
-        )
+        )  # logits (B, B + N); diagonal = positives
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch))
         if self.hparams.learn_temperature:
             self.log("train/temperature", self.temperature, on_step=False, on_epoch=True, batch_size=len(batch))
@@ -146,3 +157,8 @@ class TwoTowerModule(pl.LightningModule):
         self._catalogue = None
         for name, value in values.items():
             self.log(f"{split}/{name}", value, prog_bar=name in ("recall@20", "ndcg@10"))
+
+
+def _pad_left(mask: torch.Tensor, columns: int) -> torch.Tensor:
+    """(B, N) -> (B, columns + N) with ``columns`` False columns in front (the local candidates)."""
+    return torch.cat([mask.new_zeros(mask.shape[0], columns), mask], dim=1)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_only
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -46,12 +47,25 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 
 def _resume_path(cfg: DictConfig) -> str | None:
-    if cfg.ckpt_path == "last":
-        path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-        return str(path) if path.exists() else None
-    return cfg.ckpt_path
+    """``ckpt_path``: a path, null (start fresh), or ``last``: the run directory's newest checkpoint.
+
+    Every checkpoint holds the whole training state, so the newest one is where training stopped:
+    the step and epoch-end resume points and the best checkpoint in ``checkpoints/``, or
+    Lightning's ``hpc_ckpt_<n>.ckpt`` written when SLURM signals a requeue. A restarted or
+    requeued job in the same run directory continues; a fresh run directory starts fresh.
+    """
+    if cfg.ckpt_path != "last":
+        return cfg.ckpt_path
+    run_dir = Path(cfg.paths.output_dir)
+    found = [*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+    if not found:
+        return None
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    log.info("resuming from %s", newest)
+    return str(newest)
 
 
+@rank_zero_only
 def _report(metrics: dict[str, float], ks: list[int]) -> None:
     """One small table of validation and test metrics on stdout."""
     names = ["recall", "ndcg", "map", "mrr", "precision", "hitrate"]

@@ -154,6 +154,8 @@ class TwoTowerDataModule(pl.LightningDataModule):
         rows = IndexBatches(len(self.train_pairs), self.batch_size, shuffle=True, seed=self.seed, drop_last=True, rank=rank, world_size=world)
         if len(rows) == 0:
             raise ValueError(f"batch_size={self.batch_size} is larger than the {len(self.train_pairs)} training interactions per process")
+        # A run resumed at epoch e shuffles as epoch e would have, not as epoch 0.
+        rows.epoch = self.trainer.current_epoch if getattr(self, "trainer", None) is not None else 0
         return DataLoader(_Tagged(rows, "train"), batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
