@@ -37,8 +37,8 @@ class PoisonWeightsAt(pl.Callback):
 
 
 def test_nan_loss_stops_the_run_keeps_the_last_good_checkpoint_and_resume_continues(compose_cfg, fast_synthetic, tmp_path):
-    cfg = compose_cfg(*fast_synthetic, "trainer.max_epochs=2", "test=false")
-    steps_per_epoch = 27  # 500 users x 20 interactions, ~72% train, batches of 256
+    cfg = compose_cfg(*fast_synthetic, "trainer.max_epochs=2", "test=false", "data.source.n_users=200")
+    steps_per_epoch = 10  # 200 users x 20 interactions, ~72% train, batches of 256
     with open_dict(cfg):
         cfg.callbacks.poison = {"_target_": "tests.test_faults.PoisonWeightsAt", "step": steps_per_epoch + 5}
     with pytest.raises(NonFiniteLossError, match=rf"training loss is nan at step {steps_per_epoch + 5} \(epoch 1\).*Last good checkpoint: .*last\.ckpt"):
@@ -91,6 +91,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_path):
     path = tmp_path / "checkpoints" / "last.ckpt"
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
