@@ -1,0 +1,175 @@
+"""train -> export -> load -> recommend, against brute force; the portable snippet; faults refused."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from tests.export_fixtures import trained_and_exported
+from twotower import Retriever
+from twotower.artifact import INDEX, MANIFEST, ArtifactError, sha256_of
+from twotower.data.tables import ITEM, TIME, USER
+from twotower.exporting import find_checkpoint, load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The README's serving snippet: faiss + numpy + torch.jit only (the test runs it with twotower unimportable).
+SNIPPET = """
+import faiss, numpy as np, torch
+art = ARTIFACT
+index = faiss.read_index(f"{art}/index.faiss")
+item_ids, user_ids = np.load(f"{art}/item_ids.npy"), np.load(f"{art}/user_ids.npy")
+features = np.load(f"{art}/user_features.npz")
+tower = torch.jit.load(f"{art}/query_tower/torchscript.pt")
+rows = [int(np.flatnonzero(user_ids == u)[0]) for u in ["1", "2", "3"]]
+with torch.no_grad():
+    queries = tower({name: torch.from_numpy(features[name][rows]) for name in features.files}).numpy()
+scores, found = index.search(queries, 10)
+print(item_ids[found].tolist())
+"""
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    return trained_and_exported(tmp_path_factory.mktemp("export"))
+
+
+def brute_force_top_k(model, datamodule, users: list[str], k: int):
+    """Every item scored for each user from the tables directly; seen items removed."""
+    tables, pre = datamodule.tables, datamodule.preprocessor
+    with torch.no_grad():
+        items = model.encode_candidate(pre.transform("candidate", tables.items, "items"))  # (n_items, D)
+        frame = tables.users.set_index(USER).loc[users].reset_index()
+        features = pre.transform("query", frame, "users")
+        log = tables.interactions.sort_values(TIME, ascending=False, kind="stable")
+        max_len = pre.query["history"].max_len
+        histories = [log.loc[log[USER] == u, ITEM].tolist() for u in users]
+        # History: item-vocabulary indices, most recent first (unknown items dropped, as the vocabulary does).
+        features["history"] = torch.from_numpy(pre.item_ids.lookup_lists(histories, max_len))
+        scores = model.encode_query(features) @ items.T  # (U, n_items)
+    item_ids = tables.items[ITEM].tolist()
+    for row, history in enumerate(histories):
+        scores[row, [item_ids.index(i) for i in history]] = float("-inf")
+    top = scores.topk(k, dim=1)
+    return top.values.numpy(), np.asarray(item_ids)[top.indices.numpy()]
+
+
+def test_train_export_load_recommend_matches_brute_force(exported):
+    run_dir, artifact, objects = exported
+    retriever = Retriever.load(artifact)
+    model, _, _ = load_checkpoint(find_checkpoint(run_dir))
+    users = ["0", "1", "7", "42", "299"]
+    expected_scores, expected_ids = brute_force_top_k(model, objects["datamodule"], users, 10)
+    got = retriever.recommend(users, k=10)
+    np.testing.assert_allclose(got.scores, expected_scores, atol=1e-5)
+    for row in range(len(users)):
+        # Ties tolerated: only items scoring strictly above the 10th must agree.
+        sure = expected_scores[row] > expected_scores[row, -1] + 1e-5
+        assert set(expected_ids[row][sure]) <= set(got.item_ids[row]), users[row]
+
+
+def test_manifest_and_index_infos_describe_the_artifact(exported):
+    run_dir, artifact, objects = exported
+    manifest = json.loads((artifact / MANIFEST).read_text())
+    infos = json.loads((artifact / "index_infos.json").read_text())
+    assert manifest["counts"] == {"items": 200, "users": 300, "interactions": 300 * 20, "indexed": 200}
+    assert manifest["dim"] == infos["dim"] == 64 and manifest["metric"] == infos["metric"] == "inner_product"
+    training = manifest["training"]
+    assert training["monitor"] == "val/recall@20" and 0 < training["best_score"] <= 1
+    # The logged validation metrics are those of the exported (best) checkpoint's epoch.
+    assert training["val/recall@20"] == pytest.approx(training["best_score"])
+    assert manifest["config"]["run"]["data"]["source"]["n_items"] == 200
+    assert {"torch", "faiss", "numpy", "safetensors"} <= set(manifest["libraries"])
+    assert infos["key"] == "Flat" and infos["recall@10"] == infos["recall@100"] == 1.0 and infos["ntotal"] == 200
+    assert infos["latency_ms"]["p99"] >= infos["latency_ms"]["p50"] > 0
+    for name, record in manifest["files"].items():
+        assert sha256_of(artifact / name) == record["sha256"], name
+
+
+def test_portable_snippet_gives_the_retrievers_top_k(exported):
+    _, artifact, _ = exported
+    blocked = "import sys; sys.modules['twotower'] = None\n"  # any twotower import would fail
+    code = blocked + SNIPPET.replace("ARTIFACT", repr(str(artifact)))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=artifact.parent, timeout=120)
+    assert done.returncode == 0, done.stderr
+    expected = Retriever.load(artifact).recommend(["1", "2", "3"], k=10, exclude_seen=False)
+    assert json.loads(done.stdout.strip().replace("'", '"')) == expected.item_ids.tolist()
+
+
+def test_find_checkpoint_takes_the_best_of_a_run_directory(exported, tmp_path):
+    run_dir, _, objects = exported
+    best = Path(objects["best_checkpoint"])
+    assert find_checkpoint(run_dir) == run_dir / "checkpoints" / best.name
+    assert find_checkpoint(best) == best
+    with pytest.raises(FileNotFoundError, match="no best checkpoint found"):
+        find_checkpoint(tmp_path)
+    torch.save({"state_dict": {}}, tmp_path / "plain.ckpt")
+    with pytest.raises(ValueError, match="plain.ckpt has no 'twotower' metadata"):
+        load_checkpoint(tmp_path / "plain.ckpt")
+
+
+def _copy(artifact: Path, target: Path) -> Path:
+    shutil.copytree(artifact, target)
+    return target
+
+
+def _rewrite_checksum(path: Path, name: str) -> None:
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest["files"][name] = {"sha256": sha256_of(path / name), "bytes": (path / name).stat().st_size}
+    (path / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_a_truncated_index_is_refused(exported, tmp_path):
+    path = _copy(exported[1], tmp_path / "art")
+    size = (path / INDEX).stat().st_size
+    with open(path / INDEX, "r+b") as f:
+        f.truncate(size // 2)
+    with pytest.raises(ArtifactError, match=f"index.faiss has {size // 2} bytes, manifest.json records {size}"):
+        Retriever.load(path)
+
+
+def test_an_index_of_another_dim_is_refused_even_with_a_matching_checksum(exported, tmp_path):
+    path = _copy(exported[1], tmp_path / "art")
+    other = faiss.IndexFlatIP(65)
+    other.add(np.zeros((200, 65), dtype=np.float32))
+    faiss.write_index(other, str(path / INDEX))
+    _rewrite_checksum(path, INDEX)
+    with pytest.raises(ArtifactError, match="query_tower/config.json: the query tower outputs dim 64, but index.faiss has dim 65"):
+        Retriever.load(path)
+
+
+def test_a_changed_weight_file_is_refused(exported, tmp_path):
+    path = _copy(exported[1], tmp_path / "art")
+    weights = path / "candidate_tower" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"candidate_tower/model.safetensors has sha256 [0-9a-f]{64}, manifest.json records [0-9a-f]{64}"):
+        Retriever.load(path)
+
+
+def test_killing_export_leaves_no_artifact_that_loads(exported, tmp_path):
+    run_dir, _, _ = exported
+    target = tmp_path / "art"
+    partial = tmp_path / "art.partial"
+    command = [sys.executable, "export.py", f"checkpoint={run_dir}", f"output_dir={target}", "index=flat"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 120
+    while not partial.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert partial.exists(), "export finished (or never started writing) before it could be killed mid-write"
+    assert not target.exists()
+    with pytest.raises(ArtifactError):
+        Retriever.load(target)
+    with pytest.raises(ArtifactError):
+        Retriever.load(partial)

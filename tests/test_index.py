@@ -1,0 +1,100 @@
+"""Index building against brute force: inner-product metric, chunked exact search, tuning, recall with ties."""
+import faiss
+import numpy as np
+import pytest
+
+from twotower.index import IndexSpec, build_and_measure, build_index, default_nlist, exact_search, recall_at
+
+
+def unit(rng, n, d):
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clustered(rng, n, d, centres=32):
+    """Unit vectors around a few centres: the structure real embeddings have and IVF exploits."""
+    c = unit(rng, centres, d)
+    x = c[rng.integers(0, centres, n)] + 0.15 * rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_default_nlist_is_power_of_two_near_four_sqrt_n():
+    assert default_nlist(1_000_000) == 4096  # 4 * 1000 = 4000 -> 2**12
+    assert default_nlist(10_000) == 512  # 400 -> log2 = 8.6 -> 2**9
+    assert default_nlist(0) == 1
+
+
+def test_auto_is_exact_for_small_catalogues_and_fills_the_large_key():
+    auto = IndexSpec(key="auto", large={"key": "IVF{nlist},PQ{pq_m}x4fs,RFlat", "tune": {"name": "nprobe", "values": [1, 2]}})
+    assert auto.resolve(99_999, 64).key == "Flat"
+    large = auto.resolve(1_000_000, 64)
+    assert (large.key, large.nlist, large.tune["name"]) == ("IVF4096,PQ32x4fs,RFlat", 4096, "nprobe")
+
+
+def test_bad_specs_are_refused_with_the_values():
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['nprobes'\]"):
+        IndexSpec.from_config({"key": "Flat", "nprobes": 4})
+    with pytest.raises(ValueError, match="needs at least nlist=64 vectors to train, the catalogue has 10"):
+        IndexSpec(key="IVF{nlist},Flat", nlist=64).resolve(10, 8)
+
+
+def test_flat_index_ranks_by_inner_product_not_l2():
+    # q . a = 2.0 > q . b = 0.9, but b is nearer in L2 (|q - a| = 1.41 > |q - b| = 0.14): IP must pick a.
+    vectors = np.array([[2.0, 0.0], [0.9, 0.1]], dtype=np.float32)
+    index, _ = build_index(vectors, IndexSpec(key="Flat"))
+    scores, rows = index.search(np.array([[1.0, 0.0]], dtype=np.float32), 2)
+    assert index.metric_type == faiss.METRIC_INNER_PRODUCT
+    assert rows.tolist() == [[0, 1]]
+    np.testing.assert_allclose(scores, [[2.0, 0.9]], rtol=1e-6)
+
+
+def test_chunked_exact_search_matches_numpy():
+    rng = np.random.default_rng(0)
+    vectors, queries = unit(rng, 1000, 16), unit(rng, 7, 16)
+    scores, rows = exact_search(vectors, queries, k=5, chunk=64)
+    full = queries @ vectors.T
+    np.testing.assert_array_equal(rows, np.argsort(-full, axis=1)[:, :5])
+    np.testing.assert_allclose(scores, -np.sort(-full, axis=1)[:, :5], rtol=1e-5)
+
+
+def test_recall_tolerates_ties_at_the_kth_score():
+    exact_rows, exact_scores = np.array([[0, 1]]), np.array([[0.9, 0.5]])
+    # Row 2 also scores 0.5: swapping it for row 1 is not a miss; row 3 (0.4) is.
+    assert recall_at(np.array([[0, 2]]), exact_rows, exact_scores, np.array([[0.9, 0.5]])) == 1.0
+    assert recall_at(np.array([[0, 3]]), exact_rows, exact_scores, np.array([[0.9, 0.4]])) == 0.5
+
+
+def test_ivf_is_tuned_to_the_target_recall_on_the_queries_and_measured():
+    rng = np.random.default_rng(1)
+    vectors, queries = clustered(rng, 4000, 16), clustered(rng, 100, 16)
+    spec = IndexSpec(key="IVF{nlist},Flat", tune={"name": "nprobe", "values": [1, 2, 4, 8, 16, 32, 64, 128, 256]}, target_recall=0.95)
+    index, infos = build_and_measure(vectors, queries, spec)
+    assert infos["key"] == "IVF256,Flat" and infos["nlist"] == 256 and infos["trained_on"] == 4000
+    assert infos["ntotal"] == 4000 and infos["metric"] == "inner_product" and infos["dim"] == 16
+    assert infos["recall@10"] >= 0.95
+    assert faiss.extract_index_ivf(index).nprobe == infos["search_params"]["nprobe"]
+    # Tuned on the even queries: the smallest value reaching the target there; one step lower misses it.
+    tuned_on = queries[0::2]
+    smaller = [v for v in spec.tune["values"] if v < infos["search_params"]["nprobe"]]
+    assert smaller, "the data should need more than one probe"
+    faiss.extract_index_ivf(index).nprobe = smaller[-1]
+    _, rows = index.search(tuned_on, 10)
+    exact_scores, exact_rows = exact_search(vectors, tuned_on, 10)
+    assert recall_at(rows, exact_rows, exact_scores, np.take_along_axis(tuned_on @ vectors.T, rows, 1)) < 0.95
+    assert set(infos["latency_ms"]) >= {"p50", "p99"} and infos["size_bytes"] > 4000 * 16 * 4
+
+
+def test_every_configured_index_type_finds_the_exact_top10(tmp_path):
+    rng = np.random.default_rng(2)
+    vectors, queries = clustered(rng, 3000, 16), clustered(rng, 50, 16)
+    for key, options in [
+        ("Flat", {}),
+        ("IVF{nlist},PQ{pq_m}x4fs,RFlat", {"search": {"k_factor_rf": 4}, "tune": {"name": "nprobe", "values": [4, 16, 64, 256]}}),
+        ("HNSW32,Flat", {"ef_construction": 40, "tune": {"name": "efSearch", "values": [16, 64, 256]}}),
+    ]:
+        index, infos = build_and_measure(vectors, queries, IndexSpec(key=key, **options))
+        assert infos["recall@10"] >= 0.95, (key, infos)
+        faiss.write_index(index, str(tmp_path / "i.faiss"))
+        # Search parameters travel inside the file: a plain faiss reader gets the same results.
+        again = faiss.read_index(str(tmp_path / "i.faiss"))
+        np.testing.assert_array_equal(again.search(queries, 10)[1], index.search(queries, 10)[1])

@@ -1,0 +1,197 @@
+"""``export(cfg) -> path``: a training checkpoint -> a FAISS index artifact (see ``twotower.artifact``)."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import faiss
+import numpy as np
+import pandas as pd
+import safetensors
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import twotower
+from twotower.artifact import (
+    CANDIDATE_TOWER, INDEX, INDEX_INFOS, ITEM_EVENTS, ITEM_IDS, ITEM_VECTORS, ITEMS, QUERY_TORCHSCRIPT, QUERY_TOWER,
+    TOWER_CONFIG, TOWER_VOCAB, TOWER_WEIGHTS, USER_FEATURES, USER_IDS, USER_SEEN, ArtifactWriter,
+)
+from twotower.data.datamodule import TwoTowerDataModule
+from twotower.data.store import CSR, Features
+from twotower.data.tables import ITEM, TIME, USER
+from twotower.index import IndexSpec, build_and_measure
+from twotower.model.towers import Tower
+from twotower.model.two_tower import TwoTower
+
+log = logging.getLogger(__name__)
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A ``.ckpt`` file as is; for a run directory, the best checkpoint its ModelCheckpoint recorded.
+
+    The best path is read from ``checkpoints/last.ckpt`` (and looked up by name in that folder,
+    so a run directory that moved still works); without it, the folder's only checkpoint that is
+    not a resume point (``resume-*.ckpt``).
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (give a .ckpt file or a training run directory)")
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    last = folder / "last.ckpt"
+    if last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        for name, callback in state.get("callbacks", {}).items():
+            # Only a checkpoint callback that monitors a metric has a best; resume-point callbacks have none.
+            best = callback.get("best_model_path") if name.startswith("ModelCheckpoint") and callback.get("monitor") else None
+            if best and (folder / Path(best).name).is_file():
+                return folder / Path(best).name
+    others = sorted(p for p in folder.glob("*.ckpt") if p.name != "last.ckpt" and not p.name.startswith("resume-"))
+    if len(others) == 1:
+        return others[0]
+    if not others and last.is_file():
+        return last
+    raise FileNotFoundError(f"no best checkpoint found in {folder} (checkpoints: {[p.name for p in folder.glob('*.ckpt')]}); pass a .ckpt file")
+
+
+def load_checkpoint(path: Path) -> tuple[TwoTower, dict[str, Any], dict[str, Any]]:
+    """The towers with trained weights, the checkpoint's ``twotower`` metadata, and the raw checkpoint."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    meta = checkpoint.get("twotower")
+    if not meta or not meta.get("run_config"):
+        raise ValueError(f"checkpoint {path} has no 'twotower' metadata (model_config, preprocessor, run_config): was it written by twotower's train?")
+    model = TwoTower.from_config(meta["model_config"])
+    weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(weights)
+    return model.eval(), meta, checkpoint
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@torch.inference_mode()
+def encode(tower: Tower, rows: int, gather, device: torch.device, chunk: int) -> np.ndarray:
+    """(rows, dim) float32 vectors, ``chunk`` rows on the device at a time (memory bounded by the chunk)."""
+    out = np.empty((rows, tower.output_dim), dtype=np.float32)
+    for start in range(0, rows, chunk):
+        idx = torch.arange(start, min(rows, start + chunk))
+        features = {k: v.to(device) for k, v in gather(idx).items()}
+        out[start : start + len(idx)] = tower(features).float().cpu().numpy()
+    return out
+
+
+def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
+    """Encode the catalogue with a checkpoint's candidate tower, build the index, write the artifact.
+
+    ``cfg`` has ``checkpoint``, ``output_dir``, ``index`` (an ``IndexSpec`` config), ``device``,
+    ``chunk_size``, ``eval_queries``, ``torchscript`` (see ``conf/export.yaml``). Returns the artifact path.
+    """
+    cfg = OmegaConf.create(cfg) if not isinstance(cfg, DictConfig) else cfg
+    checkpoint_path = find_checkpoint(cfg.checkpoint)
+    model, meta, checkpoint = load_checkpoint(checkpoint_path)
+    log.info("exporting %s", checkpoint_path)
+    datamodule: TwoTowerDataModule = instantiate(meta["run_config"]["data"])
+    datamodule.setup("fit")
+    if datamodule.preprocessor.to_json() != meta["preprocessor"]:
+        raise ValueError(f"the data of {checkpoint_path}'s run config no longer gives the vocabularies it was trained with: the tables changed since training")
+    device = resolve_device(cfg.device)
+    model.to(device)
+    interactions = datamodule.tables.interactions
+    users = torch.from_numpy(datamodule.user_rows.get_indexer(interactions[USER]))
+    items = torch.from_numpy(datamodule.item_rows.get_indexer(interactions[ITEM]))
+    times = interactions[TIME].to_numpy(dtype=np.float64) if TIME in interactions else np.zeros(len(interactions))
+
+    user_features: Features = dict(datamodule.users.columns)
+    if datamodule.history_name:
+        # Serving reads every logged interaction, so histories use all splits, most recent first.
+        max_len = datamodule.preprocessor.query[datamodule.history_name].max_len
+        user_features[datamodule.history_name] = datamodule._history_table(users, items, times if TIME in interactions else None, max_len)
+    item_vectors = encode(model.candidate_tower, len(datamodule.items), datamodule.items.gather, device, cfg.chunk_size)  # (n_items, D)
+    sample = _sample(datamodule.eval_users["val"], cfg.eval_queries, datamodule.seed)
+    queries = encode(model.query_tower, len(sample), lambda rows: datamodule.eval_batch(sample[rows], "val").query, device, cfg.chunk_size)
+    index, infos = build_and_measure(item_vectors, queries, IndexSpec.from_config(OmegaConf.to_container(cfg.index, resolve=True)))
+    log.info("index %s: recall@10 %.4f, p99 %.2f ms", infos["key"], infos.get("recall@10", float("nan")), infos["latency_ms"]["p99"])
+
+    seen = CSR.from_pairs(users, items, len(datamodule.user_rows))
+    model.cpu()
+    with ArtifactWriter(cfg.output_dir) as out:
+        faiss.write_index(index, str(out.file(INDEX)))
+        out.json(INDEX_INFOS, infos)
+        out.array(ITEM_IDS, np.asarray(datamodule.item_rows, dtype=str))
+        out.array(ITEM_VECTORS, item_vectors)
+        out.array(USER_IDS, np.asarray(datamodule.user_rows, dtype=str))
+        out.arrays(USER_FEATURES, {k: v.cpu().numpy() for k, v in user_features.items()})
+        out.arrays(USER_SEEN, {"indptr": seen.indptr.numpy(), "indices": seen.indices.numpy()})
+        out.arrays(ITEM_EVENTS, {"items": items.numpy(), "times": times})
+        _write_items_table(datamodule.tables.items, out.file(ITEMS))
+        preprocessor = meta["preprocessor"]
+        for name, tower, side, ids in ((QUERY_TOWER, model.query_tower, "query", "user_ids"), (CANDIDATE_TOWER, model.candidate_tower, "candidate", "item_ids")):
+            out.json(f"{name}/{TOWER_CONFIG}", tower.config)
+            out.tensors(f"{name}/{TOWER_WEIGHTS}", tower.state_dict())
+            out.json(f"{name}/{TOWER_VOCAB}", {"features": preprocessor[side], "ids": preprocessor[ids]})
+        if cfg.torchscript:
+            example = {k: v[:2] for k, v in user_features.items()}
+            _torchscript(model.query_tower, example).save(str(out.file(QUERY_TORCHSCRIPT)))
+        path = out.commit({
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "libraries": {"twotower": twotower.__version__, "torch": torch.__version__, "faiss": faiss.__version__,
+                          "numpy": np.__version__, "pandas": pd.__version__, "safetensors": safetensors.__version__},
+            "dim": int(index.d),
+            "metric": "inner_product",
+            "normalized": bool(model.query_tower.normalize and model.candidate_tower.normalize),
+            "counts": {"items": len(datamodule.item_rows), "users": len(datamodule.user_rows), "interactions": len(interactions), "indexed": int(index.ntotal)},
+            "index": {"key": infos["key"], "search_params": infos["search_params"], "recall@10": infos.get("recall@10")},
+            "checkpoint": str(checkpoint_path),
+            "training": _training_metrics(checkpoint, checkpoint_path),
+            "config": {"run": meta["run_config"], "export": OmegaConf.to_container(cfg, resolve=True)},
+        })
+    log.info("artifact written to %s", path)
+    return path
+
+
+def _sample(users: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    if len(users) <= n:
+        return users
+    generator = torch.Generator().manual_seed(seed)
+    return users[torch.randperm(len(users), generator=generator)[:n]].sort().values
+
+
+def _torchscript(tower: Tower, example: Features) -> torch.jit.ScriptModule:
+    """The query tower traced for a batch of feature tensors (batch size stays free)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export, which still lacks dict inputs with free batch sizes
+        return torch.jit.trace(tower.eval(), (example,), strict=False)
+
+
+def _write_items_table(items: pd.DataFrame, path: Path) -> None:
+    """The items table for display; columns parquet cannot hold are written as text."""
+    frame = items.copy()
+    for column in frame.columns:
+        if frame[column].dtype == object and not frame[column].map(lambda v: isinstance(v, (str, type(None)))).all():
+            frame[column] = frame[column].astype(str)
+    frame.to_parquet(path, index=False)
+
+
+def _training_metrics(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Epoch, step and monitored best score from the checkpoint; its epoch's val values and the test values from the run's CSV log."""
+    out: dict[str, Any] = {"epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step")}
+    for name, state in checkpoint.get("callbacks", {}).items():
+        if name.startswith("ModelCheckpoint") and state.get("best_model_score") is not None:
+            out["monitor"], out["best_score"] = state.get("monitor"), float(state["best_model_score"])
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    for csv in sorted(run_dir.glob("*/metrics.csv"))[:1]:
+        log_frame = pd.read_csv(csv)
+        at_epoch = log_frame[log_frame["epoch"] == out["epoch"]] if "epoch" in log_frame else log_frame
+        for column in log_frame.columns:
+            values = (at_epoch if column.startswith("val/") else log_frame)[column].dropna()
+            if column.startswith(("val/", "test/")) and len(values):
+                out[column] = float(values.iloc[-1])
+    return out
