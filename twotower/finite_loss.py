@@ -22,7 +22,8 @@ class StopOnNonFiniteLoss(Callback):
 
     Trade-off: reading the record waits for the GPU to finish the step (a host sync). ``1``
     stops at the failing step; larger values let the GPU run ahead and stop up to that many
-    steps later, still naming the first bad step. On CPU the check is free. Lightning's
+    steps later, still naming the first bad step. On CPU the check is free. Under DDP each check
+    is also one all-reduce of a flag, so every rank stops together. Lightning's
     ``detect_anomaly`` finds the failing op but slows every step; ``EarlyStopping(check_finite=True)``
     only sees the monitored validation metric, after the broken weights were trained on for the epoch.
     """
@@ -63,8 +64,13 @@ class StopOnNonFiniteLoss(Callback):
         self._raise_if_seen(trainer)
 
     def _raise_if_seen(self, trainer: pl.Trainer) -> None:
-        if self._first_bad_step is None or int(self._first_bad_step) < 0:
+        seen_here = self._first_bad_step is not None and int(self._first_bad_step) >= 0
+        # Every rank checks at the same points; all stop together, or the others would wait forever
+        # in their next collective for the rank that stopped.
+        if not trainer.strategy.reduce_boolean_decision(seen_here, all=False):
             return
+        if not seen_here:
+            raise NonFiniteLossError(f"another process saw a non-finite training loss (rank {trainer.global_rank} did not); see its error")
         kept = trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         raise NonFiniteLossError(
             f"training loss is {float(self._first_bad_loss)} at step {int(self._first_bad_step)} (epoch {int(self._first_bad_epoch)}); "
