@@ -43,7 +43,8 @@ def in_batch_softmax_loss(
     """
     batch = query.shape[0]
     columns = candidate if negatives is None else torch.cat([candidate, negatives])  # (B + N, D)
-    logits = query @ columns.T / temperature  # (B, B + N); diagonal = positives
+    # Scaling the (B, D) queries, not the (B, B + N) logits: one pass over B x D instead of B x (B + N), both ways.
+    logits = (query / temperature) @ columns.T  # (B, B + N); diagonal = positives
     if log_q is not None:
         column_log_q = log_q if negatives is None else torch.cat([log_q, _required(negatives_log_q, "negatives_log_q")])
         logits = logits - logq_weight * column_log_q.unsqueeze(0)

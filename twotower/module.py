@@ -8,11 +8,13 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from twotower.beyond_accuracy import BeyondAccuracyMetrics, beyond_accuracy_for_split
 from twotower.data.store import Batch, EvalBatch
-from twotower.distributed import gather_remote_candidates, world
+from twotower.distributed import RemoteCandidates, gather_remote_candidates, world
 from twotower.losses import in_batch_softmax_loss
 from twotower.metrics import RetrievalMetrics
 from twotower.model.two_tower import TwoTower
+from twotower.optim import build_optimizer
 
 
 class TwoTowerModule(pl.LightningModule):
@@ -32,6 +34,15 @@ class TwoTowerModule(pl.LightningModule):
         lr_schedule: ``constant`` or ``cosine`` (per step, to 0 at the end of training).
         warmup_steps: linear learning-rate warm-up steps.
         catalogue_chunk: items encoded at once when encoding the catalogue.
+        beyond_accuracy_ks: cut-offs of coverage, diversity, novelty, ... (``twotower.beyond_accuracy``),
+            logged as ``val/coverage@20`` etc.; empty = not computed.
+        table_optimizer: ``partial(twotower.optim.RowWiseAdagrad, lr=...)`` or ``partial(torch.optim.SparseAdam, ...)``:
+            embedding tables get sparse gradients and this optimizer, the rest ``optimizer``
+            (None: ``optimizer`` trains everything). See ``twotower.optim``.
+        compile: ``torch.compile`` each tower (kernels fused; the first steps pay the compilation).
+        progress_bar_loss: show each step's loss in the progress bar. Lightning turns every
+            ``prog_bar`` value into a Python float after every step: one host-device sync per
+            step, which stalls a GPU. False: the loss still goes to the loggers and the epoch mean.
     """
 
     def __init__(
@@ -49,18 +60,28 @@ class TwoTowerModule(pl.LightningModule):
         lr_schedule: str = "constant",
         warmup_steps: int = 0,
         catalogue_chunk: int = 65536,
+        beyond_accuracy_ks: Sequence[int] = (10, 20),
+        table_optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        compile: bool = False,
+        progress_bar_loss: bool = True,
     ):
         super().__init__()
         if lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule '{lr_schedule}' is not one of constant, cosine")
         if temperature <= 0:
             raise ValueError(f"temperature={temperature} must be positive")
-        self.save_hyperparameters(ignore=["model", "optimizer"])
-        self.model, self.optimizer_factory = model, optimizer
+        self.save_hyperparameters(ignore=["model", "optimizer", "table_optimizer"])
+        self.model, self.optimizer_factory, self.table_optimizer_factory = model, optimizer, table_optimizer
+        if compile:
+            # In place (nn.Module.compile), so parameter names and checkpoints are unchanged.
+            model.query_tower.compile()
+            model.candidate_tower.compile()
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)), requires_grad=learn_temperature)
         self.val_metrics = RetrievalMetrics(ks)
         self.test_metrics = RetrievalMetrics(ks)
         self._catalogue: torch.Tensor | None = None
+        # Built from the datamodule's split when an evaluation starts (they need its popularity and activity).
+        self._beyond: dict[str, BeyondAccuracyMetrics] = {}
         # The resolved run config, stored in checkpoints so export can rebuild data and towers.
         self.run_config: dict[str, Any] | None = None
 
@@ -80,9 +101,7 @@ class TwoTowerModule(pl.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         query = self.model.encode_query(batch.query)  # (B, D)
         candidate = self.model.encode_candidate(batch.candidate)  # (B, D)
-        remote = None
-        if self.hparams.cross_device_negatives and world()[1] > 1:
-            remote = gather_remote_candidates(candidate, batch.candidate_ids, batch.log_q, batch.query_ids)  # (N = (W-1)B, D)
+        negatives = self._extra_negatives(batch, candidate)
         loss = in_batch_softmax_loss(
             query,
             candidate,
@@ -90,19 +109,36 @@ class TwoTowerModule(pl.LightningModule):
             log_q=batch.log_q if self.hparams.logq_weight else None,
             candidate_ids=batch.candidate_ids if self.hparams.mask_accidental_hits else None,
             query_ids=batch.query_ids if self.hparams.mask_same_user else None,
-            negatives=remote.vectors if remote else None,
-            negatives_log_q=remote.log_q if remote else None,
-            negative_ids=remote.ids if remote else None,
-            mask=_pad_left(remote.same_user_mask(batch.query_ids), len(batch)) if remote and self.hparams.mask_same_user else None,
+            negatives=negatives.vectors if negatives else None,
+            negatives_log_q=negatives.log_q if negatives else None,
+            negative_ids=negatives.ids if negatives else None,
+            mask=_pad_left(negatives.same_user_mask(batch.query_ids), len(batch)) if negatives and self.hparams.mask_same_user else None,
             logq_weight=self.hparams.logq_weight,
         )  # logits (B, B + N); diagonal = positives
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch))
+        self.log("train/loss", loss, prog_bar=self.hparams.progress_bar_loss, on_step=True, on_epoch=True, batch_size=len(batch))
         if self.hparams.learn_temperature:
             self.log("train/temperature", self.temperature, on_step=False, on_epoch=True, batch_size=len(batch))
         return loss
 
+    def _extra_negatives(self, batch: Batch, candidate: torch.Tensor) -> RemoteCandidates | None:
+        """Negatives beyond the local batch: other ranks' candidates (DDP) and sampled corpus items.
+
+        Returned as one block of columns; ``query_ids`` of sampled items are -1 (nobody's positive).
+        """
+        blocks = []
+        if self.hparams.cross_device_negatives and world()[1] > 1:
+            blocks.append(gather_remote_candidates(candidate, batch.candidate_ids, batch.log_q, batch.query_ids))  # (N = (W-1)B, D)
+        if batch.negatives is not None:
+            sampled = self.model.encode_candidate(batch.negatives)  # (S, D)
+            blocks.append(RemoteCandidates(sampled, batch.negative_ids, batch.negative_log_q, torch.full_like(batch.negative_ids, -1)))
+        if not blocks:
+            return None
+        if len(blocks) == 1:
+            return blocks[0]
+        return RemoteCandidates(*(torch.cat([getattr(b, f) for b in blocks]) for f in ("vectors", "ids", "log_q", "query_ids")))
+
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        optimizer = build_optimizer(self, self.optimizer_factory, self.table_optimizer_factory)
         if self.hparams.lr_schedule == "constant" and not self.hparams.warmup_steps:
             return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))
@@ -131,19 +167,33 @@ class TwoTowerModule(pl.LightningModule):
         """Top-k item rows per user (U, k) over the whole catalogue, the user's known items excluded."""
         scores = self.model.encode_query(batch.query) @ self._catalogue.T  # (U, n_items)
         scores[batch.exclude[0], batch.exclude[1]] = float("-inf")
+        if batch.candidates is not None:
+            scores[:, ~batch.candidates] = float("-inf")
         return scores.topk(min(k, scores.shape[1]), dim=1).indices
 
     def on_validation_epoch_start(self) -> None:
-        self._catalogue = self.encode_catalogue()
+        self._start_evaluation("val")
 
     def on_test_epoch_start(self) -> None:
+        self._start_evaluation("test")
+
+    def _start_evaluation(self, split: str) -> None:
         self._catalogue = self.encode_catalogue()
+        if self.hparams.beyond_accuracy_ks and split not in self._beyond:
+            self._beyond[split] = beyond_accuracy_for_split(self.trainer.datamodule, split, self.hparams.beyond_accuracy_ks).to(self.device)
 
     def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
-        self.val_metrics.update(self.rank(batch, max(self.val_metrics.ks)), batch.targets, self._catalogue.shape[0])
+        self._evaluate(batch, "val", self.val_metrics)
 
     def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
-        self.test_metrics.update(self.rank(batch, max(self.test_metrics.ks)), batch.targets, self._catalogue.shape[0])
+        self._evaluate(batch, "test", self.test_metrics)
+
+    def _evaluate(self, batch: EvalBatch, split: str, metrics: RetrievalMetrics) -> None:
+        k = max(metrics.ks + list(self.hparams.beyond_accuracy_ks))
+        top = self.rank(batch, k)  # (U, k)
+        metrics.update(top, batch.targets, self._catalogue.shape[0])
+        if split in self._beyond:
+            self._beyond[split].update(top, batch.targets, batch.users, self._catalogue.shape[0], batch.candidates)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", self.val_metrics)
@@ -154,6 +204,9 @@ class TwoTowerModule(pl.LightningModule):
     def _log_metrics(self, split: str, metrics: RetrievalMetrics) -> None:
         values = metrics.compute()  # already reduced across processes
         metrics.reset()
+        if split in self._beyond:
+            values.update(self._beyond[split].compute())
+            self._beyond[split].reset()
         self._catalogue = None
         for name, value in values.items():
             self.log(f"{split}/{name}", value, prog_bar=name in ("recall@20", "ndcg@10"))

@@ -28,7 +28,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     datamodule.setup("fit")  # fitted vocabularies size the towers; raises on bad input before any training
     model = instantiate(cfg.model)(preprocessor=datamodule.preprocessor)
     options = {**OmegaConf.to_container(cfg.loss, resolve=True), **OmegaConf.to_container(cfg.module, resolve=True)}
-    module = TwoTowerModule(model=model, optimizer=instantiate(cfg.optimizer), **options)
+    table_optimizer = instantiate(cfg.table_optimizer) if cfg.get("table_optimizer") else None
+    module = TwoTowerModule(model=model, optimizer=instantiate(cfg.optimizer), table_optimizer=table_optimizer, **options)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     if any("Wandb" in str(c.get("_target_", "")) for c in (cfg.get("logger") or {}).values()):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -58,6 +59,12 @@ class TwoTowerDataModule(pl.LightningDataModule):
         batch_size: training pairs per batch (in-batch negatives = batch_size - 1).
         eval_batch_size: users scored against the full catalogue at once.
         seed: shuffling seed.
+        candidates: ``all`` ranks the whole catalogue at evaluation; ``heldout`` ranks only the
+            items held out in that split (the cold-start items protocol).
+        id_dropout: share of ``id`` features replaced by the out-of-vocabulary index in training,
+            so content features learn to stand in for ids (cold start).
+        num_negatives: items sampled uniformly from the trained catalogue per batch as extra
+            negatives next to the in-batch ones (mixed negative sampling, Yang et al. 2020).
     """
 
     def __init__(
@@ -69,6 +76,9 @@ class TwoTowerDataModule(pl.LightningDataModule):
         batch_size: int = 1024,
         eval_batch_size: int = 1024,
         seed: int = 0,
+        candidates: str = "all",
+        id_dropout: float = 0.0,
+        num_negatives: int = 0,
     ):
         super().__init__()
         if batch_size < 2:
@@ -76,6 +86,13 @@ class TwoTowerDataModule(pl.LightningDataModule):
         self.source, self.split, self.seed = source, split, seed
         self.schema = Schema.from_config(features, use_ids=use_ids)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        if candidates not in ("all", "heldout"):
+            raise ValueError(f"candidates='{candidates}' is not one of all, heldout")
+        if not 0.0 <= id_dropout < 1.0:
+            raise ValueError(f"id_dropout={id_dropout} must be in [0, 1)")
+        if num_negatives < 0:
+            raise ValueError(f"num_negatives={num_negatives} must be >= 0")
+        self.candidates_mode, self.id_dropout, self.num_negatives = candidates, id_dropout, num_negatives
         self.tables: Tables | None = None
         self._device: torch.device | None = None
 
@@ -103,6 +120,7 @@ class TwoTowerDataModule(pl.LightningDataModule):
         self.item_rows = pd.Index(tables.items[ITEM])
         self.item_vocab_index = torch.from_numpy(self.preprocessor.item_ids.lookup(tables.items[ITEM].tolist()))
 
+        candidates_all = self.candidates_mode == "all"
         u = torch.from_numpy(self.user_rows.get_indexer(interactions[USER]))
         i = torch.from_numpy(self.item_rows.get_indexer(interactions[ITEM]))
         part = {p: torch.from_numpy((interactions[SPLIT] == p).to_numpy().copy()) for p in ("train", "val", "test")}
@@ -112,7 +130,10 @@ class TwoTowerDataModule(pl.LightningDataModule):
         self.known = {"val": CSR.from_pairs(u[part["train"]], i[part["train"]], n_users), "test": CSR.from_pairs(u[known_test], i[known_test], n_users)}
         self.heldout = {s: CSR.from_pairs(u[part[s]], i[part[s]], n_users) for s in ("val", "test")}
         self.eval_users = {s: torch.unique(u[part[s]]) for s in ("val", "test")}
+        n_items_all = len(self.item_rows)
+        self.candidates = {s: None if candidates_all else torch.zeros(n_items_all, dtype=torch.bool).index_fill_(0, torch.unique(i[part[s]]), True) for s in ("val", "test")}
 
+        self.trained_items = torch.unique(self.train_pairs[:, 1])
         counts_per_item = torch.bincount(self.train_pairs[:, 1], minlength=n_items).double()
         # Items never trained on get the smallest probability a train item has; they are never sampled.
         probs = counts_per_item / counts_per_item.sum()
@@ -186,6 +207,8 @@ class TwoTowerDataModule(pl.LightningDataModule):
         self.item_vocab_index = self.item_vocab_index.to(device)
         self.item_log_q = self.item_log_q.to(device)
         self.known = {k: v.to(device) for k, v in self.known.items()}
+        self.candidates = {k: None if v is None else v.to(device) for k, v in self.candidates.items()}
+        self.trained_items = self.trained_items.to(device)
         self.heldout = {k: v.to(device) for k, v in self.heldout.items()}
         if self.history_name:
             self.history = {k: v.to(device) for k, v in self.history.items()}
@@ -198,7 +221,28 @@ class TwoTowerDataModule(pl.LightningDataModule):
             history = self.history["val"][users]  # (B, L)
             # The target must never be visible in its own history.
             query[self.history_name] = history.masked_fill(history == self.item_vocab_index[items].unsqueeze(1), 0)
-        return Batch(query, self.items.gather(items), users, items, self.item_log_q[items])
+        candidate = self.items.gather(items)
+        if self.id_dropout:
+            self._drop_ids(query, self.schema.query)
+            self._drop_ids(candidate, self.schema.candidate)
+        if not self.num_negatives:
+            return Batch(query, candidate, users, items, self.item_log_q[items])
+        # Uniform draws from the trained items; cold items are never pushed down as negatives.
+        picks = torch.randint(len(self.trained_items), (self.num_negatives,), device=rows.device)
+        negative_ids = self.trained_items[picks]
+        negatives = self.items.gather(negative_ids)
+        if self.id_dropout:
+            self._drop_ids(negatives, self.schema.candidate)
+        # Any item can enter a column either way, so every column is corrected by its mixed
+        # proposal probability: batch_size * p_unigram + num_negatives / n_trained_items.
+        mixed_log_q = torch.logaddexp(self.item_log_q + math.log(len(rows)), torch.tensor(math.log(self.num_negatives / len(self.trained_items)), device=rows.device))
+        return Batch(query, candidate, users, items, mixed_log_q[items], negatives, negative_ids, mixed_log_q[negative_ids])
+
+    def _drop_ids(self, features: Features, specs) -> None:
+        for spec in specs:
+            if spec.kind == "id":
+                ids = features[spec.name]
+                features[spec.name] = ids.masked_fill(torch.rand(ids.shape, device=ids.device) < self.id_dropout, 0)
 
     def eval_batch(self, users: torch.Tensor, split: str) -> EvalBatch:
         query = self.users.gather(users)
@@ -206,7 +250,7 @@ class TwoTowerDataModule(pl.LightningDataModule):
             query[self.history_name] = self.history[split][users]
         exclude = torch.stack(self.known[split].gather(users))
         targets = torch.stack(self.heldout[split].gather(users))
-        return EvalBatch(query, users, exclude, targets)
+        return EvalBatch(query, users, exclude, targets, self.candidates[split])
 
     def catalogue(self, chunk_size: int = 65536) -> Iterator[Features]:
         """Every item's features, in chunks, on the store's device."""

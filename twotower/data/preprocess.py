@@ -175,8 +175,9 @@ class Preprocessor:
     def fit(cls, schema: Schema, train: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, names: dict[str, str]) -> "Preprocessor":
         user_ids = Vocabulary.fit(train[USER].tolist())
         item_ids = Vocabulary.fit(train[ITEM].tolist())
-        seen_users = users[users[USER].isin(train[USER])]
-        seen_items = items[items[ITEM].isin(train[ITEM])]
+        # isin against the unique ids: on Arrow-backed strings a full column costs a scalar per value.
+        seen_users = users[users[USER].isin(train[USER].unique())]
+        seen_items = items[items[ITEM].isin(train[ITEM].unique())]
         query = {s.name: fit_feature(s, seen_users, names["users"], user_ids) for s in schema.query}
         candidate = {s.name: fit_feature(s, seen_items, names["items"], item_ids) for s in schema.candidate}
         return cls(query, candidate, user_ids, item_ids)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from twotower.data.tables import SPLIT, TIME, USER, require_columns
+from twotower.data.tables import ITEM, SPLIT, TIME, USER, require_columns
 
 
 class RandomSplit:
@@ -75,6 +75,65 @@ class PredefinedSplit:
     def __call__(self, interactions: pd.DataFrame) -> pd.Series:
         require_columns(interactions, [SPLIT], "interactions (predefined split)")
         return interactions[SPLIT]
+
+
+class ColdStartItems:
+    """A random ``test`` share of the items (and a ``val`` share of the rest) is never seen in training.
+
+    Every interaction with a test item is test, with a val item validation; the rest is train.
+    Evaluate with the datamodule's ``candidates="heldout"``, so each split ranks only its own
+    cold items: an id-only model has nothing to go on there, content features must carry it.
+    """
+
+    def __init__(self, test: float = 0.2, val: float = 0.1, seed: int = 0):
+        _check_fraction("test", test)
+        _check_fraction("val", val)
+        self.test, self.val, self.seed = test, val, seed
+
+    def __call__(self, interactions: pd.DataFrame) -> pd.Series:
+        return _hold_out_entities(interactions, ITEM, self.test, self.val, self.seed)
+
+
+class ColdStartUsers:
+    """A random ``test`` share of the users (and a ``val`` share of the rest) is never seen in training.
+
+    The user tower of a cold user has only profile features (its id is out of vocabulary and
+    its history empty). With ``reveal`` > 0, each cold user's ``reveal`` earliest interactions
+    are train (a few-shot variant: the user then has an id embedding and a short history).
+    """
+
+    def __init__(self, test: float = 0.2, val: float = 0.1, reveal: int = 0, seed: int = 0):
+        _check_fraction("test", test)
+        _check_fraction("val", val)
+        if reveal < 0:
+            raise ValueError(f"reveal={reveal} interactions per cold user must be >= 0")
+        self.test, self.val, self.reveal, self.seed = test, val, reveal, seed
+
+    def __call__(self, interactions: pd.DataFrame) -> pd.Series:
+        labels = _hold_out_entities(interactions, USER, self.test, self.val, self.seed)
+        if self.reveal:
+            require_columns(interactions, [TIME], "interactions (cold-start users with reveal)")
+            rng = np.random.default_rng(self.seed + 1)
+            order = pd.DataFrame({USER: interactions[USER].to_numpy(), TIME: interactions[TIME].to_numpy(), "tie": rng.random(len(interactions))})
+            order = order.sort_values([USER, TIME, "tie"], kind="stable")
+            first = pd.Series(order.groupby(USER, sort=False).cumcount().to_numpy() < self.reveal, index=order.index).reindex(interactions.index)
+            labels = labels.where(~first.to_numpy(), "train")
+        return labels
+
+
+def _hold_out_entities(interactions: pd.DataFrame, column: str, test: float, val: float, seed: int) -> pd.Series:
+    """Labels every interaction by the held-out group (test / val / train) of its ``column`` entity."""
+    require_columns(interactions, [column], "interactions (cold-start split)")
+    entities = np.sort(interactions[column].unique())
+    order = np.random.default_rng(seed).permutation(len(entities))
+    n_test = int(round(len(entities) * test))
+    n_val = int(round((len(entities) - n_test) * val))
+    group = np.empty(len(entities), dtype=object)
+    group[order[:n_test]] = "test"
+    group[order[n_test : n_test + n_val]] = "val"
+    group[order[n_test + n_val :]] = "train"
+    labels = pd.Series(group, index=entities).reindex(interactions[column].to_numpy()).to_numpy()
+    return pd.Series(labels, index=interactions.index)
 
 
 def _check_fraction(name: str, value: float) -> None:

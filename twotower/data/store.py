@@ -83,6 +83,8 @@ class Batch(_Movable):
 
     ``candidate_ids`` and ``query_ids`` are item and user rows (accidental-hit and same-user
     masking); ``log_q`` is the log sampling probability of each candidate (logQ correction).
+    ``negatives`` are optional extra negative items shared by the batch (features, item rows
+    ``negative_ids`` and their ``negative_log_q``).
     """
 
     query: Features
@@ -90,6 +92,9 @@ class Batch(_Movable):
     query_ids: torch.Tensor
     candidate_ids: torch.Tensor
     log_q: torch.Tensor
+    negatives: Features | None = None
+    negative_ids: torch.Tensor | None = None
+    negative_log_q: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.candidate_ids)
@@ -100,12 +105,14 @@ class EvalBatch(_Movable):
     """Users to rank the whole catalogue for: their features, the items to exclude and the held-out targets.
 
     ``exclude`` and ``targets`` are (position in batch, item row) pairs as two stacked rows, shape (2, nnz).
+    ``candidates`` (n_items,) bool, when given, restricts the ranking to those items.
     """
 
     query: Features
     users: torch.Tensor
     exclude: torch.Tensor
     targets: torch.Tensor
+    candidates: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.users)

@@ -89,7 +89,7 @@ class HistoryEncoder(nn.Module):
         if self.training and self.dropout > 0:
             history = history.masked_fill(torch.rand(history.shape, device=history.device) < self.dropout, 0)
         if self.pooling == "mean":
-            return F.embedding_bag(history, self.embedding.weight, mode="mean", padding_idx=0)
+            return F.embedding_bag(history, self.embedding.weight, mode="mean", padding_idx=0, sparse=self.embedding.sparse)
         vectors = self.embedding(history)  # (B, L, dim)
         scores = self.attention(vectors).squeeze(-1).masked_fill(history == 0, float("-inf"))  # (B, L)
         weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # an empty history has all -inf: weights 0

@@ -32,7 +32,7 @@ class TextEncoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.encoder is None and self.pooling == "mean":
-            return F.embedding_bag(tokens, self.embedding.weight, mode="mean", padding_idx=0)
+            return F.embedding_bag(tokens, self.embedding.weight, mode="mean", padding_idx=0, sparse=self.embedding.sparse)
         pad = tokens == 0  # (B, L)
         x = self.embedding(tokens)  # (B, L, dim)
         if self.encoder is not None:

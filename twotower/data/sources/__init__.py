@@ -1,6 +1,7 @@
 """Data sources: each returns validated ``Tables`` (interactions, users, items)."""
 from twotower.data.sources.movielens import MovieLens100K
+from twotower.data.sources.skewed import SkewedSource
 from twotower.data.sources.synthetic import SyntheticSource
 from twotower.data.sources.tables import TableSource
 
-__all__ = ["MovieLens100K", "SyntheticSource", "TableSource"]
+__all__ = ["MovieLens100K", "SkewedSource", "SyntheticSource", "TableSource"]

@@ -1,0 +1,163 @@
+"""Classic recommenders to measure the two-tower against, scored by the same metric code on the same split.
+
+Each baseline is fitted on a split's known interactions (train for ``val``, train + val for
+``test``, as the two-tower sees them as history at test time) and scores every item for a batch
+of users. ``evaluate`` ranks through the datamodule's own ``EvalBatch`` (known items excluded,
+candidates restricted as the protocol says) into ``RetrievalMetrics`` and ``BeyondAccuracyMetrics``.
+"""
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from twotower.beyond_accuracy import beyond_accuracy_for_split
+from twotower.metrics import RetrievalMetrics
+
+# Exact ties (items no user touched, cold users with no history) are broken by a seeded random
+# order far below any real score difference, not by item row (which follows release date).
+TIE_BREAK = 1e-6
+
+
+class Recommender(Protocol):
+    name: str
+
+    def fit(self, user_items: sp.csr_matrix) -> "Recommender": ...
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        """(len(users), n_items) scores; higher is better."""
+        ...
+
+
+def known_matrix(datamodule, split: str) -> sp.csr_matrix:
+    """The (n_users, n_items) 0/1 matrix of the interactions known when evaluating ``split``."""
+    known = datamodule.known[split]
+    indptr, indices = known.indptr.cpu().numpy(), known.indices.cpu().numpy()
+    shape = (len(datamodule.user_rows), len(datamodule.item_rows))
+    return sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr), shape=shape)
+
+
+class Popularity:
+    """Every user gets the items with the most known interactions."""
+
+    name = "popularity"
+
+    def fit(self, user_items: sp.csr_matrix) -> "Popularity":
+        self.counts = np.asarray(user_items.sum(0)).ravel().astype(np.float32)
+        return self
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self.counts, (len(users), len(self.counts)))
+
+
+class ItemKNN:
+    """Item-based nearest neighbours: cosine item-item similarity, ``neighbours`` kept per item (implicit's CosineRecommender)."""
+
+    name = "item-knn"
+
+    def __init__(self, neighbours: int = 100):
+        self.neighbours = neighbours
+
+    def fit(self, user_items: sp.csr_matrix) -> "ItemKNN":
+        from implicit.nearest_neighbours import CosineRecommender
+
+        model = CosineRecommender(K=self.neighbours, num_threads=1)
+        model.fit(user_items, show_progress=False)
+        self.user_items, self.similarity = user_items, model.similarity.tocsr()
+        return self
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        return (self.user_items[users] @ self.similarity).toarray()
+
+
+class _Factors:
+    """Scores as user factors . item factors of a fitted ``implicit`` model."""
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        return self.user_factors[users] @ self.item_factors.T
+
+
+class ALS(_Factors):
+    """Implicit-feedback ALS (Hu, Koren & Volinsky 2008) from the ``implicit`` package."""
+
+    name = "ALS"
+
+    def __init__(self, factors: int = 64, regularization: float = 0.05, alpha: float = 2.0, iterations: int = 15, seed: int = 0):
+        self.options = dict(factors=factors, regularization=regularization, alpha=alpha, iterations=iterations, random_state=seed)
+
+    def fit(self, user_items: sp.csr_matrix) -> "ALS":
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        model = AlternatingLeastSquares(**self.options, num_threads=1)
+        model.fit(user_items, show_progress=False)
+        self.user_factors, self.item_factors = model.user_factors, model.item_factors
+        return self
+
+
+class BPR(_Factors):
+    """Bayesian personalised ranking (Rendle et al. 2009) from the ``implicit`` package."""
+
+    name = "BPR"
+
+    def __init__(self, factors: int = 64, learning_rate: float = 0.05, regularization: float = 0.01, iterations: int = 100, seed: int = 0):
+        self.options = dict(factors=factors, learning_rate=learning_rate, regularization=regularization, iterations=iterations, random_state=seed)
+
+    def fit(self, user_items: sp.csr_matrix) -> "BPR":
+        from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+        model = BayesianPersonalizedRanking(**self.options, num_threads=1)
+        model.fit(user_items, show_progress=False)
+        self.user_factors, self.item_factors = model.user_factors, model.item_factors
+        return self
+
+
+class EASE:
+    """Embarrassingly shallow autoencoder (Steck 2019): B = -P / diag(P), P = (X^T X + l2 I)^-1, diag(B) = 0."""
+
+    name = "EASE"
+
+    def __init__(self, l2: float = 300.0):
+        self.l2 = l2
+
+    def fit(self, user_items: sp.csr_matrix) -> "EASE":
+        gram = (user_items.T @ user_items).toarray().astype(np.float64)  # (n_items, n_items)
+        gram[np.diag_indices_from(gram)] += self.l2
+        precision = np.linalg.inv(gram)
+        weights = -precision / np.diag(precision)  # column j divided by P_jj
+        weights[np.diag_indices_from(weights)] = 0.0
+        self.user_items, self.weights = user_items, weights.astype(np.float32)
+        return self
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        return np.asarray(self.user_items[users] @ self.weights)
+
+
+def evaluate(recommender: Recommender, datamodule, split: str, ks: Sequence[int] = (10, 20, 50, 100), beyond_ks: Sequence[int] = (10, 20), seed: int = 0) -> dict[str, float]:
+    """Fit on the split's known interactions, rank for every evaluated user, and return ``{"recall@20": ...}``.
+
+    Ranking goes through ``datamodule.eval_batch`` and the same exclusion and candidate rules as
+    ``TwoTowerModule.rank``, so the numbers are comparable with the model's ``split/name@k``.
+    """
+    recommender.fit(known_matrix(datamodule, split))
+    num_items = len(datamodule.item_rows)
+    accuracy = RetrievalMetrics(ks)
+    beyond = beyond_accuracy_for_split(datamodule, split, beyond_ks) if beyond_ks else None
+    jitter = torch.from_numpy(np.random.default_rng(seed).random(num_items).astype(np.float32)) * TIE_BREAK
+    k = max(list(ks) + list(beyond_ks))
+    for users in datamodule.eval_users[split].split(datamodule.eval_batch_size):
+        batch = datamodule.eval_batch(users.to(datamodule.users.device), split)
+        scores = torch.from_numpy(np.array(recommender.score(users.cpu().numpy()), dtype=np.float32)) + jitter  # (U, n_items)
+        scores[batch.exclude[0].cpu(), batch.exclude[1].cpu()] = float("-inf")
+        if batch.candidates is not None:
+            scores[:, ~batch.candidates.cpu()] = float("-inf")
+        top = scores.topk(min(k, num_items), dim=1).indices
+        targets = batch.targets.cpu()
+        accuracy.update(top, targets, num_items)
+        if beyond is not None:
+            beyond.update(top, targets, users.cpu(), num_items, None if batch.candidates is None else batch.candidates.cpu())
+    values = accuracy.compute()
+    if beyond is not None:
+        values.update(beyond.compute())
+    return {name: float(v) for name, v in values.items()}
