@@ -1,7 +1,6 @@
 """The same seed and config give the same run on CPU, bit for bit: metrics and final weights."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 from twotower.training import train
@@ -14,7 +13,6 @@ def run(compose_cfg, fast_synthetic, out, seed, epochs=2):
     return metrics, {k: v.detach().clone() for k, v in objects["module"].state_dict().items()}
 
 
-@pytest.mark.slow  # three training runs: in CI's slow set (.ci/run)
 def test_same_seed_same_metrics_and_weights_bit_for_bit(compose_cfg, fast_synthetic, tmp_path):
     first_metrics, first_weights = run(compose_cfg, fast_synthetic, tmp_path / "a", seed=3)
     second_metrics, second_weights = run(compose_cfg, fast_synthetic, tmp_path / "b", seed=3)

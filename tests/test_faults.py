@@ -91,7 +91,6 @@ WRITER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
 def test_sigkill_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_path):
     path = tmp_path / "checkpoints" / "last.ckpt"
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
