@@ -17,6 +17,9 @@ def in_batch_softmax_loss(
     negative_ids: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     logq_weight: float = 1.0,
+    row_negatives: torch.Tensor | None = None,
+    row_negatives_mask: torch.Tensor | None = None,
+    row_negatives_log_q: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sampled softmax over in-batch candidates (plus optional extra negatives).
 
@@ -37,6 +40,13 @@ def in_batch_softmax_loss(
         mask: (B, B + N) bool, True where a logit must be excluded (e.g. other known positives);
             the diagonal is never excluded.
         logq_weight: 1 for the full correction, 0 for none.
+        row_negatives: (B, M, D) negatives of one row each, e.g. the items shown to the user in
+            the same impression as row i's click but not clicked. They join row i's softmax next
+            to the in-batch negatives.
+        row_negatives_mask: (B, M) bool, True where a slot holds no negative (padding).
+        row_negatives_log_q: (B, M) the row negatives' items' ``log_q``, required with ``log_q``: every
+            column gets its item's correction, so all logits share one scale (uncorrected, the
+            row negatives would sit ~|log_q| below the corrected in-batch logits and barely count).
 
     Returns:
         The mean cross-entropy of each row's positive against its negatives.
@@ -58,6 +68,13 @@ def in_batch_softmax_loss(
         excluded |= mask
     diagonal = torch.arange(batch, device=logits.device)
     excluded[diagonal, diagonal] = False
+    if row_negatives is not None:
+        row_logits = torch.einsum("bd,bmd->bm", query, row_negatives) / temperature  # (B, M)
+        if log_q is not None:
+            row_logits = row_logits - logq_weight * _required(row_negatives_log_q, "row_negatives_log_q")
+        row_excluded = row_negatives_mask if row_negatives_mask is not None else torch.zeros_like(row_logits, dtype=torch.bool)
+        logits = torch.cat([logits, row_logits], dim=1)  # (B, B + N + M)
+        excluded = torch.cat([excluded, row_excluded], dim=1)
     logits = logits.masked_fill(excluded, float("-inf"))
     return F.cross_entropy(logits, diagonal)
 

@@ -11,6 +11,7 @@ from torch import nn
 from twotower.beyond_accuracy import BeyondAccuracyMetrics, beyond_accuracy_for_split
 from twotower.data.store import Batch, EvalBatch
 from twotower.distributed import RemoteCandidates, gather_remote_candidates, world
+from twotower.impression_metrics import ImpressionMetrics
 from twotower.losses import in_batch_softmax_loss
 from twotower.metrics import RetrievalMetrics
 from twotower.model.two_tower import TwoTower
@@ -79,6 +80,9 @@ class TwoTowerModule(pl.LightningModule):
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)), requires_grad=learn_temperature)
         self.val_metrics = RetrievalMetrics(ks)
         self.test_metrics = RetrievalMetrics(ks)
+        # Only updated (and logged) when evaluation batches carry impressions (MIND data).
+        self.val_impression_metrics = ImpressionMetrics()
+        self.test_impression_metrics = ImpressionMetrics()
         self._catalogue: torch.Tensor | None = None
         # Built from the datamodule's split when an evaluation starts (they need its popularity and activity).
         self._beyond: dict[str, BeyondAccuracyMetrics] = {}
@@ -102,6 +106,10 @@ class TwoTowerModule(pl.LightningModule):
         query = self.model.encode_query(batch.query)  # (B, D)
         candidate = self.model.encode_candidate(batch.candidate)  # (B, D)
         negatives = self._extra_negatives(batch, candidate)
+        row_negatives = None
+        if batch.row_negatives is not None:
+            flat = {name: x.flatten(0, 1) for name, x in batch.row_negatives.items()}
+            row_negatives = self.model.encode_candidate(flat).view(len(batch), -1, candidate.shape[-1])  # (B, M, D)
         loss = in_batch_softmax_loss(
             query,
             candidate,
@@ -114,7 +122,10 @@ class TwoTowerModule(pl.LightningModule):
             negative_ids=negatives.ids if negatives else None,
             mask=_pad_left(negatives.same_user_mask(batch.query_ids), len(batch)) if negatives and self.hparams.mask_same_user else None,
             logq_weight=self.hparams.logq_weight,
-        )  # logits (B, B + N); diagonal = positives
+            row_negatives=row_negatives,
+            row_negatives_mask=batch.row_negatives_mask,
+            row_negatives_log_q=batch.row_negatives_log_q,
+        )  # logits (B, B + N + M); diagonal = positives
         self.log("train/loss", loss, prog_bar=self.hparams.progress_bar_loss, on_step=True, on_epoch=True, batch_size=len(batch))
         if self.hparams.learn_temperature:
             self.log("train/temperature", self.temperature, on_step=False, on_epoch=True, batch_size=len(batch))
@@ -163,9 +174,10 @@ class TwoTowerModule(pl.LightningModule):
         chunks = [self.model.encode_candidate(features) for features in self.trainer.datamodule.catalogue(self.hparams.catalogue_chunk)]
         return torch.cat(chunks)
 
-    def rank(self, batch: EvalBatch, k: int) -> torch.Tensor:
+    def rank(self, batch: EvalBatch, k: int, query: torch.Tensor | None = None) -> torch.Tensor:
         """Top-k item rows per user (U, k) over the whole catalogue, the user's known items excluded."""
-        scores = self.model.encode_query(batch.query) @ self._catalogue.T  # (U, n_items)
+        query = self.model.encode_query(batch.query) if query is None else query
+        scores = query @ self._catalogue.T  # (U, n_items)
         scores[batch.exclude[0], batch.exclude[1]] = float("-inf")
         if batch.candidates is not None:
             scores[:, ~batch.candidates] = float("-inf")
@@ -183,33 +195,40 @@ class TwoTowerModule(pl.LightningModule):
             self._beyond[split] = beyond_accuracy_for_split(self.trainer.datamodule, split, self.hparams.beyond_accuracy_ks).to(self.device)
 
     def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_metrics)
+        self._evaluate(batch, "val", self.val_metrics, self.val_impression_metrics)
 
     def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_metrics)
+        self._evaluate(batch, "test", self.test_metrics, self.test_impression_metrics)
 
-    def _evaluate(self, batch: EvalBatch, split: str, metrics: RetrievalMetrics) -> None:
-        k = max(metrics.ks + list(self.hparams.beyond_accuracy_ks))
-        top = self.rank(batch, k)  # (U, k)
+    def _evaluate(self, batch: EvalBatch, split: str, metrics: RetrievalMetrics, impression_metrics: ImpressionMetrics) -> None:
+        query = self.model.encode_query(batch.query)  # (U, D)
+        top = self.rank(batch, max(metrics.ks + list(self.hparams.beyond_accuracy_ks)), query)  # (U, k)
         metrics.update(top, batch.targets, self._catalogue.shape[0])
         if split in self._beyond:
             self._beyond[split].update(top, batch.targets, batch.users, self._catalogue.shape[0], batch.candidates)
+        if batch.impressions is not None:
+            position, item, impression, label = batch.impressions
+            scores = (query[position] * self._catalogue[item]).sum(-1)  # (n,) one per shown item
+            impression_metrics.update(scores, label, impression)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val", self.val_metrics)
+        self._log_metrics("val", self.val_metrics, self.val_impression_metrics)
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics("test", self.test_metrics)
+        self._log_metrics("test", self.test_metrics, self.test_impression_metrics)
 
-    def _log_metrics(self, split: str, metrics: RetrievalMetrics) -> None:
+    def _log_metrics(self, split: str, metrics: RetrievalMetrics, impression_metrics: ImpressionMetrics) -> None:
         values = metrics.compute()  # already reduced across processes
         metrics.reset()
         if split in self._beyond:
             values.update(self._beyond[split].compute())
             self._beyond[split].reset()
+        if impression_metrics.update_called:
+            values.update(impression_metrics.compute())
+            impression_metrics.reset()
         self._catalogue = None
         for name, value in values.items():
-            self.log(f"{split}/{name}", value, prog_bar=name in ("recall@20", "ndcg@10"))
+            self.log(f"{split}/{name}", value, prog_bar=name in ("recall@20", "ndcg@10", "impression_auc"))
 
 
 def _pad_left(mask: torch.Tensor, columns: int) -> torch.Tensor:

@@ -10,6 +10,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from twotower.impression_metrics import NAMES as IMPRESSION_NAMES
 from twotower.module import TwoTowerModule
 from twotower.tracking import wandb_offline_unless_logged_in
 
@@ -79,3 +80,7 @@ def _report(metrics: dict[str, float], ks: list[int]) -> None:
     if rows:
         print("split  k     " + " ".join(f"{n:>9s}" for n in names))
         print("\n".join(rows))
+    for split in ("val", "test"):  # MIND's impression metrics, where the data has impressions
+        values = {n.removeprefix("impression_"): metrics[f"{split}/{n}"] for n in IMPRESSION_NAMES if f"{split}/{n}" in metrics}
+        if values:
+            print(f"{split:5s} impressions  " + "  ".join(f"{n}={v:.4f}" for n, v in values.items()))

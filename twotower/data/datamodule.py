@@ -250,7 +250,7 @@ class TwoTowerDataModule(pl.LightningDataModule):
             query[self.history_name] = self.history[split][users]
         exclude = torch.stack(self.known[split].gather(users))
         targets = torch.stack(self.heldout[split].gather(users))
-        return EvalBatch(query, users, exclude, targets, self.candidates[split])
+        return EvalBatch(query, users, exclude, targets, candidates=self.candidates[split])
 
     def catalogue(self, chunk_size: int = 65536) -> Iterator[Features]:
         """Every item's features, in chunks, on the store's device."""

@@ -14,7 +14,7 @@ import torch
 
 from twotower.data.schema import FeatureSpec, Schema
 from twotower.data.tables import ITEM, USER, require_columns
-from twotower.data.vocab import Vocabulary, split_tags, tokenize
+from twotower.data.vocab import Vocabulary, hashed_ids, split_tags, tokenize
 
 DEFAULT_MAX_LEN = {"text": 16, "multi_hot": 8, "history": 50}
 
@@ -33,6 +33,8 @@ class FittedFeature:
     @property
     def cardinality(self) -> int:
         """Rows of the embedding table (OOV row included); 0 for non-embedded kinds."""
+        if self.spec.hash_buckets:
+            return self.spec.hash_buckets + 1
         return len(self.vocab) if self.vocab is not None else 0
 
     def transform(self, frame: pd.DataFrame, table: str) -> torch.Tensor:
@@ -47,6 +49,8 @@ class FittedFeature:
             return torch.from_numpy(self.vocab.lookup(values.tolist()))
         if spec.kind == "multi_hot":
             return torch.from_numpy(self.vocab.lookup_lists((split_tags(v, spec.separator) for v in values), self.max_len))
+        if spec.kind == "text" and spec.hash_buckets:
+            return torch.from_numpy(hashed_ids((tokenize(v) for v in values), spec.hash_buckets, self.max_len))
         if spec.kind == "text":
             return torch.from_numpy(self.vocab.lookup_lists((tokenize(v) for v in values), self.max_len))
         if spec.kind == "numeric":
@@ -126,7 +130,7 @@ def fit_feature(spec: FeatureSpec, frame: pd.DataFrame, table: str, ids: Vocabul
         return FittedFeature(spec, vocab=Vocabulary.fit(values.tolist(), spec.min_count))
     if spec.kind in ("multi_hot", "text"):
         lists = [split_tags(v, spec.separator) if spec.kind == "multi_hot" else tokenize(v) for v in values]
-        vocab = Vocabulary.fit((t for lst in lists for t in lst), spec.min_count)
+        vocab = None if spec.hash_buckets else Vocabulary.fit((t for lst in lists for t in lst), spec.min_count)
         longest = max((len(lst) for lst in lists), default=1)
         return FittedFeature(spec, vocab=vocab, max_len=max(1, min(longest, spec.max_len or DEFAULT_MAX_LEN[spec.kind])))
     if spec.kind == "numeric":

@@ -23,6 +23,8 @@ class FeatureSpec:
         min_count: values seen fewer times than this in training go to the out-of-vocabulary index.
         transform: numeric pre-transform before standardisation: ``None`` or ``"log1p"``.
         prefix: for categorical strings, keep only the first ``prefix`` characters (zip-code prefixes).
+        hash_buckets: for ``text``, map each token to one of this many hashed ids instead of fitting
+            a vocabulary, so words first seen after training (fresh news) still get an embedding.
     """
 
     name: str
@@ -34,12 +36,15 @@ class FeatureSpec:
     min_count: int = 1
     transform: str | None = None
     prefix: int | None = None
+    hash_buckets: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FEATURE_KINDS:
             raise ValueError(f"feature '{self.name}' has unknown kind '{self.kind}' (kinds: {', '.join(FEATURE_KINDS)})")
         if self.missing not in ("error", "mean", "zero"):
             raise ValueError(f"feature '{self.name}': missing='{self.missing}' is not one of error, mean, zero")
+        if self.hash_buckets is not None and (self.kind != "text" or self.hash_buckets < 1):
+            raise ValueError(f"feature '{self.name}': hash_buckets={self.hash_buckets} needs kind text and a positive count")
         if self.transform not in (None, "log1p"):
             raise ValueError(f"feature '{self.name}': transform='{self.transform}' is not one of null, log1p")
 

@@ -85,6 +85,9 @@ class Batch(_Movable):
     masking); ``log_q`` is the log sampling probability of each candidate (logQ correction).
     ``negatives`` are optional extra negative items shared by the batch (features, item rows
     ``negative_ids`` and their ``negative_log_q``).
+    ``row_negatives`` are features of shape (B, M, ...): M extra negatives of each row (e.g. the
+    items shown but not clicked in the impression of the row's click), with ``row_negatives_mask``
+    (B, M) True where a slot is padding, and ``row_negatives_log_q`` (B, M) their items' ``log_q``.
     """
 
     query: Features
@@ -95,6 +98,9 @@ class Batch(_Movable):
     negatives: Features | None = None
     negative_ids: torch.Tensor | None = None
     negative_log_q: torch.Tensor | None = None
+    row_negatives: Features | None = None
+    row_negatives_mask: torch.Tensor | None = None
+    row_negatives_log_q: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.candidate_ids)
@@ -106,6 +112,8 @@ class EvalBatch(_Movable):
 
     ``exclude`` and ``targets`` are (position in batch, item row) pairs as two stacked rows, shape (2, nnz).
     ``candidates`` (n_items,) bool, when given, restricts the ranking to those items.
+    ``impressions`` (optional) lists the items shown to these users as four stacked rows, shape
+    (4, n): position in batch, item row, impression id, label (1 = clicked).
     """
 
     query: Features
@@ -113,6 +121,7 @@ class EvalBatch(_Movable):
     exclude: torch.Tensor
     targets: torch.Tensor
     candidates: torch.Tensor | None = None
+    impressions: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.users)

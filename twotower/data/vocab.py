@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import zlib
 from collections import Counter
 from typing import Any, Iterable, Sequence
 
@@ -29,6 +30,17 @@ def split_tags(value: Any, separator: str | None) -> list[str]:
     if not text:
         return []
     return [t.strip() for t in text.split(separator)] if separator else [text]
+
+
+def hashed_ids(lists: Iterable[list[str]], buckets: int, max_len: int) -> np.ndarray:
+    """Ragged token lists as a (n, max_len) matrix of ids 1..buckets (crc32 of the token, stable
+    across processes and Python versions), 0-padded on the right."""
+    lists = list(lists)
+    out = np.zeros((len(lists), max_len), dtype=np.int64)
+    for row, tokens in enumerate(lists):
+        ids = [1 + zlib.crc32(t.encode("utf-8")) % buckets for t in tokens[:max_len]]
+        out[row, : len(ids)] = ids
+    return out
 
 
 class Vocabulary:

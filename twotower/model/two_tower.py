@@ -8,6 +8,7 @@ from torch import nn
 
 from twotower.data.preprocess import Preprocessor
 from twotower.data.store import Features
+from twotower.model.history_tower import ClickHistoryTower
 from twotower.model.towers import Tower
 
 
@@ -15,10 +16,11 @@ class TwoTower(nn.Module):
     """A query (user) tower and a candidate (item) tower producing unit vectors in one space.
 
     With ``share_item_embedding``, the query tower's history encoder reads the candidate tower's
-    item-id embedding table (one table, trained by both towers).
+    item-id embedding table (one table, trained by both towers). The query tower may be a
+    ``ClickHistoryTower`` that reads the history through the candidate tower itself.
     """
 
-    def __init__(self, query: Tower, candidate: Tower, share_item_embedding: bool = True):
+    def __init__(self, query: Tower | ClickHistoryTower, candidate: Tower, share_item_embedding: bool = True):
         super().__init__()
         if query.output_dim != candidate.output_dim:
             raise ValueError(f"query tower outputs dim {query.output_dim}, candidate tower {candidate.output_dim}")
@@ -49,7 +51,12 @@ class TwoTower(nn.Module):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "TwoTower":
-        return cls(Tower(**config["query"]), Tower(**config["candidate"]), config["share_item_embedding"])
+        candidate = Tower(**config["candidate"])
+        if config["query"].get("type") == "click_history":
+            query = ClickHistoryTower(candidate, **{k: v for k, v in config["query"].items() if k != "type"})
+        else:
+            query = Tower(**config["query"])
+        return cls(query, candidate, config["share_item_embedding"])
 
 
 def build_two_tower(
@@ -64,6 +71,7 @@ def build_two_tower(
     share_item_embedding: bool = True,
     query_hidden_dims: Sequence[int] | None = None,
     candidate_hidden_dims: Sequence[int] | None = None,
+    click_history: Mapping[str, Any] | None = None,
 ) -> TwoTower:
     """Towers sized from the fitted vocabularies.
 
@@ -72,6 +80,10 @@ def build_two_tower(
         text: options of every text encoder (``pooling``, ``transformer_layers``, ``heads``).
         history: options of the history encoder (``pooling``, ``dropout``).
         query_hidden_dims / candidate_hidden_dims: per-tower MLP widths (default ``hidden_dims``).
+        click_history: when given, the query tower is a ``ClickHistoryTower`` with these options
+            (``pooling``, ``attention_dim``, ``hidden_dims``): the history feature is read by the
+            candidate tower itself (the data must write the history items' features, as
+            ``MindDataModule`` does); the other query features join after pooling.
     """
     dims = dict(feature_dims or {})
 
@@ -96,6 +108,14 @@ def build_two_tower(
             out.append(spec)
         return out
 
-    query = Tower(specs("query"), query_hidden_dims if query_hidden_dims is not None else hidden_dims, output_dim, dropout)
     candidate = Tower(specs("candidate"), candidate_hidden_dims if candidate_hidden_dims is not None else hidden_dims, output_dim, dropout)
+    if click_history is not None:
+        query_specs = specs("query")
+        history_names = [f["name"] for f in query_specs if f["kind"] == "history"]
+        if len(history_names) != 1:
+            raise ValueError(f"a click-history user tower needs exactly one history feature on the query side (found {history_names})")
+        others = [f for f in query_specs if f["kind"] != "history"]
+        query = ClickHistoryTower(candidate, history_names[0], others, **{"dropout": dropout, **click_history})
+        return TwoTower(query, candidate, share_item_embedding)
+    query = Tower(specs("query"), query_hidden_dims if query_hidden_dims is not None else hidden_dims, output_dim, dropout)
     return TwoTower(query, candidate, share_item_embedding)

@@ -1,0 +1,101 @@
+"""MindDataModule batches (histories, impression negatives, evaluation impressions) and training end to end."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from twotower.data.mind_datamodule import MindDataModule
+from twotower.data.sources.mind import IMPRESSION
+from twotower.data.sources.mind_generator import generate_mind
+from twotower.mind_evaluation import evaluate_impressions, model_scorer, popularity_scorer
+from twotower.training import train
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+FEATURES = {
+    "query": [{"name": "history", "kind": "history", "max_len": 6}],
+    "candidate": [{"name": "category", "kind": "categorical"}, {"name": "title", "kind": "text", "max_len": 12}],
+}
+
+
+@pytest.fixture(scope="module")
+def mind_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mind")
+    generate_mind(path, users=300, news=500, train_impressions=2400, seed=0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def datamodule(mind_dir):
+    dm = MindDataModule(str(mind_dir), FEATURES, impression_negatives=3, batch_size=64, eval_batch_size=50, seed=0)
+    dm.setup("fit")
+    return dm
+
+
+def test_history_is_the_latest_clicks_most_recent_first_without_the_target(datamodule):
+    histories = datamodule.tables.histories["train"]
+    user_id = next(u for u, h in histories.items() if len(h) > 8)
+    user = torch.tensor([datamodule.user_rows.get_loc(user_id)])
+    query = datamodule.query_features(user, "train")
+    rows = query["history.index"][0]
+    names = datamodule.item_rows[(torch.unique(datamodule.history["train"][user])[rows] - 1).numpy()]
+    assert list(names) == list(reversed(histories[user_id]))[:6]
+    assert query["history.present"].all()
+    title_len = datamodule.preprocessor.candidate["title"].max_len
+    assert query["history.title"].shape[1:] == (title_len,) and query["history.category"].ndim == 1
+    target = torch.tensor([datamodule.item_rows.get_loc(histories[user_id][-1])])
+    masked = datamodule.query_features(user, "train", clicked=target)
+    assert masked["history.present"][0].tolist() == [False] + [True] * 5
+
+
+def test_impression_negatives_are_the_skips_of_the_clicks_impression(datamodule):
+    torch.manual_seed(0)
+    tables = datamodule.tables
+    shown = tables.impressions
+    rows = torch.arange(len(datamodule.train_pairs))
+    impressions = datamodule.train_impression[rows]
+    negatives, padding = datamodule.impression_negative_rows(impressions)
+    skips = shown[shown["label"] == 0].groupby(IMPRESSION)["item_id"].apply(set).to_dict()
+    for impression, items, pad in zip(impressions.tolist(), negatives.tolist(), padding.tolist()):
+        taken = [datamodule.item_rows[i] for i, p in zip(items, pad) if not p]
+        assert set(taken) <= skips.get(impression, set())
+        assert len(taken) == len(set(taken)) == min(3, len(skips.get(impression, ())))
+    batch = datamodule.train_batch(torch.arange(64))
+    title_len = datamodule.preprocessor.candidate["title"].max_len
+    assert batch.row_negatives["title"].shape == (64, 3, title_len) and batch.row_negatives_mask.shape == (64, 3)
+
+
+def test_evaluation_batches_carry_every_dev_impression_once(datamodule):
+    meta = datamodule.tables.impression_meta
+    seen = []
+    for users in datamodule.eval_users["val"].split(50):
+        batch = datamodule.eval_batch(users, "val")
+        position, item, impression, label = batch.impressions
+        assert (torch.tensor(datamodule.user_rows.get_indexer(meta[meta.columns[1]].to_numpy()[impression.numpy()])) == users[position]).all()
+        seen.append(impression)
+    seen = torch.cat(seen)
+    val = datamodule.tables.impressions[datamodule.tables.impressions[IMPRESSION].isin(meta.index[meta["split"] == "val"])]
+    assert len(seen) == len(val)
+    assert np.array_equal(np.sort(np.unique(seen.numpy())), np.sort(val[IMPRESSION].unique()))
+
+
+def test_train_data_mind_beats_popularity_and_ranks_fresh_news_from_text(mind_dir):
+    overrides = [
+        "experiment=mind_text", f"data.path={mind_dir}", "data.features.query.0.max_len=10", "data.batch_size=128",
+        "trainer.max_epochs=4", "logger=none", "callbacks=none", "test=false", "+trainer.enable_checkpointing=false",
+        "+trainer.enable_progress_bar=false", "model.embedding_dim=32", "model.hidden_dims=[64]", "model.output_dim=32",
+        "model.click_history.attention_dim=32", "paths.output_dir=/tmp/unused",
+    ]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    torch.set_num_threads(1)
+    metrics, objects = train(cfg)
+    assert {"val/impression_auc", "val/impression_mrr", "val/impression_ndcg@5", "val/impression_ndcg@10", "val/recall@50"} <= set(metrics)
+    dm, model = objects["datamodule"], objects["module"].model
+    towers = evaluate_impressions(dm, "val", model_scorer(model, dm, "val"))
+    popularity = evaluate_impressions(dm, "val", popularity_scorer(dm))
+    assert towers["impression_auc"] == pytest.approx(metrics["val/impression_auc"], abs=1e-4)  # the logged metric is this one
+    assert towers["impression_auc"] > popularity["impression_auc"] + 0.15
+    fresh = evaluate_impressions(dm, "val", model_scorer(model, dm, "val"), fresh_only=True)
+    assert fresh["impressions"] > 50 and fresh["impression_auc"] > 0.7

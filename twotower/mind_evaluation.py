@@ -1,0 +1,52 @@
+"""Impression metrics of any scorer on a MIND data module: the trained towers, or a popularity ranker.
+
+Used to read a model against the baseline MIND papers start from, on all impressions and on the
+fresh news only (items never shown in training, which only their content can rank).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from twotower.data.mind_datamodule import MindDataModule
+from twotower.impression_metrics import impression_metrics
+from twotower.model.two_tower import TwoTower
+
+Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (users, items) -> scores
+
+
+def popularity_scorer(datamodule: MindDataModule) -> Scorer:
+    """Scores every shown item by its number of training clicks, whoever the user."""
+    counts = datamodule.item_counts.double()
+    return lambda users, items: counts[items]
+
+
+@torch.no_grad()
+def model_scorer(model: TwoTower, datamodule: MindDataModule, split: str, batch_size: int = 1024) -> Scorer:
+    """Scores by the towers: the dot product of the user's and the item's vectors."""
+    model.eval()
+    catalogue = torch.cat([model.encode_candidate(features) for features in datamodule.catalogue()])  # (n_items, D)
+    users = torch.arange(len(datamodule.user_rows))
+    queries = torch.cat([model.encode_query(datamodule.query_features(chunk, split)) for chunk in users.split(batch_size)])  # (n_users, D)
+    return lambda u, i: (queries[u] * catalogue[i]).sum(-1)
+
+
+def evaluate_impressions(datamodule: MindDataModule, split: str, scorer: Scorer, fresh_only: bool = False) -> dict[str, float]:
+    """Mean impression AUC/MRR/nDCG of ``scorer`` over the ``split`` impressions.
+
+    Args:
+        fresh_only: keep only the shown items that were never in the training directory's
+            news.tsv; impressions left without both a click and a skip drop out.
+    Returns:
+        the four metrics and ``impressions`` (how many were scored).
+    """
+    item, impression, label = datamodule.impression_entries[split]
+    user = datamodule.impression_users[split]
+    if fresh_only:
+        keep = ~datamodule.item_seen_in_train[item]
+        item, impression, label, user = item[keep], impression[keep], label[keep], user[keep]
+    values = impression_metrics(scorer(user, item), label, impression)
+    out = {name: float(v.mean()) for name, v in values.items()}
+    out["impressions"] = len(values["impression_auc"])
+    return out
