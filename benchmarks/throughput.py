@@ -115,6 +115,8 @@ class PreparedDataModule(TwoTowerDataModule):
         self.known = {"val": CSR.from_pairs(u[train], i[train], n_users), "test": empty}
         self.heldout = {"val": CSR.from_pairs(u[val], i[val], n_users), "test": empty}
         self.eval_users = {"val": torch.unique(u[val]), "test": u[:0]}
+        self.candidates = {"val": None, "test": None}  # the whole catalogue
+        self.trained_items = torch.unique(self.train_pairs[:, 1])
         counts = torch.bincount(self.train_pairs[:, 1], minlength=n_items).double()
         probs = counts / counts.sum()
         probs[probs == 0] = probs[probs > 0].min()
