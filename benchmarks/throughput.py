@@ -191,7 +191,7 @@ def audit_host_syncs(dm: "PreparedDataModule", size: "Size", device: torch.devic
 def trainer_options(device: torch.device) -> dict:
     """The project's trainer config (conf/trainer/gpu.yaml or cpu.yaml) minus what needs Hydra."""
     options = yaml.safe_load((ROOT / "conf" / "trainer" / ("gpu.yaml" if device.type == "cuda" else "cpu.yaml")).read_text())
-    return {k: v for k, v in options.items() if not k.startswith("_") and k != "default_root_dir" and not str(v).startswith("${")}
+    return {k: v for k, v in options.items() if not k.startswith("_") and k not in ("default_root_dir", "plugins") and not str(v).startswith("${")}
 
 
 class Memory:

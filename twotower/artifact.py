@@ -12,11 +12,13 @@ import hashlib
 import json
 import os
 import shutil
+import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 FORMAT = "twotower-artifact"
@@ -192,14 +194,23 @@ class Artifact:
             raise ArtifactError(f"{self.file(name)} is not valid JSON: {err}") from None
 
     def array(self, name: str, mmap: bool = False) -> np.ndarray:
-        return np.load(self.file(name), mmap_mode="r" if mmap else None, allow_pickle=False)
+        try:
+            return np.load(self.file(name), mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:  # object arrays (pickle) are refused here, never loaded
+            raise ArtifactError(f"{self.file(name)} is not a plain numpy array: {err}") from None
 
     def arrays(self, name: str) -> dict[str, np.ndarray]:
-        with np.load(self.file(name), allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        try:
+            with np.load(self.file(name), allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise ArtifactError(f"{self.file(name)} is not an archive of plain numpy arrays: {err}") from None
 
     def tensors(self, name: str) -> dict[str, torch.Tensor]:
-        return load_file(str(self.file(name)))
+        try:
+            return load_file(str(self.file(name)))
+        except SafetensorError as err:
+            raise ArtifactError(f"{self.file(name)} is not a safetensors file: {err}") from None
 
 
 def _plain(value: Any) -> Any:

@@ -1,6 +1,7 @@
 """Serving recommendations from an artifact directory: ``Retriever.load(dir).recommend(users, k)``."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,7 +42,8 @@ class Retriever:
 
     def __init__(self, artifact: Artifact, index: faiss.Index, query_tower: Tower, candidate_tower: Tower, preprocessor: Preprocessor,
                  item_ids: np.ndarray, item_vectors: np.ndarray, items: pd.DataFrame | None, user_ids: np.ndarray,
-                 user_features: dict[str, np.ndarray], seen: dict[str, np.ndarray], events: dict[str, np.ndarray]):
+                 user_features: dict[str, np.ndarray], seen: dict[str, np.ndarray], events: dict[str, np.ndarray],
+                 search_params: dict[str, Any] | None = None):
         self.artifact, self.index = artifact, index
         self.query_tower, self.candidate_tower, self.preprocessor = query_tower.eval(), candidate_tower.eval(), preprocessor
         self.item_ids, self.item_vectors, self.items = item_ids, item_vectors, items
@@ -49,6 +51,8 @@ class Retriever:
         self._item_row = {v: i for i, v in enumerate(item_ids.tolist())}
         self._user_row = {v: i for i, v in enumerate(user_ids.tolist())}
         self._events = events
+        self._add_lock = threading.Lock()
+        self._search_params = search_params or {}  # re-applied to the index copies add_items makes
         self.history_name = next((n for n, f in preprocessor.query.items() if f.spec.kind == "history"), None)
 
     # ------------------------------------------------------------------ loading
@@ -63,10 +67,16 @@ class Retriever:
         towers, vocabs = {}, {}
         for name in (QUERY_TOWER, CANDIDATE_TOWER):
             config = artifact.json(f"{name}/{TOWER_CONFIG}")
-            tower = Tower(**config)
+            try:
+                # On the meta device the config allocates nothing: sizes come from the weights file, and a
+                # config that does not match it (say a 10**12-row embedding) is refused, not allocated.
+                with torch.device("meta"):
+                    tower = Tower(**config)
+            except (TypeError, ValueError, KeyError) as err:
+                raise ArtifactError(f"{artifact.file(f'{name}/{TOWER_CONFIG}')} is not a tower config: {err!r}") from None
             weights = artifact.tensors(f"{name}/{TOWER_WEIGHTS}")
             try:
-                tower.load_state_dict(weights)
+                tower.load_state_dict(weights, assign=True)
             except RuntimeError as err:
                 raise ArtifactError(f"{artifact.file(f'{name}/{TOWER_WEIGHTS}')} does not fit {name}/{TOWER_CONFIG}: {err}") from None
             towers[name], vocabs[name] = tower, artifact.json(f"{name}/{TOWER_VOCAB}")
@@ -77,7 +87,8 @@ class Retriever:
             Vocabulary.from_json(vocabs[CANDIDATE_TOWER]["ids"]),
         )
         index = faiss.read_index(str(artifact.file(INDEX)))
-        apply_search_params(index, artifact.json(INDEX_INFOS).get("search_params", {}))
+        search_params = artifact.json(INDEX_INFOS).get("search_params", {})
+        apply_search_params(index, search_params)
         item_ids, item_vectors = artifact.array(ITEM_IDS), artifact.array(ITEM_VECTORS, mmap=True)
         user_ids, user_features = artifact.array(USER_IDS), artifact.arrays(USER_FEATURES)
         items = pd.read_parquet(artifact.file(ITEMS)) if artifact.has(ITEMS) else None
@@ -96,7 +107,7 @@ class Retriever:
         if missing:
             raise ArtifactError(f"{artifact.file(USER_FEATURES)} lacks query feature(s) {missing} (has {sorted(user_features)})")
         return cls(artifact, index, towers[QUERY_TOWER], towers[CANDIDATE_TOWER], preprocessor, item_ids, item_vectors, items,
-                   user_ids, user_features, seen, events)
+                   user_ids, user_features, seen, events, search_params)
 
     @property
     def dim(self) -> int:
@@ -176,6 +187,10 @@ class Retriever:
         ``table`` has the items table's columns; unknown ids go to the out-of-vocabulary path of the
         id feature, so the vector comes from the content. Returns the new ids.
         """
+        with self._add_lock:  # one add at a time, or two could copy the same index and one's items be lost
+            return self._add_items(table)
+
+    def _add_items(self, table: pd.DataFrame) -> np.ndarray:
         if ITEM not in table.columns:
             raise ValueError(f"new items table has no column '{ITEM}' (columns: {list(table.columns)})")
         table = table.assign(**{ITEM: id_keys(table[ITEM].reset_index(drop=True)).to_numpy()})
@@ -185,21 +200,28 @@ class Retriever:
         features = self.preprocessor.transform("candidate", table, "new items table")
         with torch.inference_mode():
             vectors = self.candidate_tower(features).numpy().astype(np.float32)  # (n_new, dim)
-        self.index.add(vectors)
+        # Queries keep running meanwhile: FAISS may not search an index while vectors are added to
+        # it, so the vectors go into a copy. Rows only grow, and the index is published last, so a
+        # query that finds a new row finds it in the arrays; one still on the old index sees the old catalogue.
+        index = faiss.clone_index(self.index)
+        apply_search_params(index, self._search_params)
+        index.add(vectors)
         start = len(self.item_ids)
-        self.item_ids = np.concatenate([self.item_ids, np.asarray(table[ITEM].tolist(), dtype=str)])  # widths promote
         self.item_vectors = np.concatenate([self.item_vectors, vectors])
-        self._item_row.update({v: start + i for i, v in enumerate(table[ITEM])})
+        self.item_ids = np.concatenate([self.item_ids, np.asarray(table[ITEM].tolist(), dtype=str)])  # widths promote
         if self.items is not None:
             self.items = pd.concat([self.items, table[[c for c in table.columns if c in self.items.columns]]], ignore_index=True)
+        self._item_row = {**self._item_row, **{v: start + i for i, v in enumerate(table[ITEM])}}
+        self.index = index
         return table[ITEM].to_numpy()
 
     # ------------------------------------------------------------------ internals
     def _search(self, queries: np.ndarray, k: int, exclude: list[np.ndarray] | None, rerank: Rerank | None) -> Recommendations:
-        n = self.index.ntotal
+        index = self.index  # one index for the whole query, whatever add_items publishes meanwhile
+        n = index.ntotal
         extra = max((len(e) for e in exclude), default=0) if exclude else 0
         fetch = min(n, max(k, rerank.fetch if rerank else k) + extra)
-        _, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), fetch)  # (U, fetch)
+        _, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), fetch)  # (U, fetch)
         out_rows = np.full((len(queries), k), -1, dtype=np.int64)
         out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         for q, found in enumerate(rows):

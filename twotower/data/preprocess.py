@@ -62,8 +62,10 @@ class FittedFeature:
     def _numeric(self, values: pd.Series, table: str) -> np.ndarray:
         x = _as_float(values, self.spec, table)
         if self.spec.transform == "log1p":
-            if (x[~np.isnan(x)] < 0).any():
-                raise ValueError(f"{table}: column '{self.spec.source_column}' has negative values; log1p needs >= 0")
+            negative = x < 0  # NaN compares False
+            if negative.any():
+                row = int(np.argmax(negative))
+                raise ValueError(f"{table}: column '{self.spec.source_column}' has a negative value {x[row]} at row {row}; log1p needs >= 0")
             x = np.log1p(x)
         missing = np.isnan(x)
         if missing.any():
@@ -74,7 +76,14 @@ class FittedFeature:
                     f"first at row {row} (set missing: mean or zero on feature '{self.spec.name}' to fill them)"
                 )
             x = np.where(missing, self.mean if self.spec.missing == "mean" else 0.0, x)
-        return ((x - self.mean) / self.std).astype(np.float32)
+        with np.errstate(over="ignore"):
+            scaled = ((x - self.mean) / self.std).astype(np.float32)
+        overflow = ~np.isfinite(scaled)
+        if overflow.any():
+            row = int(np.argmax(overflow))
+            raise ValueError(f"{table}: numeric column '{self.spec.source_column}' value {x[row]:g} at row {row} is too far from the "
+                             f"train mean {self.mean:g} (std {self.std:g}) to be a float32 feature")
+        return scaled
 
     def _dense(self, values: pd.Series, table: str) -> np.ndarray:
         out = np.zeros((len(values), self.dim), dtype=np.float32)
@@ -131,8 +140,12 @@ def fit_feature(spec: FeatureSpec, frame: pd.DataFrame, table: str, ids: Vocabul
         finite = x[np.isfinite(x)]
         if finite.size == 0:
             raise ValueError(f"{table}: numeric column '{spec.source_column}' has no finite values in the train split")
-        std = float(finite.std())
-        return FittedFeature(spec, mean=float(finite.mean()), std=std if std > 0 else 1.0)
+        with np.errstate(over="ignore"):
+            mean, std = float(finite.mean()), float(finite.std())
+        if not (np.isfinite(mean) and np.isfinite(std)):
+            raise ValueError(f"{table}: numeric column '{spec.source_column}' has values too large to standardise "
+                             f"(largest magnitude {np.abs(finite).max():g}); rescale it or use transform: log1p")
+        return FittedFeature(spec, mean=mean, std=std if std > 0 else 1.0)
     if spec.kind == "dense":
         first = next((v for v in values if v is not None and np.ndim(v) > 0), None)
         if first is None:
@@ -149,7 +162,7 @@ def _as_float(values: pd.Series, spec: FeatureSpec, table: str) -> np.ndarray:
         raise ValueError(f"{table}: numeric column '{spec.source_column}' has a non-numeric value {values.iloc[row]!r} at row {row}")
     if np.isinf(x).any():
         row = int(np.argmax(np.isinf(x)))
-        raise ValueError(f"{table}: numeric column '{spec.source_column}' has an infinite value at row {row}")
+        raise ValueError(f"{table}: numeric column '{spec.source_column}' has an infinite value {x[row]} at row {row}")
     return x
 
 

@@ -53,7 +53,7 @@ def sentence_vectors(texts: Sequence[str], model: str, cache_dir: str | Path, ba
     model_dir = model_directory(model)
     cache = Path(cache_dir) / f"{_cache_key(model_dir, texts)}.npy"
     if cache.exists():
-        return np.load(cache)
+        return np.load(cache, allow_pickle=False)
     from sentence_transformers import SentenceTransformer
 
     log.info("encoding %d texts with %s (cached at %s)", len(texts), model_dir, cache)

@@ -1,11 +1,14 @@
 """The three tables every source produces, with their checks, and reading parquet/csv files."""
 from __future__ import annotations
 
+import csv
+import gzip
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
+import pyarrow as pa
 
 USER = "user_id"
 ITEM = "item_id"
@@ -97,10 +100,45 @@ def read_table(path: str | Path) -> pd.DataFrame:
             raise ValueError(f"table file {path}: unknown format '{suffixes}' (use .parquet, .csv or .tsv)")
     except pd.errors.EmptyDataError:
         raise ValueError(f"table file {path} is empty") from None
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError:
+        raise ValueError(not_utf8(path, "\t" if ".tsv" in suffixes else ",")) from None
+    except (OSError, pd.errors.ParserError, pa.ArrowException) as err:
         if isinstance(err, FileNotFoundError):
             raise
         raise ValueError(f"table file {path} could not be read: {err}") from None
     if frame.empty:
         raise ValueError(f"table file {path} has no rows")
     return frame
+
+
+def not_utf8(path: Path, sep: str, columns: Sequence[str] | None = None) -> str:
+    """Where a delimited text file stops being UTF-8: line, column (``columns``, else the header) and the bad byte."""
+    if path.suffix == ".gz":
+        with gzip.open(path) as file:
+            raw = file.read()
+    else:
+        raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+        return f"table file {path} is not UTF-8"
+    except UnicodeDecodeError as err:
+        start = err.start
+    line_start = raw.rfind(b"\n", 0, start) + 1
+    line_end = raw.find(b"\n", start)
+    line = raw[line_start : line_end if line_end >= 0 else len(raw)].decode("utf-8", "replace")
+    header = raw[: raw.find(b"\n") if b"\n" in raw else len(raw)].decode("utf-8", "replace")
+    fields = _fields(line, sep)
+    names = list(columns) if columns is not None else _fields(header, sep)
+    where = next((i for i, f in enumerate(fields) if "\ufffd" in f), None)
+    column = f", column '{names[where]}'" if where is not None and where < len(names) else ""
+    value = f" (value {fields[where]!r})" if where is not None else ""
+    line_number = raw.count(b"\n", 0, start) + 1
+    return (f"table file {path} is not UTF-8: byte 0x{raw[start]:02x} at line {line_number}{column}{value}; "
+            "re-save the file as UTF-8")
+
+
+def _fields(line: str, sep: str) -> list[str]:
+    try:
+        return next(csv.reader([line.rstrip("\r")], delimiter=sep), [])
+    except csv.Error:  # a stray carriage return or quote: no column to name
+        return []

@@ -20,7 +20,7 @@ import pandas as pd
 
 from twotower.data.sentence_vectors import sentence_vectors
 from twotower.data.sources.movielens import default_cache_dir
-from twotower.data.tables import ITEM, SPLIT, TIME, USER, Tables
+from twotower.data.tables import ITEM, SPLIT, TIME, USER, Tables, not_utf8
 
 BEHAVIOR_COLUMNS = ("impression_id", "user_id", "time", "history", "impressions")
 NEWS_COLUMNS = ("news_id", "category", "subcategory", "title", "abstract", "url", "title_entities", "abstract_entities")
@@ -50,7 +50,10 @@ class MindTables(Tables):
 def _lines(path: Path, n_columns: int, columns: tuple[str, ...]) -> list[list[str]]:
     if not path.exists():
         raise FileNotFoundError(f"MIND file {path} does not exist (expected the official layout: <dir>/train/ and <dir>/dev/, each with behaviors.tsv and news.tsv)")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(not_utf8(path, "\t", columns)) from None
     rows = []
     for number, line in enumerate(text.split("\n"), start=1):
         line = line.rstrip("\r")

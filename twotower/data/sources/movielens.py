@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from twotower.data.tables import ITEM, TIME, USER, Tables
+from twotower.data.tables import ITEM, TIME, USER, Tables, not_utf8
 
 log = logging.getLogger(__name__)
 
@@ -63,25 +63,62 @@ class MovieLens100K:
             fetch_movielens(self.path)
         ratings, users, items = read_ml100k(self.path)
         ratings = ratings[ratings["rating"] >= self.min_rating].reset_index(drop=True)
+        if ratings.empty:
+            raise ValueError(f"{self.path / 'u.data'}: no rating is >= min_rating={self.min_rating}")
         names = {t: str(self.path / f) for t, f in zip(("interactions", "items", "users"), FILES)}
         return Tables(ratings, users, items, names).validate()
 
 
 def read_ml100k(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Read the official layout and check the published counts."""
-    ratings = pd.read_csv(path / "u.data", sep="\t", names=[USER, ITEM, "rating", TIME])
+    """Read the official layout and check the published counts; errors name the file, column, line and value."""
+    ratings = _read_file(path / "u.data", "\t", [USER, ITEM, "rating", TIME])
+    for column in ("rating", TIME):
+        _require_numbers(ratings, column, path / "u.data")
     item_cols = [ITEM, "title", "release_date", "video_release_date", "imdb_url", *GENRES]
-    items = pd.read_csv(path / "u.item", sep="|", names=item_cols, encoding="latin-1")
-    users = pd.read_csv(path / "u.user", sep="|", names=[USER, "age", "gender", "occupation", "zip_code"])
+    items = _read_file(path / "u.item", "|", item_cols, encoding="latin-1")
+    users = _read_file(path / "u.user", "|", [USER, "age", "gender", "occupation", "zip_code"])
     counts = {"ratings": len(ratings), "users": len(users), "items": len(items)}
     if counts != EXPECTED_COUNTS:
-        raise ValueError(f"MovieLens-100K in {path} has counts {counts}, expected {EXPECTED_COUNTS}: the copy is damaged")
-    flags = items[list(GENRES)].to_numpy().astype(bool)
+        wrong = next(f"{path / file} has {counts[name]} lines, expected {EXPECTED_COUNTS[name]}"
+                     for name, file in (("ratings", "u.data"), ("users", "u.user"), ("items", "u.item")) if counts[name] != EXPECTED_COUNTS[name])
+        raise ValueError(f"MovieLens-100K in {path} has counts {counts}, expected {EXPECTED_COUNTS}: the copy is damaged ({wrong})")
+    for genre in GENRES:
+        flags = pd.to_numeric(items[genre], errors="coerce")
+        bad = ~flags.isin([0, 1])
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            raise ValueError(f"{path / 'u.item'}: genre column '{genre}' has value {items[genre].iloc[row]!r} at line {row + 1} (expected 0 or 1)")
+    flags = items[list(GENRES)].to_numpy().astype(int).astype(bool)
     items["genres"] = ["|".join(g for g, on in zip(GENRES, row) if on) for row in flags]
     items["year"] = pd.to_datetime(items["release_date"], format="%d-%b-%Y", errors="coerce").dt.year.astype("float64")
     items = items[[ITEM, "title", "genres", "year"]]
     users["zip_prefix"] = users["zip_code"].astype(str).str[:2]
     return ratings, users, items
+
+
+def _read_file(file: Path, sep: str, columns: list[str], encoding: str = "utf-8") -> pd.DataFrame:
+    """One headerless file of the layout, with exactly ``len(columns)`` fields per line."""
+    try:
+        # No ``names=``: with names, pandas turns surplus leading fields into the index instead of failing.
+        frame = pd.read_csv(file, sep=sep, header=None, encoding=encoding)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{file} is empty") from None
+    except UnicodeDecodeError:
+        raise ValueError(not_utf8(file, sep, columns)) from None
+    except pd.errors.ParserError as err:
+        raise ValueError(f"{file} could not be read: {err}") from None
+    if frame.shape[1] != len(columns):
+        raise ValueError(f"{file} has {frame.shape[1]} fields per line, expected {len(columns)} ({', '.join(columns)})")
+    frame.columns = columns
+    return frame
+
+
+def _require_numbers(frame: pd.DataFrame, column: str, file: Path) -> None:
+    numbers = pd.to_numeric(frame[column], errors="coerce")
+    if numbers.isna().any():
+        row = int(numbers.isna().to_numpy().argmax())
+        raise ValueError(f"{file}: column '{column}' has a missing or non-numeric value {frame[column].iloc[row]!r} at line {row + 1}")
+    frame[column] = numbers
 
 
 def fetch_movielens(target: Path) -> None:
