@@ -78,6 +78,12 @@ class _Factors:
     def score(self, users: np.ndarray) -> np.ndarray:
         return self.user_factors[users] @ self.item_factors.T
 
+    def fit(self, user_items: sp.csr_matrix) -> "_Factors":
+        model = self._model()
+        model.fit(user_items, show_progress=False)
+        self.user_factors, self.item_factors = model.user_factors, model.item_factors
+        return self
+
 
 class ALS(_Factors):
     """Implicit-feedback ALS (Hu, Koren & Volinsky 2008) from the ``implicit`` package."""
@@ -87,13 +93,10 @@ class ALS(_Factors):
     def __init__(self, factors: int = 64, regularization: float = 0.05, alpha: float = 2.0, iterations: int = 15, seed: int = 0):
         self.options = dict(factors=factors, regularization=regularization, alpha=alpha, iterations=iterations, random_state=seed)
 
-    def fit(self, user_items: sp.csr_matrix) -> "ALS":
+    def _model(self):
         from implicit.cpu.als import AlternatingLeastSquares
 
-        model = AlternatingLeastSquares(**self.options, num_threads=1)
-        model.fit(user_items, show_progress=False)
-        self.user_factors, self.item_factors = model.user_factors, model.item_factors
-        return self
+        return AlternatingLeastSquares(**self.options, num_threads=1)
 
 
 class BPR(_Factors):
@@ -104,13 +107,10 @@ class BPR(_Factors):
     def __init__(self, factors: int = 64, learning_rate: float = 0.05, regularization: float = 0.01, iterations: int = 100, seed: int = 0):
         self.options = dict(factors=factors, learning_rate=learning_rate, regularization=regularization, iterations=iterations, random_state=seed)
 
-    def fit(self, user_items: sp.csr_matrix) -> "BPR":
+    def _model(self):
         from implicit.cpu.bpr import BayesianPersonalizedRanking
 
-        model = BayesianPersonalizedRanking(**self.options, num_threads=1)
-        model.fit(user_items, show_progress=False)
-        self.user_factors, self.item_factors = model.user_factors, model.item_factors
-        return self
+        return BayesianPersonalizedRanking(**self.options, num_threads=1)
 
 
 class EASE:
