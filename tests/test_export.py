@@ -90,6 +90,7 @@ def test_manifest_and_index_infos_describe_the_artifact(exported):
     assert {"torch", "faiss", "numpy", "safetensors"} <= set(manifest["libraries"])
     assert infos["key"] == "Flat" and infos["recall@10"] == infos["recall@100"] == 1.0 and infos["ntotal"] == 200
     assert infos["latency_ms"]["p99"] >= infos["latency_ms"]["p50"] > 0
+    assert (artifact / "index_recall_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for name, record in manifest["files"].items():
         assert sha256_of(artifact / name) == record["sha256"], name
 

@@ -28,6 +28,7 @@ PARTIAL_SUFFIX = ".partial"
 MANIFEST = "manifest.json"
 INDEX = "index.faiss"
 INDEX_INFOS = "index_infos.json"
+INDEX_PLOT = "index_recall_latency.png"  # recall@10 vs single-query latency of the exported index setting
 ITEM_IDS = "item_ids.npy"  # (n_items,) unicode, row r of the index is item ITEM_IDS[r]
 ITEM_VECTORS = "item_vectors.npy"  # (n_items, dim) float32, exact vectors for re-scoring and similar items
 ITEMS = "items.parquet"  # the items table as given (titles, genres... for display)

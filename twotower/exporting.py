@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import twotower
 from twotower.artifact import (
-    CANDIDATE_TOWER, INDEX, INDEX_INFOS, ITEM_EVENTS, ITEM_IDS, ITEM_VECTORS, ITEMS, QUERY_TORCHSCRIPT, QUERY_TOWER,
+    CANDIDATE_TOWER, INDEX, INDEX_INFOS, INDEX_PLOT, ITEM_EVENTS, ITEM_IDS, ITEM_VECTORS, ITEMS, QUERY_TORCHSCRIPT, QUERY_TOWER,
     TOWER_CONFIG, TOWER_VOCAB, TOWER_WEIGHTS, USER_FEATURES, USER_IDS, USER_SEEN, ArtifactWriter,
 )
 from twotower.data.datamodule import TwoTowerDataModule
@@ -26,6 +26,7 @@ from twotower.data.tables import ITEM, TIME, USER
 from twotower.index import IndexSpec, build_and_measure
 from twotower.model.towers import Tower
 from twotower.model.two_tower import TwoTower
+from twotower.plots import plot_recall_vs_latency
 from twotower.progress import progress
 from twotower.tracking import log_exported_artifact, wandb_logger_config
 
@@ -127,6 +128,7 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
     with ArtifactWriter(cfg.output_dir) as out:
         faiss.write_index(index, str(out.file(INDEX)))
         out.json(INDEX_INFOS, infos)
+        plot_recall_vs_latency(infos, out.file(INDEX_PLOT))
         out.array(ITEM_IDS, np.asarray(datamodule.item_rows, dtype=str))
         out.array(ITEM_VECTORS, item_vectors)
         out.array(USER_IDS, np.asarray(datamodule.user_rows, dtype=str))
