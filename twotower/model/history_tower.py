@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from twotower.data.store import Features
-from twotower.model.features import build_encoder
-from twotower.model.towers import Tower
+from twotower.model.towers import Tower, build_encoders, build_mlp
 
 POOLINGS = ("mean", "attention")
 
@@ -68,17 +67,8 @@ class ClickHistoryTower(nn.Module):
         self.empty = nn.Parameter(torch.zeros(item_dim))
         if pooling == "attention":
             self.attention = nn.Sequential(nn.Linear(item_dim, attention_dim), nn.Tanh(), nn.Linear(attention_dim, 1, bias=False))
-        self.encoders = nn.ModuleDict({
-            f["name"]: build_encoder(f["kind"], f.get("cardinality", 0), f.get("dim", 32), f.get("in_dim", 1), **f.get("options", {}))
-            for f in features
-        })
-        layers: list[nn.Module] = []
-        width = item_dim + sum(e.out_dim for e in self.encoders.values())
-        for hidden in hidden_dims:
-            layers += [nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout)]
-            width = hidden
-        layers.append(nn.Linear(width, output_dim))
-        self.mlp = nn.Sequential(*layers)
+        self.encoders = build_encoders(features)
+        self.mlp = build_mlp(item_dim + sum(e.out_dim for e in self.encoders.values()), hidden_dims, output_dim, dropout)
         self.normalize, self.output_dim = normalize, output_dim
 
     def item_inputs(self, features: Features) -> Features:

@@ -26,17 +26,8 @@ class Tower(nn.Module):
     def __init__(self, features: Sequence[dict[str, Any]], hidden_dims: Sequence[int] = (256,), output_dim: int = 64, dropout: float = 0.0, normalize: bool = True):
         super().__init__()
         self.config = {"features": [dict(f) for f in features], "hidden_dims": list(hidden_dims), "output_dim": output_dim, "dropout": dropout, "normalize": normalize}
-        self.encoders = nn.ModuleDict({
-            f["name"]: build_encoder(f["kind"], f.get("cardinality", 0), f.get("dim", 32), f.get("in_dim", 1), **f.get("options", {}))
-            for f in features
-        })
-        layers: list[nn.Module] = []
-        width = sum(e.out_dim for e in self.encoders.values())
-        for hidden in hidden_dims:
-            layers += [nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout)]
-            width = hidden
-        layers.append(nn.Linear(width, output_dim))
-        self.mlp = nn.Sequential(*layers)
+        self.encoders = build_encoders(features)
+        self.mlp = build_mlp(sum(e.out_dim for e in self.encoders.values()), hidden_dims, output_dim, dropout)
         self.normalize, self.output_dim = normalize, output_dim
 
     def forward(self, features: Features) -> torch.Tensor:
@@ -46,3 +37,21 @@ class Tower(nn.Module):
         x = torch.cat([encoder(features[name]) for name, encoder in self.encoders.items()], dim=-1)
         x = self.mlp(x)
         return F.normalize(x, dim=-1) if self.normalize else x
+
+
+def build_encoders(features: Sequence[dict[str, Any]]) -> nn.ModuleDict:
+    """One encoder per feature dict (``name``, ``kind``, ``cardinality``, ``dim``, ``in_dim``, ``options``)."""
+    return nn.ModuleDict({
+        f["name"]: build_encoder(f["kind"], f.get("cardinality", 0), f.get("dim", 32), f.get("in_dim", 1), **f.get("options", {}))
+        for f in features
+    })
+
+
+def build_mlp(width: int, hidden_dims: Sequence[int], output_dim: int, dropout: float) -> nn.Sequential:
+    """Linear -> GELU -> Dropout per hidden width, then a linear output layer."""
+    layers: list[nn.Module] = []
+    for hidden in hidden_dims:
+        layers += [nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout)]
+        width = hidden
+    layers.append(nn.Linear(width, output_dim))
+    return nn.Sequential(*layers)
