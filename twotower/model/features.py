@@ -89,7 +89,7 @@ class HistoryEncoder(nn.Module):
         if self.training and self.dropout > 0:
             history = history.masked_fill(torch.rand(history.shape, device=history.device) < self.dropout, 0)
         if self.pooling == "mean":
-            return mean_of_rows(history, self.embedding.weight, self.embedding.sparse, packed=not history.is_cuda)
+            return mean_of_rows(history, self.embedding.weight, self.embedding.sparse, packed=self.training and not history.is_cuda)
         vectors = self.embedding(history)  # (B, L, dim)
         scores = self.attention(vectors).squeeze(-1).masked_fill(history == 0, float("-inf"))  # (B, L)
         weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # an empty history has all -inf: weights 0
@@ -101,7 +101,9 @@ def mean_of_rows(indices: torch.Tensor, weight: torch.Tensor, sparse: bool = Fal
     ``packed`` drops the padding before the bag: on CPU the padded backward sorts every slot,
     padding included, and real histories fill a fraction of ``max_len`` (1024 x 256 slots with
     5-200 real ones: forward + backward 1.7x faster packed, one thread). On a GPU the padded form
-    keeps shapes fixed: packing would wait on the host for the number of real items.
+    keeps shapes fixed: packing would wait on the host for the number of real items. The
+    encoder packs only in training, where the backward is: a query tower traced for serving
+    (``torch.jit.trace``) must not bake one batch's offsets into its graph.
     """
     if not packed:
         return F.embedding_bag(indices, weight, mode="mean", padding_idx=0, sparse=sparse)
