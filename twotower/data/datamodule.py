@@ -203,7 +203,8 @@ class TwoTowerDataModule(pl.LightningDataModule):
         """Moves every column, pair list and CSR to ``device``: once per process, not per batch."""
         self.users.to(device)
         self.items.to(device)
-        self.train_pairs = self.train_pairs.to(device)
+        if self.train_pairs is not None:  # None where pairs are streamed (ShardedDataModule)
+            self.train_pairs = self.train_pairs.to(device)
         self.item_vocab_index = self.item_vocab_index.to(device)
         self.item_log_q = self.item_log_q.to(device)
         self.known = {k: v.to(device) for k, v in self.known.items()}
@@ -215,7 +216,10 @@ class TwoTowerDataModule(pl.LightningDataModule):
         self._device = device
 
     def train_batch(self, rows: torch.Tensor) -> Batch:
-        users, items = self.train_pairs[rows].unbind(1)
+        return self.pairs_batch(*self.train_pairs[rows].unbind(1))
+
+    def pairs_batch(self, users: torch.Tensor, items: torch.Tensor) -> Batch:
+        """The training batch of (user row, item row) pairs."""
         query = self.users.gather(users)
         if self.history_name:
             history = self.history["val"][users]  # (B, L)
@@ -228,14 +232,14 @@ class TwoTowerDataModule(pl.LightningDataModule):
         if not self.num_negatives:
             return Batch(query, candidate, users, items, self.item_log_q[items])
         # Uniform draws from the trained items; cold items are never pushed down as negatives.
-        picks = torch.randint(len(self.trained_items), (self.num_negatives,), device=rows.device)
+        picks = torch.randint(len(self.trained_items), (self.num_negatives,), device=users.device)
         negative_ids = self.trained_items[picks]
         negatives = self.items.gather(negative_ids)
         if self.id_dropout:
             self._drop_ids(negatives, self.schema.candidate)
         # Any item can enter a column either way, so every column is corrected by its mixed
         # proposal probability: batch_size * p_unigram + num_negatives / n_trained_items.
-        mixed_log_q = torch.logaddexp(self.item_log_q + math.log(len(rows)), torch.tensor(math.log(self.num_negatives / len(self.trained_items)), device=rows.device))
+        mixed_log_q = torch.logaddexp(self.item_log_q + math.log(len(users)), torch.tensor(math.log(self.num_negatives / len(self.trained_items)), device=users.device))
         return Batch(query, candidate, users, items, mixed_log_q[items], negatives, negative_ids, mixed_log_q[negative_ids])
 
     def _drop_ids(self, features: Features, specs) -> None:

@@ -66,6 +66,14 @@ class Vocabulary:
         kept = sorted((v for v, c in counts.items() if c >= min_count), key=lambda v: (-counts[v], v))
         return cls(kept)
 
+    @classmethod
+    def from_counts(cls, keys: Sequence[str], counts: np.ndarray, min_count: int = 1) -> "Vocabulary":
+        """The vocabulary ``fit`` gives for values whose (string) keys occur ``counts`` times."""
+        keys, counts = np.asarray(keys, dtype=object), np.asarray(counts)
+        kept = counts >= max(min_count, 1)
+        keys, counts = keys[kept], counts[kept]
+        return cls(keys[np.lexsort((keys, -counts))].tolist())
+
     def lookup(self, values: Iterable[Any]) -> np.ndarray:
         return np.fromiter((self._index.get(_key(v), OOV) if not _is_missing(v) else OOV for v in values), dtype=np.int64)
 
