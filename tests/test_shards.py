@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from twotower.data import ShardedDataModule, TwoTowerDataModule
+from twotower.data.shard_scan import RecentItems
 from twotower.data.sharded_datamodule import ShardBatches
 from twotower.data.sources import ShardSource, TableSource
 from twotower.data.splits import HashSplit, PredefinedSplit
@@ -213,3 +214,18 @@ def test_two_gloo_processes_train_on_shards_in_step(tables, tmp_path):
     steps = sharded(root, seed=42).steps_per_epoch(2)  # train.yaml's seed
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] == 2 * steps > 0
+
+
+def test_recent_items_over_a_stream_equal_a_stable_sort_of_all_rows():
+    """Merged in several flushes, with ties in time: each user's 3 latest items, earlier row first on ties."""
+    rng = np.random.default_rng(1)
+    users, items, times = rng.integers(0, 7, 200), rng.integers(0, 50, 200).astype(np.int32), rng.integers(0, 20, 200).astype(float)
+    recent = RecentItems(7, 3)
+    recent.flush_rows = 25
+    for start in range(0, 200, 30):
+        recent.add(users[start : start + 30], items[start : start + 30], times[start : start + 30])
+    expected = np.full((7, 3), -1)
+    for user in range(7):
+        rows = sorted(np.flatnonzero(users == user), key=lambda r: (-times[r], r))[:3]
+        expected[user, : len(rows)] = items[rows]
+    np.testing.assert_array_equal(recent.table(), expected)

@@ -29,30 +29,46 @@ class ShardScan:
 class RecentItems:
     """Each user's ``max_len`` highest-key (most recent) items over a stream of rows.
 
-    Ties keep the earlier row, as a stable sort of all rows by (user, -key) would.
+    Ties keep the earlier row, as a stable sort of all rows by (user, -key) would. Rows wait in a
+    buffer as large as the table and are merged in one sort, so the cost of re-sorting the kept
+    slots is paid once per table-sized batch of rows, not once per record batch.
     """
 
     def __init__(self, n_users: int, max_len: int):
         self.items = np.full((n_users, max_len), -1, dtype=np.int32)  # most recent first
         self.keys = np.full((n_users, max_len), -np.inf)
+        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.pending_rows, self.flush_rows = 0, max(n_users * max_len, 1 << 20)
 
     def add(self, users: np.ndarray, items: np.ndarray, keys: np.ndarray) -> None:
-        # Only rows beating their user's current last slot can enter.
+        # Only rows beating their user's last kept slot can enter.
         enter = keys > self.keys[users, -1]
-        users, items, keys = users[enter], items[enter], keys[enter]
-        if not len(users):
+        self.pending.append((users[enter], items[enter], keys[enter]))
+        self.pending_rows += int(enter.sum())
+        if self.pending_rows >= self.flush_rows:
+            self._flush()
+
+    def table(self) -> np.ndarray:
+        """(n_users, max_len) item rows, most recent first; -1 = empty."""
+        self._flush()
+        return self.items
+
+    def _flush(self) -> None:
+        if not self.pending_rows:
             return
+        users, items, keys = (np.concatenate(parts) for parts in zip(*self.pending))
+        self.pending, self.pending_rows = [], 0
         max_len = self.items.shape[1]
         owners, inverse = np.unique(users, return_inverse=True)
-        owner = np.concatenate([np.repeat(np.arange(len(owners)), max_len), inverse])  # (U*L + n,) old slots first
+        owner = np.concatenate([np.repeat(np.arange(len(owners)), max_len), inverse])  # (U*L + n,) kept slots first
         all_keys = np.concatenate([self.keys[owners].ravel(), keys])
         all_items = np.concatenate([self.items[owners].ravel(), items])
         order = np.lexsort((-all_keys, owner))
         owner_sorted = owner[order]
         starts = np.searchsorted(owner_sorted, np.arange(len(owners)))
-        keep = np.arange(len(order)) - starts[owner_sorted] < max_len  # exactly L per owner
-        self.items[owners] = all_items[order[keep]].reshape(-1, max_len)
-        self.keys[owners] = all_keys[order[keep]].reshape(-1, max_len)
+        keep = order[np.arange(len(order)) - starts[owner_sorted] < max_len]  # exactly L per owner
+        self.items[owners] = all_items[keep].reshape(-1, max_len)
+        self.keys[owners] = all_keys[keep].reshape(-1, max_len)
 
 
 def scan(
@@ -87,7 +103,7 @@ def scan(
         item_counts += np.bincount(chunk.items[train], minlength=n_items)
         train_rows[chunk.row_group] += int(train.sum())
         sampled = sample[chunk.users]
-        kept.append((chunk.users[sampled], chunk.items[sampled], codes[sampled]))
+        kept.append((chunk.users[sampled].astype(np.int32), chunk.items[sampled].astype(np.int32), codes[sampled]))
         if recent:
             if chunk.times is not None:
                 keys = chunk.times
@@ -98,5 +114,5 @@ def scan(
             known = codes != TEST
             recent["test"].add(chunk.users[known], chunk.items[known], keys[known])
     users, items, splits = (np.concatenate(parts) for parts in zip(*kept))
-    history = {s: r.items for s, r in recent.items()} if recent else None
+    history = {s: r.table() for s, r in recent.items()} if recent else None
     return ShardScan(split_counts, user_counts, item_counts, train_rows, {"users": users, "items": items, "splits": splits}, history)

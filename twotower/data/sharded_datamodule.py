@@ -106,7 +106,8 @@ class ShardedDataModule(TwoTowerDataModule):
         probs[probs == 0] = probs[probs > 0].min()
         self.item_log_q = probs.log().float()
 
-        u, i, part = (torch.from_numpy(stats.sample[k]) for k in ("users", "items", "splits"))
+        u, i = (torch.from_numpy(stats.sample[k]).long() for k in ("users", "items"))
+        part = torch.from_numpy(stats.sample["splits"])
         train, known_test = part == TRAIN, part != TEST
         self.known = {"val": CSR.from_pairs(u[train], i[train], n_users), "test": CSR.from_pairs(u[known_test], i[known_test], n_users)}
         self.heldout = {s: CSR.from_pairs(u[part == code], i[part == code], n_users) for s, code in (("val", VAL), ("test", TEST))}
