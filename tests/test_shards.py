@@ -221,7 +221,7 @@ def test_recent_items_over_a_stream_equal_a_stable_sort_of_all_rows():
     rng = np.random.default_rng(1)
     users, items, times = rng.integers(0, 7, 200), rng.integers(0, 50, 200).astype(np.int32), rng.integers(0, 20, 200).astype(float)
     recent = RecentItems(7, 3)
-    recent.flush_rows = 25
+    recent.flush_rows, recent.BLOCK = 25, 12  # several flushes, several blocks per flush
     for start in range(0, 200, 30):
         recent.add(users[start : start + 30], items[start : start + 30], times[start : start + 30])
     expected = np.full((7, 3), -1)

@@ -30,20 +30,22 @@ class RecentItems:
     """Each user's ``max_len`` highest-key (most recent) items over a stream of rows.
 
     Ties keep the earlier row, as a stable sort of all rows by (user, -key) would. Rows wait in a
-    buffer as large as the table and are merged in one sort, so the cost of re-sorting the kept
-    slots is paid once per table-sized batch of rows, not once per record batch.
+    buffer of half the table's size and are merged in one pass (in blocks of users, to bound the
+    sort's temporaries), so re-sorting the kept slots is paid once per buffer, not per record batch.
     """
+
+    BLOCK = 1 << 21  # kept slots + new rows sorted at once
 
     def __init__(self, n_users: int, max_len: int):
         self.items = np.full((n_users, max_len), -1, dtype=np.int32)  # most recent first
         self.keys = np.full((n_users, max_len), -np.inf)
         self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self.pending_rows, self.flush_rows = 0, max(n_users * max_len, 1 << 20)
+        self.pending_rows, self.flush_rows = 0, max(n_users * max_len // 2, 1 << 20)
 
     def add(self, users: np.ndarray, items: np.ndarray, keys: np.ndarray) -> None:
         # Only rows beating their user's last kept slot can enter.
         enter = keys > self.keys[users, -1]
-        self.pending.append((users[enter], items[enter], keys[enter]))
+        self.pending.append((users[enter].astype(np.int32), items[enter].astype(np.int32), keys[enter]))
         self.pending_rows += int(enter.sum())
         if self.pending_rows >= self.flush_rows:
             self._flush()
@@ -58,9 +60,19 @@ class RecentItems:
             return
         users, items, keys = (np.concatenate(parts) for parts in zip(*self.pending))
         self.pending, self.pending_rows = [], 0
+        by_user = np.argsort(users, kind="stable")  # arrival order kept within a user
+        users, items, keys = users[by_user], items[by_user], keys[by_user]
+        owners, starts, counts = np.unique(users, return_index=True, return_counts=True)
+        block = np.cumsum(counts + self.items.shape[1]) // self.BLOCK  # (U,) block of each owner
+        edges = np.flatnonzero(np.diff(block)) + 1
+        for first, last in zip(np.r_[0, edges], np.r_[edges, len(owners)]):
+            rows = slice(starts[first], starts[last - 1] + counts[last - 1])
+            self._merge(owners[first:last], np.repeat(np.arange(last - first), counts[first:last]), items[rows], keys[rows])
+
+    def _merge(self, owners: np.ndarray, owner: np.ndarray, items: np.ndarray, keys: np.ndarray) -> None:
+        """Merges new rows (``owner``: position in ``owners``) into the kept slots of ``owners``."""
         max_len = self.items.shape[1]
-        owners, inverse = np.unique(users, return_inverse=True)
-        owner = np.concatenate([np.repeat(np.arange(len(owners)), max_len), inverse])  # (U*L + n,) kept slots first
+        owner = np.concatenate([np.repeat(np.arange(len(owners)), max_len), owner])  # (U*L + n,) kept slots first
         all_keys = np.concatenate([self.keys[owners].ravel(), keys])
         all_items = np.concatenate([self.items[owners].ravel(), items])
         order = np.lexsort((-all_keys, owner))
