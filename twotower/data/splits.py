@@ -17,14 +17,18 @@ class RandomSplit:
 
     def __call__(self, interactions: pd.DataFrame) -> pd.Series:
         rng = np.random.default_rng(self.seed)
-        order = pd.DataFrame({USER: interactions[USER].to_numpy(), "key": rng.random(len(interactions))})
-        order = order.sort_values([USER, "key"], kind="stable")
-        rank = order.groupby(USER, sort=False).cumcount().to_numpy()
-        size = order.groupby(USER, sort=False)[USER].transform("size").to_numpy()
+        key = rng.random(len(interactions))
+        # Users as integer codes: only each user's rows' order by key matters, not the order of users.
+        user = pd.factorize(interactions[USER])[0]
+        order = np.lexsort((key, user))
+        user_sorted = user[order]
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order)) - np.searchsorted(user_sorted, user_sorted)
+        size = np.bincount(user)[user]
         n_test = np.floor(size * self.test + 0.5).astype(int)
         n_val = np.floor((size - n_test) * self.val + 0.5).astype(int)
         labels = np.where(rank < n_test, "test", np.where(rank < n_test + n_val, "val", "train"))
-        return pd.Series(labels, index=order.index).reindex(interactions.index)
+        return pd.Series(labels, index=interactions.index)
 
 
 class HashSplit:
