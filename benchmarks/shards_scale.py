@@ -13,7 +13,8 @@ per process, ``ru_maxrss``), with one torch and one Arrow thread:
 - ``memory``: the same for ``TwoTowerDataModule(TableSource(...))`` on the same files, same split
   (``HashSplit``) and features; only at the sizes given by ``--memory-sizes``.
 - ``train``: ``train()`` with ``data=shards`` for ``--train-steps`` steps and one validation on
-  the sampled users (model, optimizer, Lightning included).
+  the sampled users (model, optimizer, Lightning included), with ``module.beyond_accuracy_ks=[]``:
+  the beyond-accuracy metrics' item vectors come from a dense users x items matrix (40 GB here).
 
 Features (both paths): user id, a 50-item history (by timestamp), item id. The shards are
 deleted after each size unless ``--keep``. Results: ``benchmarks/results/shards_scale.md``.
@@ -76,7 +77,7 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def child(mode: str, directory: Path, train_steps: int) -> dict:
+def child(mode: str, directory: Path, train_steps: int, eval_users: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -86,12 +87,16 @@ def child(mode: str, directory: Path, train_steps: int) -> dict:
     from twotower.data.sources import ShardSource, TableSource
     from twotower.data.splits import HashSplit
 
+    import twotower.training  # noqa: F401  (what every run imports: torch, Lightning, pandas, pyarrow)
+
+    if mode == "imports":
+        return {"peak_mb": peak_rss_mb()}
     paths = (str(directory / "shards"), str(directory / "users.parquet"), str(directory / "items.parquet"))
     if mode == "train":
-        return train_child(paths, train_steps)
+        return train_child(paths, train_steps, eval_users)
     start = time.perf_counter()
     if mode == "shards":
-        dm = ShardedDataModule(ShardSource(*paths, timestamp="timestamp"), FEATURES, HashSplit(), batch_size=BATCH, eval_users=10_000)
+        dm = ShardedDataModule(ShardSource(*paths, timestamp="timestamp"), FEATURES, HashSplit(), batch_size=BATCH, eval_users=eval_users)
     else:
         dm = TwoTowerDataModule(TableSource(*paths, timestamp="timestamp"), FEATURES, HashSplit(), batch_size=BATCH)
     dm.setup("fit")
@@ -104,14 +109,14 @@ def child(mode: str, directory: Path, train_steps: int) -> dict:
             "batches": batches, "peak_mb": peak_rss_mb(), "split": dm.split_counts}
 
 
-def train_child(paths: tuple[str, str, str], steps: int) -> dict:
+def train_child(paths: tuple[str, str, str], steps: int, eval_users: int) -> dict:
     from hydra import compose, initialize_config_dir
 
     from twotower.training import train
 
     overrides = [
         "data=shards", f"data.source.interactions={paths[0]}", f"data.source.users={paths[1]}", f"data.source.items={paths[2]}",
-        "data.source.timestamp=timestamp", f"data.batch_size={BATCH}", "trainer.max_epochs=1", f"+trainer.limit_train_batches={steps}",
+        "data.source.timestamp=timestamp", f"data.batch_size={BATCH}", f"data.eval_users={eval_users}", "trainer.max_epochs=1", f"+trainer.limit_train_batches={steps}",
         "test=false", "logger=none", "callbacks=none", "+module.beyond_accuracy_ks=[]", "+trainer.enable_progress_bar=false", "paths.output_dir=/tmp/shards_scale_run", "ckpt_path=null",
     ]  # fmt: skip
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
@@ -122,8 +127,8 @@ def train_child(paths: tuple[str, str, str], steps: int) -> dict:
             "val_recall@20": metrics.get("val/recall@20"), "train_loss": metrics.get("train/loss_epoch")}
 
 
-def measure(mode: str, directory: Path, train_steps: int) -> dict:
-    command = [sys.executable, "-m", "benchmarks.shards_scale", "--child", mode, "--dir", str(directory), "--train-steps", str(train_steps)]
+def measure(mode: str, directory: Path, train_steps: int, eval_users: int) -> dict:
+    command = [sys.executable, "-m", "benchmarks.shards_scale", "--child", mode, "--dir", str(directory), "--train-steps", str(train_steps), "--eval-users", str(eval_users)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
@@ -139,15 +144,19 @@ def machine() -> str:
 def report(results: list[dict], out: Path) -> None:
     lines = [
         "# Sharded interactions at scale: peak memory and time per process", "",
-        f"Machine: {machine()}. One torch thread, one Arrow thread per process. Command: `python -m benchmarks.shards_scale {' '.join(sys.argv[1:])}`.", "",
+        f"Machine: {machine()}. One torch thread, one Arrow thread per process. "
+        f"Commands: {', '.join(sorted({'`python -m benchmarks.shards_scale ' + r['args'] + '`' for r in results}))}.", "",
         f"Data: {N_USERS:,} users, {N_ITEMS:,} items, skewed synthetic interactions (int64 user_id, item_id, timestamp), "
         f"{ROWS_PER_FILE:,} rows per file, row groups of 1Mi rows. Split: HashSplit 70/10/20 (train/val/test shares 0.72/0.08/0.2). "
         "Features: user id + 50-item history by time, item id. Batch 1024.", "",
         "`set-up`: reading, checking, splitting, vocabularies, logQ counts, histories, evaluation sets. "
         "`epoch`: every training batch of one epoch gathered from the feature stores (data path only, no model). "
         "`peak RSS`: the process's high-water mark (`ru_maxrss`) over set-up and the epoch. "
-        "`train`: `train()` with `data=shards`, the given steps plus one validation on 10k sampled users, in its own process.", "",
-        "| rows | shards on disk | path | set-up s | RSS after set-up MB | epoch s (batches) | peak RSS MB | train: steps, s, peak RSS MB |",
+        "`train`: `train()` with `data=shards`, the given steps plus one validation on the sampled users (`data.eval_users`), in its own process "
+        "(beyond-accuracy metrics off: they build a dense users x items matrix).", "",
+        f"For scale: a process that only imports twotower (torch, Lightning, pandas, pyarrow) peaks at "
+        f"{measure('imports', Path('.'), 0, 0)['peak_mb']:,.0f} MB.", "",
+        "| rows | shards on disk | path (sharded: data.eval_users) | set-up s | RSS after set-up MB | epoch s (batches) | peak RSS MB | train: steps, s, peak RSS MB |",
         "|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     for r in results:
@@ -155,14 +164,15 @@ def report(results: list[dict], out: Path) -> None:
             m = r.get(mode)
             if m is None:
                 continue
+            path = f"shards, {r['eval_users']:,}" if mode == "shards" else "in-memory TableSource"
             train_cell = ""
             if mode == "shards" and r.get("train"):
                 t = r["train"]
                 train_cell = t.get("error") or f"{t['steps']} steps, {t['train_s']:.0f} s, {t['peak_mb']:,.0f} MB"
             if "error" in m:
-                lines.append(f"| {r['rows']:,} | {r['gb']:.2f} GB | {mode} | failed: {m['error']} | | | | {train_cell} |")
+                lines.append(f"| {r['rows']:,} | {r['gb'] * 1000:,.0f} MB | {path} | failed: {m['error']} | | | | {train_cell} |")
                 continue
-            lines.append(f"| {r['rows']:,} | {r['gb']:.2f} GB | {mode} | {m['setup_s']:.1f} | {m['rss_after_setup_mb']:,.0f} | "
+            lines.append(f"| {r['rows']:,} | {r['gb'] * 1000:,.0f} MB | {path} | {m['setup_s']:.1f} | {m['rss_after_setup_mb']:,.0f} | "
                          f"{m['epoch_s']:.1f} ({m['batches']:,}) | {m['peak_mb']:,.0f} | {train_cell} |")
     out.write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
@@ -174,16 +184,19 @@ def main() -> None:
     parser.add_argument("--memory-sizes", default="1e6,1e7", help="sizes also run through the in-memory TableSource path")
     parser.add_argument("--train-sizes", default="1e6,1e8", help="sizes also trained for --train-steps steps")
     parser.add_argument("--train-steps", type=int, default=200)
+    parser.add_argument("--eval-users", type=int, default=10_000, help="data.eval_users of the sharded runs")
     parser.add_argument("--dir", default="/tmp/twotower_shards_scale")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--append", action="store_true", help="add to the results already in --out's .json")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "shards_scale.md"))
-    parser.add_argument("--child", choices=["shards", "memory", "train"])
+    parser.add_argument("--child", choices=["shards", "memory", "train", "imports"])
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, Path(args.dir), args.train_steps)))
+        print(json.dumps(child(args.child, Path(args.dir), args.train_steps, args.eval_users)))
         return
     sizes = lambda text: [int(float(s)) for s in text.split(",") if s]  # noqa: E731
-    results = []
+    out = Path(args.out)
+    results = json.loads(out.with_suffix(".json").read_text()) if args.append and out.with_suffix(".json").exists() else []
     for rows in sizes(args.sizes):
         directory = Path(args.dir) / f"rows{rows}"
         if directory.exists():
@@ -191,16 +204,16 @@ def main() -> None:
         start = time.perf_counter()
         gb = generate(directory, rows)
         print(f"{rows:,} rows: {gb:.2f} GB written in {time.perf_counter() - start:.0f} s", flush=True)
-        result = {"rows": rows, "gb": gb, "shards": measure("shards", directory, args.train_steps)}
+        result = {"rows": rows, "gb": gb, "eval_users": args.eval_users, "args": " ".join(sys.argv[1:]), "shards": measure("shards", directory, args.train_steps, args.eval_users)}
         print("  shards", result["shards"], flush=True)
         if rows in sizes(args.memory_sizes):
-            result["memory"] = measure("memory", directory, args.train_steps)
+            result["memory"] = measure("memory", directory, args.train_steps, args.eval_users)
             print("  memory", result["memory"], flush=True)
         if rows in sizes(args.train_sizes):
-            result["train"] = measure("train", directory, args.train_steps)
+            result["train"] = measure("train", directory, args.train_steps, args.eval_users)
             print("  train", result["train"], flush=True)
         results.append(result)
-        report(results, Path(args.out))
+        report(results, out)
         if not args.keep:
             shutil.rmtree(directory)
 
