@@ -73,3 +73,14 @@ def test_split_that_leaves_validation_empty_is_refused(tmp_path):
                             {"query": [{"name": "user_id", "kind": "id"}], "candidate": [{"name": "item_id", "kind": "id"}]}, PredefinedSplit())
     with pytest.raises(ValueError, match=r"leaves 'val' empty .*i\.csv"):
         dm.setup()
+
+
+def test_known_items_are_each_rows_training_items(compose_cfg, synthetic):
+    dm = instantiate(compose_cfg("data=synthetic", "+data.mask_known_positives=true").data)
+    dm.setup()
+    rows = torch.tensor([3, 40, 41])
+    batch = dm.train_batch(rows)
+    for pos, user in enumerate(dm.train_pairs[rows, 0].tolist()):
+        train_items = set(dm.train_pairs[dm.train_pairs[:, 0] == user, 1].tolist())
+        assert set(batch.known_items[1][batch.known_items[0] == pos].tolist()) == train_items
+    assert synthetic.train_batch(rows).known_items is None  # off by default

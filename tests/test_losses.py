@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from twotower.losses import in_batch_softmax_loss
+from twotower.losses import in_batch_softmax_loss, known_item_mask
 
 Q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
 C = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -67,3 +67,17 @@ def test_gradient_flows_to_learnable_temperature():
     t = torch.tensor(0.5, requires_grad=True)
     in_batch_softmax_loss(Q, C, t).backward()
     assert t.grad is not None and t.grad.item() != 0
+
+
+def test_known_item_mask_hand_computed():
+    # Columns hold items [7, 3, 7, 9]; row 0 knows items 7 and 5, row 1 knows 9, row 2 nothing.
+    known = torch.tensor([[0, 0, 1], [7, 5, 9]])
+    mask = known_item_mask(known, torch.tensor([7, 3, 7, 9]), rows=3)
+    assert mask.tolist() == [[True, False, True, False], [False, False, False, True], [False, False, False, False]]
+
+
+def test_known_item_mask_removes_other_positives_from_the_softmax():
+    # Row 0's user also likes item 1 (column 1): its logits become [1] alone, loss 0.
+    loss = in_batch_softmax_loss(Q, C, temperature=1.0, mask=known_item_mask(torch.tensor([[0, 0], [10, 11]]), torch.tensor([10, 11]), rows=2))
+    # Row 1 keeps [0, 1]: log(1 + e) - 1; the mean of the two rows.
+    assert loss.item() == pytest.approx((math.log(1 + math.e) - 1) / 2, abs=1e-6)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from twotower.model.features import EmbeddingEncoder, HistoryEncoder, MultiHotEncoder, build_encoder
+from twotower.model.features import EmbeddingEncoder, HistoryEncoder, MultiHotEncoder, build_encoder, mean_of_rows
 from twotower.model.text import TextEncoder
 from twotower.model.towers import Tower
 from twotower.model.two_tower import TwoTower
@@ -48,6 +48,20 @@ def test_mean_pooling_ignores_padding_and_empty_is_zero():
     assert torch.equal(out[1], torch.zeros(4))
     bag = MultiHotEncoder(4, 3)
     torch.testing.assert_close(bag(torch.tensor([[2, 0]]))[0], bag.embedding.weight[2])
+
+
+def test_packed_and_padded_mean_agree_in_values_and_gradients():
+    # Rows: padding at the end, a gap in the middle (history dropout), empty, a repeated item.
+    indices = torch.tensor([[1, 2, 0, 0], [3, 0, 5, 0], [0, 0, 0, 0], [6, 6, 2, 0]])
+    results = []
+    for packed in (True, False):
+        weight = torch.arange(28, dtype=torch.float).view(7, 4).requires_grad_()
+        out = mean_of_rows(indices, weight, packed=packed)
+        (out * torch.arange(16.0).view(4, 4)).sum().backward()
+        results.append((out.detach(), weight.grad))
+    torch.testing.assert_close(results[0], results[1])
+    torch.testing.assert_close(results[0][0][1], torch.tensor([16.0, 17.0, 18.0, 19.0]))  # rows 3 and 5 of arange
+    assert torch.equal(results[0][0][2], torch.zeros(4))
 
 
 def test_attention_history_of_empty_user_is_zero_not_nan():

@@ -79,6 +79,26 @@ def in_batch_softmax_loss(
     return F.cross_entropy(logits, diagonal)
 
 
+def known_item_mask(known_items: torch.Tensor, column_ids: torch.Tensor, rows: int) -> torch.Tensor:
+    """(rows, C) True where column j's item is one of row i's known items.
+
+    Args:
+        known_items: (2, nnz) pairs (row, item id).
+        column_ids: (C,) the item id of each softmax column (duplicates allowed).
+
+    Fixed shapes throughout (no ``unique``, no boolean indexing), so no host sync on a GPU;
+    memory is (rows, C), not (rows, catalogue).
+    """
+    row, item = known_items
+    sorted_ids = column_ids.sort().values  # (C,)
+    canonical = torch.searchsorted(sorted_ids, column_ids)  # (C,) first slot holding each column's id
+    slot = torch.searchsorted(sorted_ids, item).clamp(max=len(sorted_ids) - 1)  # (nnz,)
+    hit = (sorted_ids[slot] == item).int()
+    present = torch.zeros(rows, len(sorted_ids), dtype=torch.int, device=column_ids.device)
+    present.index_put_((row, slot), hit, accumulate=True)  # (rows, C) by sorted slot
+    return present[:, canonical] > 0
+
+
 def _required(value: torch.Tensor | None, name: str) -> torch.Tensor:
     if value is None:
         raise ValueError(f"{name} is required when extra negatives are given")

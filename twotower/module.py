@@ -12,7 +12,7 @@ from twotower.beyond_accuracy import BeyondAccuracyMetrics, beyond_accuracy_for_
 from twotower.data.store import Batch, EvalBatch
 from twotower.distributed import RemoteCandidates, gather_remote_candidates, world
 from twotower.impression_metrics import ImpressionMetrics
-from twotower.losses import in_batch_softmax_loss
+from twotower.losses import in_batch_softmax_loss, known_item_mask
 from twotower.metrics import RetrievalMetrics
 from twotower.model.two_tower import TwoTower
 from twotower.optim import build_optimizer
@@ -120,7 +120,7 @@ class TwoTowerModule(pl.LightningModule):
             negatives=negatives.vectors if negatives else None,
             negatives_log_q=negatives.log_q if negatives else None,
             negative_ids=negatives.ids if negatives else None,
-            mask=_pad_left(negatives.same_user_mask(batch.query_ids), len(batch)) if negatives and self.hparams.mask_same_user else None,
+            mask=self._mask(batch, negatives),
             logq_weight=self.hparams.logq_weight,
             row_negatives=row_negatives,
             row_negatives_mask=batch.row_negatives_mask,
@@ -130,6 +130,15 @@ class TwoTowerModule(pl.LightningModule):
         if self.hparams.learn_temperature:
             self.log("train/temperature", self.temperature, on_step=False, on_epoch=True, batch_size=len(batch))
         return loss
+
+    def _mask(self, batch: Batch, negatives: RemoteCandidates | None) -> torch.Tensor | None:
+        """(B, B + N) True where a column is another known positive of the row's user (beyond the in-batch same-user rows the loss masks)."""
+        mask = _pad_left(negatives.same_user_mask(batch.query_ids), len(batch)) if negatives and self.hparams.mask_same_user else None
+        if batch.known_items is not None:
+            column_ids = batch.candidate_ids if negatives is None else torch.cat([batch.candidate_ids, negatives.ids])
+            known = known_item_mask(batch.known_items, column_ids, len(batch))
+            mask = known if mask is None else mask | known
+        return mask
 
     def _extra_negatives(self, batch: Batch, candidate: torch.Tensor) -> RemoteCandidates | None:
         """Negatives beyond the local batch: other ranks' candidates (DDP) and sampled corpus items.

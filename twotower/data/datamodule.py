@@ -65,6 +65,8 @@ class TwoTowerDataModule(pl.LightningDataModule):
             so content features learn to stand in for ids (cold start).
         num_negatives: items sampled uniformly from the trained catalogue per batch as extra
             negatives next to the in-batch ones (mixed negative sampling, Yang et al. 2020).
+        mask_known_positives: no item the user has in the training split is a negative of that
+            user's rows (batches carry ``known_items``), as evaluation ranks only unknown items.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class TwoTowerDataModule(pl.LightningDataModule):
         candidates: str = "all",
         id_dropout: float = 0.0,
         num_negatives: int = 0,
+        mask_known_positives: bool = False,
     ):
         super().__init__()
         if batch_size < 2:
@@ -93,6 +96,7 @@ class TwoTowerDataModule(pl.LightningDataModule):
         if num_negatives < 0:
             raise ValueError(f"num_negatives={num_negatives} must be >= 0")
         self.candidates_mode, self.id_dropout, self.num_negatives = candidates, id_dropout, num_negatives
+        self.mask_known_positives = mask_known_positives
         self.tables: Tables | None = None
         self._device: torch.device | None = None
 
@@ -229,8 +233,9 @@ class TwoTowerDataModule(pl.LightningDataModule):
         if self.id_dropout:
             self._drop_ids(query, self.schema.query)
             self._drop_ids(candidate, self.schema.candidate)
+        known = torch.stack(self.known["val"].gather(users)) if self.mask_known_positives else None  # (2, nnz): train items of each row's user
         if not self.num_negatives:
-            return Batch(query, candidate, users, items, self.item_log_q[items])
+            return Batch(query, candidate, users, items, self.item_log_q[items], known_items=known)
         # Uniform draws from the trained items; cold items are never pushed down as negatives.
         picks = torch.randint(len(self.trained_items), (self.num_negatives,), device=users.device)
         negative_ids = self.trained_items[picks]
@@ -240,7 +245,7 @@ class TwoTowerDataModule(pl.LightningDataModule):
         # Any item can enter a column either way, so every column is corrected by its mixed
         # proposal probability: batch_size * p_unigram + num_negatives / n_trained_items.
         mixed_log_q = torch.logaddexp(self.item_log_q + math.log(len(users)), torch.tensor(math.log(self.num_negatives / len(self.trained_items)), device=users.device))
-        return Batch(query, candidate, users, items, mixed_log_q[items], negatives, negative_ids, mixed_log_q[negative_ids])
+        return Batch(query, candidate, users, items, mixed_log_q[items], negatives, negative_ids, mixed_log_q[negative_ids], known_items=known)
 
     def _drop_ids(self, features: Features, specs) -> None:
         for spec in specs:

@@ -40,7 +40,8 @@ class ShardedDataModule(TwoTowerDataModule):
         shuffle_buffer: training pairs each rank shuffles among (rows are drawn at random from the
             buffer and replaced by the next rows read); row groups are read in a new random order
             each epoch.
-        Other arguments as in ``TwoTowerDataModule`` (``candidates`` is always ``all``).
+        Other arguments as in ``TwoTowerDataModule`` (``candidates`` is always ``all``;
+        ``mask_known_positives`` is refused).
     """
 
     def __init__(
@@ -56,8 +57,12 @@ class ShardedDataModule(TwoTowerDataModule):
         shuffle_buffer: int = 262_144,
         id_dropout: float = 0.0,
         num_negatives: int = 0,
+        mask_known_positives: bool = False,
     ):
         super().__init__(source, features, split, use_ids, batch_size, eval_batch_size, seed, "all", id_dropout, num_negatives)
+        if mask_known_positives:
+            raise ValueError("mask_known_positives needs every user's training items in memory; sharded interactions keep "
+                             "only the evaluation sample's (use loss.mask_accidental_hits, which needs none)")
         if not isinstance(split, (HashSplit, PredefinedSplit)):
             raise ValueError(f"sharded interactions are split by HashSplit or PredefinedSplit (a split column), not {type(split).__name__}: "
                              "other splits need every interaction in memory")

@@ -88,6 +88,8 @@ class Batch(_Movable):
     ``row_negatives`` are features of shape (B, M, ...): M extra negatives of each row (e.g. the
     items shown but not clicked in the impression of the row's click), with ``row_negatives_mask``
     (B, M) True where a slot is padding, and ``row_negatives_log_q`` (B, M) their items' ``log_q``.
+    ``known_items`` (2, nnz) lists (row in batch, item row) pairs of items known to be positives
+    of each row's user; none of them is a negative of that row (``twotower.losses.known_item_mask``).
     """
 
     query: Features
@@ -101,6 +103,7 @@ class Batch(_Movable):
     row_negatives: Features | None = None
     row_negatives_mask: torch.Tensor | None = None
     row_negatives_log_q: torch.Tensor | None = None
+    known_items: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.candidate_ids)

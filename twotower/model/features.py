@@ -89,11 +89,26 @@ class HistoryEncoder(nn.Module):
         if self.training and self.dropout > 0:
             history = history.masked_fill(torch.rand(history.shape, device=history.device) < self.dropout, 0)
         if self.pooling == "mean":
-            return F.embedding_bag(history, self.embedding.weight, mode="mean", padding_idx=0, sparse=self.embedding.sparse)
+            return mean_of_rows(history, self.embedding.weight, self.embedding.sparse, packed=not history.is_cuda)
         vectors = self.embedding(history)  # (B, L, dim)
         scores = self.attention(vectors).squeeze(-1).masked_fill(history == 0, float("-inf"))  # (B, L)
         weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # an empty history has all -inf: weights 0
         return torch.einsum("bl,bld->bd", weights, vectors)
+
+def mean_of_rows(indices: torch.Tensor, weight: torch.Tensor, sparse: bool = False, packed: bool = True) -> torch.Tensor:
+    """(B, L) row indices of ``weight``, 0 = padding anywhere in a row -> (B, dim) mean of each row's rows (0 if none).
+
+    ``packed`` drops the padding before the bag: on CPU the padded backward sorts every slot,
+    padding included, and real histories fill a fraction of ``max_len`` (1024 x 256 slots with
+    5-200 real ones: forward + backward 1.7x faster packed, one thread). On a GPU the padded form
+    keeps shapes fixed: packing would wait on the host for the number of real items.
+    """
+    if not packed:
+        return F.embedding_bag(indices, weight, mode="mean", padding_idx=0, sparse=sparse)
+    real = indices != 0
+    offsets = torch.zeros(len(indices), dtype=torch.long, device=indices.device)
+    offsets[1:] = real.sum(1).cumsum(0)[:-1]
+    return F.embedding_bag(indices[real], weight, offsets, mode="mean", sparse=sparse)
 
 
 def build_encoder(kind: str, cardinality: int = 0, dim: int = 32, in_dim: int = 1, **options) -> nn.Module:
