@@ -229,3 +229,15 @@ def test_recent_items_over_a_stream_equal_a_stable_sort_of_all_rows():
         rows = sorted(np.flatnonzero(users == user), key=lambda r: (-times[r], r))[:3]
         expected[user, : len(rows)] = items[rows]
     np.testing.assert_array_equal(recent.table(), expected)
+
+
+def test_options_that_need_every_row_in_memory_are_refused(tables):
+    from twotower.data.splits import RandomSplit
+
+    _, root = tables
+    with pytest.raises(ValueError, match="HashSplit or PredefinedSplit .* not RandomSplit"):
+        ShardedDataModule(_source(root), FEATURES, RandomSplit())
+    with pytest.raises(ValueError, match="mask_known_positives needs every user's training items"):
+        ShardedDataModule(_source(root), FEATURES, HashSplit(), mask_known_positives=True)
+    with pytest.raises(ValueError, match="PredefinedSplit needs a split column"):
+        ShardedDataModule(_source(root), FEATURES, PredefinedSplit()).setup()
