@@ -1,6 +1,7 @@
 import pandas as pd
 import pytest
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from twotower.data.datamodule import TwoTowerDataModule
@@ -84,3 +85,19 @@ def test_known_items_are_each_rows_training_items(compose_cfg, synthetic):
         train_items = set(dm.train_pairs[dm.train_pairs[:, 0] == user, 1].tolist())
         assert set(batch.known_items[1][batch.known_items[0] == pos].tolist()) == train_items
     assert synthetic.train_batch(rows).known_items is None  # off by default
+
+
+def test_new_user_rows_lose_ids_and_history_but_keep_profile(compose_cfg, synthetic):
+    dm = instantiate(compose_cfg("data=synthetic", "+data.new_user_rate=0.5").data)
+    dm.setup()
+    torch.manual_seed(0)
+    rows = torch.arange(400)
+    batch, reference = dm.train_batch(rows), synthetic.train_batch(rows)
+    new = batch.query["user_id"] == 0
+    assert 0.4 < new.float().mean() < 0.6
+    assert (batch.query["history"][new] == 0).all() and (batch.query["history"][~new] > 0).any(1).all()
+    assert torch.equal(batch.query["user_id"][~new], reference.query["user_id"][~new])
+    profile = [n for n in batch.query if n not in ("user_id", "history")]
+    assert profile and all(torch.equal(batch.query[n], reference.query[n]) for n in profile)
+    with pytest.raises(InstantiationException, match="new_user_rate=1.0"):
+        instantiate(compose_cfg("data=synthetic", "+data.new_user_rate=1.0").data)

@@ -65,6 +65,9 @@ class TwoTowerDataModule(pl.LightningDataModule):
             so content features learn to stand in for ids (cold start).
         num_negatives: items sampled uniformly from the trained catalogue per batch as extra
             negatives next to the in-batch ones (mixed negative sampling, Yang et al. 2020).
+        new_user_rate: share of training rows shown as a first-time user: the query side's ids
+            out-of-vocabulary and its history empty, so profile features learn to carry users the
+            model has never seen (cold-start users; most test users of a global time cut).
         mask_known_positives: no item the user has in the training split is a negative of that
             user's rows (batches carry ``known_items``), as evaluation ranks only unknown items.
     """
@@ -82,6 +85,7 @@ class TwoTowerDataModule(pl.LightningDataModule):
         id_dropout: float = 0.0,
         num_negatives: int = 0,
         mask_known_positives: bool = False,
+        new_user_rate: float = 0.0,
     ):
         super().__init__()
         if batch_size < 2:
@@ -93,10 +97,12 @@ class TwoTowerDataModule(pl.LightningDataModule):
             raise ValueError(f"candidates='{candidates}' is not one of all, heldout")
         if not 0.0 <= id_dropout < 1.0:
             raise ValueError(f"id_dropout={id_dropout} must be in [0, 1)")
+        if not 0.0 <= new_user_rate < 1.0:
+            raise ValueError(f"new_user_rate={new_user_rate} must be in [0, 1)")
         if num_negatives < 0:
             raise ValueError(f"num_negatives={num_negatives} must be >= 0")
         self.candidates_mode, self.id_dropout, self.num_negatives = candidates, id_dropout, num_negatives
-        self.mask_known_positives = mask_known_positives
+        self.mask_known_positives, self.new_user_rate = mask_known_positives, new_user_rate
         self.tables: Tables | None = None
         self._device: torch.device | None = None
 
@@ -233,6 +239,8 @@ class TwoTowerDataModule(pl.LightningDataModule):
         if self.id_dropout:
             self._drop_ids(query, self.schema.query)
             self._drop_ids(candidate, self.schema.candidate)
+        if self.new_user_rate:
+            self._present_as_new_users(query, torch.rand(len(rows), device=rows.device) < self.new_user_rate)
         known = torch.stack(self.known["val"].gather(users)) if self.mask_known_positives else None  # (2, nnz): train items of each row's user
         if not self.num_negatives:
             return Batch(query, candidate, users, items, self.item_log_q[items], known_items=known)
@@ -252,6 +260,13 @@ class TwoTowerDataModule(pl.LightningDataModule):
             if spec.kind == "id":
                 ids = features[spec.name]
                 features[spec.name] = ids.masked_fill(torch.rand(ids.shape, device=ids.device) < self.id_dropout, 0)
+
+    def _present_as_new_users(self, query: Features, new: torch.Tensor) -> None:
+        """Rows where ``new`` (B,) is True lose their user ids and history (0 = out of vocabulary / padding)."""
+        for spec in self.schema.query:
+            if spec.kind in ("id", "history"):
+                values = query[spec.name]
+                query[spec.name] = values.masked_fill(new.view(-1, *[1] * (values.dim() - 1)), 0)
 
     def eval_batch(self, users: torch.Tensor, split: str) -> EvalBatch:
         query = self.users.gather(users)
