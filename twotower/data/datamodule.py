@@ -240,7 +240,7 @@ class TwoTowerDataModule(pl.LightningDataModule):
             self._drop_ids(query, self.schema.query)
             self._drop_ids(candidate, self.schema.candidate)
         if self.new_user_rate:
-            self._present_as_new_users(query, torch.rand(len(rows), device=rows.device) < self.new_user_rate)
+            self._present_as_new_users(query, torch.rand(len(users), device=users.device) < self.new_user_rate)
         known = torch.stack(self.known["val"].gather(users)) if self.mask_known_positives else None  # (2, nnz): train items of each row's user
         if not self.num_negatives:
             return Batch(query, candidate, users, items, self.item_log_q[items], known_items=known)

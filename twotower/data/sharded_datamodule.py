@@ -58,8 +58,9 @@ class ShardedDataModule(TwoTowerDataModule):
         id_dropout: float = 0.0,
         num_negatives: int = 0,
         mask_known_positives: bool = False,
+        new_user_rate: float = 0.0,
     ):
-        super().__init__(source, features, split, use_ids, batch_size, eval_batch_size, seed, "all", id_dropout, num_negatives)
+        super().__init__(source, features, split, use_ids, batch_size, eval_batch_size, seed, "all", id_dropout, num_negatives, new_user_rate=new_user_rate)
         if mask_known_positives:
             raise ValueError("mask_known_positives needs every user's training items in memory; sharded interactions keep "
                              "only the evaluation sample's (use loss.mask_accidental_hits, which needs none)")
