@@ -16,7 +16,8 @@ def options(group):
 
 @pytest.mark.parametrize("data", options("data"))
 def test_data_configs_instantiate(compose_cfg, data, tmp_path):
-    cfg = compose_cfg(f"data={data}", *(["data.source.interactions=x.csv"] if data == "tables" else []))
+    paths = {"tables": ["data.source.interactions=x.csv"], "shards": ["data.source.interactions=x", "data.source.users=u.csv", "data.source.items=i.csv"]}
+    cfg = compose_cfg(f"data={data}", *paths.get(data, []))
     dm = instantiate(cfg.data)
     assert dm.schema.query and dm.schema.candidate
 

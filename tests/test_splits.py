@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twotower.data.splits import LeaveLastOut, PredefinedSplit, RandomSplit, TemporalSplit
+from twotower.data.splits import HashSplit, LeaveLastOut, PredefinedSplit, RandomSplit, TemporalSplit
 
 
 @pytest.fixture
@@ -52,3 +52,32 @@ def test_predefined_split_and_errors(interactions):
         TemporalSplit()(interactions.drop(columns="timestamp"))
     with pytest.raises(ValueError, match="test=1.5 must be in"):
         RandomSplit(test=1.5)
+
+
+def test_random_split_equals_the_original_sort_by_user_string(interactions):
+    """The integer-coded lexsort gives the labels the original sort of (user string, key) gave."""
+    shuffled = interactions.sample(frac=1.0, random_state=1).reset_index(drop=True)
+    for seed in (0, 3):
+        rng = np.random.default_rng(seed)
+        order = pd.DataFrame({"user_id": shuffled["user_id"].to_numpy(), "key": rng.random(len(shuffled))})
+        order = order.sort_values(["user_id", "key"], kind="stable")
+        rank = order.groupby("user_id", sort=False).cumcount().to_numpy()
+        size = order.groupby("user_id", sort=False)["user_id"].transform("size").to_numpy()
+        n_test = np.floor(size * 0.2 + 0.5).astype(int)
+        n_val = np.floor((size - n_test) * 0.25 + 0.5).astype(int)
+        labels = np.where(rank < n_test, "test", np.where(rank < n_test + n_val, "val", "train"))
+        expected = pd.Series(labels, index=order.index).reindex(shuffled.index)
+        assert RandomSplit(test=0.2, val=0.25, seed=seed)(shuffled).tolist() == expected.tolist()
+
+
+def test_hash_split_depends_only_on_the_pair_and_the_seed():
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"user_id": rng.integers(0, 500, 20000).astype(str), "item_id": rng.integers(0, 300, 20000).astype(str)})
+    labels = HashSplit(test=0.2, val=0.25, seed=5)(frame)
+    shares = labels.value_counts(normalize=True)
+    assert shares["test"] == pytest.approx(0.2, abs=0.01) and shares["val"] == pytest.approx(0.8 * 0.25, abs=0.01)
+    # Row order and repeats do not matter: a pair keeps its label anywhere, every time.
+    reordered = frame.iloc[::-1].reset_index(drop=True)
+    assert HashSplit(test=0.2, val=0.25, seed=5)(reordered).tolist() == labels.tolist()[::-1]
+    assert (labels.groupby([frame["user_id"], frame["item_id"]]).nunique() == 1).all()
+    assert not labels.equals(HashSplit(test=0.2, val=0.25, seed=6)(frame))

@@ -213,7 +213,8 @@ class TwoTowerDataModule(pl.LightningDataModule):
         """Moves every column, pair list and CSR to ``device``: once per process, not per batch."""
         self.users.to(device)
         self.items.to(device)
-        self.train_pairs = self.train_pairs.to(device)
+        if self.train_pairs is not None:  # None where pairs are streamed (ShardedDataModule)
+            self.train_pairs = self.train_pairs.to(device)
         self.item_vocab_index = self.item_vocab_index.to(device)
         self.item_log_q = self.item_log_q.to(device)
         self.known = {k: v.to(device) for k, v in self.known.items()}
@@ -225,7 +226,10 @@ class TwoTowerDataModule(pl.LightningDataModule):
         self._device = device
 
     def train_batch(self, rows: torch.Tensor) -> Batch:
-        users, items = self.train_pairs[rows].unbind(1)
+        return self.pairs_batch(*self.train_pairs[rows].unbind(1))
+
+    def pairs_batch(self, users: torch.Tensor, items: torch.Tensor) -> Batch:
+        """The training batch of (user row, item row) pairs."""
         query = self.users.gather(users)
         if self.history_name:
             history = self.history["val"][users]  # (B, L)
@@ -236,19 +240,19 @@ class TwoTowerDataModule(pl.LightningDataModule):
             self._drop_ids(query, self.schema.query)
             self._drop_ids(candidate, self.schema.candidate)
         if self.new_user_rate:
-            self._present_as_new_users(query, torch.rand(len(rows), device=rows.device) < self.new_user_rate)
+            self._present_as_new_users(query, torch.rand(len(users), device=users.device) < self.new_user_rate)
         known = torch.stack(self.known["val"].gather(users)) if self.mask_known_positives else None  # (2, nnz): train items of each row's user
         if not self.num_negatives:
             return Batch(query, candidate, users, items, self.item_log_q[items], known_items=known)
         # Uniform draws from the trained items; cold items are never pushed down as negatives.
-        picks = torch.randint(len(self.trained_items), (self.num_negatives,), device=rows.device)
+        picks = torch.randint(len(self.trained_items), (self.num_negatives,), device=users.device)
         negative_ids = self.trained_items[picks]
         negatives = self.items.gather(negative_ids)
         if self.id_dropout:
             self._drop_ids(negatives, self.schema.candidate)
         # Any item can enter a column either way, so every column is corrected by its mixed
         # proposal probability: batch_size * p_unigram + num_negatives / n_trained_items.
-        mixed_log_q = torch.logaddexp(self.item_log_q + math.log(len(rows)), torch.tensor(math.log(self.num_negatives / len(self.trained_items)), device=rows.device))
+        mixed_log_q = torch.logaddexp(self.item_log_q + math.log(len(users)), torch.tensor(math.log(self.num_negatives / len(self.trained_items)), device=users.device))
         return Batch(query, candidate, users, items, mixed_log_q[items], negatives, negative_ids, mixed_log_q[negative_ids], known_items=known)
 
     def _drop_ids(self, features: Features, specs) -> None:

@@ -179,9 +179,13 @@ class Preprocessor:
     def fit(cls, schema: Schema, train: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, names: dict[str, str]) -> "Preprocessor":
         user_ids = Vocabulary.fit(train[USER].tolist())
         item_ids = Vocabulary.fit(train[ITEM].tolist())
-        # isin against the unique ids: on Arrow-backed strings a full column costs a scalar per value.
-        seen_users = users[users[USER].isin(train[USER].unique())]
-        seen_items = items[items[ITEM].isin(train[ITEM].unique())]
+        return cls.fit_with_ids(schema, user_ids, item_ids, users, items, names)
+
+    @classmethod
+    def fit_with_ids(cls, schema: Schema, user_ids: Vocabulary, item_ids: Vocabulary, users: pd.DataFrame, items: pd.DataFrame, names: dict[str, str]) -> "Preprocessor":
+        """Fits the features on the users and items in the train-split id vocabularies (which hold exactly those)."""
+        seen_users = users[users[USER].isin(user_ids.values)]
+        seen_items = items[items[ITEM].isin(item_ids.values)]
         query = {s.name: fit_feature(s, seen_users, names["users"], user_ids) for s in schema.query}
         candidate = {s.name: fit_feature(s, seen_items, names["items"], item_ids) for s in schema.candidate}
         return cls(query, candidate, user_ids, item_ids)

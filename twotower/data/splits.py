@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from twotower.data.tables import ITEM, SPLIT, TIME, USER, require_columns
+from twotower.data.tables import ITEM, SPLIT, SPLITS, TIME, USER, require_columns
 
 
 class RandomSplit:
@@ -17,14 +17,55 @@ class RandomSplit:
 
     def __call__(self, interactions: pd.DataFrame) -> pd.Series:
         rng = np.random.default_rng(self.seed)
-        order = pd.DataFrame({USER: interactions[USER].to_numpy(), "key": rng.random(len(interactions))})
-        order = order.sort_values([USER, "key"], kind="stable")
-        rank = order.groupby(USER, sort=False).cumcount().to_numpy()
-        size = order.groupby(USER, sort=False)[USER].transform("size").to_numpy()
+        key = rng.random(len(interactions))
+        # Users as integer codes: only each user's rows' order by key matters, not the order of users.
+        user = pd.factorize(interactions[USER])[0]
+        order = np.lexsort((key, user))
+        user_sorted = user[order]
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order)) - np.searchsorted(user_sorted, user_sorted)
+        size = np.bincount(user)[user]
         n_test = np.floor(size * self.test + 0.5).astype(int)
         n_val = np.floor((size - n_test) * self.val + 0.5).astype(int)
         labels = np.where(rank < n_test, "test", np.where(rank < n_test + n_val, "val", "train"))
-        return pd.Series(labels, index=order.index).reindex(interactions.index)
+        return pd.Series(labels, index=interactions.index)
+
+
+class HashSplit:
+    """Each (user, item) pair's split is a seeded hash of the two ids: ``test`` of the pairs are test,
+    ``val`` of the rest validation.
+
+    A row's label depends on nothing but its ids, so it can be computed one record batch at a time
+    (the sharded datamodule does) and does not change when rows are re-sharded or reordered.
+    Repeated interactions of a user with an item all fall in one split. Shares are exact in
+    expectation, not per user (``RandomSplit`` is exact per user but needs every row in memory).
+    """
+
+    def __init__(self, test: float = 0.2, val: float = 0.1, seed: int = 0):
+        _check_fraction("test", test)
+        _check_fraction("val", val)
+        self.test, self.val, self.seed = test, val, seed
+
+    def __call__(self, interactions: pd.DataFrame) -> pd.Series:
+        codes = self.codes(self.key_hashes(interactions[USER]), self.key_hashes(interactions[ITEM]))
+        return pd.Series(np.asarray(SPLITS, dtype=object)[codes], index=interactions.index)
+
+    def key_hashes(self, keys) -> np.ndarray:
+        """(n,) uint64 seeded hashes of id keys (strings), stable across processes and runs."""
+        return pd.util.hash_array(np.asarray(keys, dtype=object), hash_key=f"{self.seed % 10**16:016d}")
+
+    def codes(self, user_hashes: np.ndarray, item_hashes: np.ndarray) -> np.ndarray:
+        """(n,) int8 index into SPLITS (0 train, 1 val, 2 test) of the pairs of two hash arrays."""
+        uniform = (mix64(user_hashes ^ mix64(item_hashes)) >> np.uint64(11)).astype(np.float64) * 2.0**-53  # [0, 1)
+        return np.where(uniform < self.test, 2, np.where(uniform < self.test + (1 - self.test) * self.val, 1, 0)).astype(np.int8)
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: every input bit flips about half the output bits (uint64, wrapping)."""
+    x = np.asarray(x, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 class TemporalSplit:

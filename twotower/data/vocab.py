@@ -1,9 +1,9 @@
 """Vocabularies: values to contiguous indices, index 0 reserved for out-of-vocabulary / missing."""
 from __future__ import annotations
 
+import itertools
 import re
 import zlib
-from collections import Counter
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -51,6 +51,7 @@ class Vocabulary:
         self._index = {v: i + 1 for i, v in enumerate(self.values)}
         if len(self._index) != len(self.values):
             raise ValueError("vocabulary values must be unique")
+        self._positions_index: pd.Index | None = None
 
     def __len__(self) -> int:
         """Number of rows an embedding table needs, OOV included."""
@@ -61,23 +62,47 @@ class Vocabulary:
 
     @classmethod
     def fit(cls, values: Iterable[Any], min_count: int = 1) -> "Vocabulary":
-        counts = Counter(_key(v) for v in values if not _is_missing(v))
         # Most frequent first, ties broken by value, so fitting is deterministic.
-        kept = sorted((v for v, c in counts.items() if c >= min_count), key=lambda v: (-counts[v], v))
-        return cls(kept)
+        codes, keys = _factorized_keys(values)
+        counts = np.bincount(codes[codes >= 0], minlength=len(keys))
+        # Distinct values can share a key (7, 7.0 and "7"): their counts add up.
+        counts = pd.Series(counts).groupby(np.asarray(keys, dtype=object), sort=False).sum()
+        return cls.from_counts(counts.index.to_numpy(dtype=object), counts.to_numpy(), min_count)
+
+    @classmethod
+    def from_counts(cls, keys: Sequence[str], counts: np.ndarray, min_count: int = 1) -> "Vocabulary":
+        """The vocabulary ``fit`` gives for values whose (string) keys occur ``counts`` times."""
+        keys, counts = np.asarray(keys, dtype=object), np.asarray(counts)
+        kept = counts >= max(min_count, 1)
+        keys, counts = keys[kept], counts[kept]
+        return cls(keys[np.lexsort((keys, -counts))].tolist())
 
     def lookup(self, values: Iterable[Any]) -> np.ndarray:
-        return np.fromiter((self._index.get(_key(v), OOV) if not _is_missing(v) else OOV for v in values), dtype=np.int64)
+        codes, keys = _factorized_keys(values)
+        if not len(keys):
+            return np.zeros(len(codes), dtype=np.int64)
+        found = self._positions().get_indexer(keys) + 1  # -1 (not found) -> OOV
+        return np.where(codes >= 0, found[codes], OOV).astype(np.int64)
 
     def lookup_lists(self, lists: Iterable[list[str]], max_len: int) -> np.ndarray:
-        """Ragged lists of values as a (n, max_len) index matrix, 0-padded on the right."""
+        """Ragged lists of values as a (n, max_len) index matrix, 0-padded on the right; unknown values dropped."""
         lists = list(lists)
         out = np.zeros((len(lists), max_len), dtype=np.int64)
-        for row, values in enumerate(lists):
-            idx = [self._index.get(v, OOV) for v in values]
-            idx = [i for i in idx if i != OOV][:max_len]
-            out[row, : len(idx)] = idx
+        lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+        found = self._positions().get_indexer(list(itertools.chain.from_iterable(lists))) + 1  # (total,)
+        row = np.repeat(np.arange(len(lists)), lengths)
+        known = found != OOV
+        row, found = row[known], found[known]
+        position = np.arange(len(row)) - np.searchsorted(row, row)  # place among the row's known values
+        fits = position < max_len
+        out[row[fits], position[fits]] = found[fits]
         return out
+
+    def _positions(self) -> pd.Index:
+        """The values as an index (position = vocabulary index - 1), built on first use."""
+        if self._positions_index is None:
+            self._positions_index = pd.Index(self.values, dtype=object)
+        return self._positions_index
 
     def to_json(self) -> list[str]:
         return list(self.values)
@@ -85,6 +110,19 @@ class Vocabulary:
     @classmethod
     def from_json(cls, values: list[str]) -> "Vocabulary":
         return cls(values)
+
+
+def _factorized_keys(values: Iterable[Any]) -> tuple[np.ndarray, list[str]]:
+    """(n,) codes (-1 = missing) into the distinct values' keys: hashing runs in pandas, and
+    ``_key`` only once per distinct value."""
+    if isinstance(values, pd.Series):
+        array = values.to_numpy(dtype=object)
+    else:
+        items = list(values)
+        array = np.empty(len(items), dtype=object)
+        array[:] = items
+    codes, uniques = pd.factorize(array, use_na_sentinel=True)
+    return codes, [_key(v) for v in uniques]
 
 
 def _is_missing(value: Any) -> bool:

@@ -1,0 +1,243 @@
+"""Sharded interactions: the same set-up as the in-memory path, disjoint per-rank streams, clear errors."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from twotower.data import ShardedDataModule, TwoTowerDataModule
+from twotower.data.shard_scan import RecentItems
+from twotower.data.sharded_datamodule import ShardBatches
+from twotower.data.sources import ShardSource, TableSource
+from twotower.data.splits import HashSplit, PredefinedSplit
+from twotower.training import train
+
+FEATURES = {
+    "query": [{"name": "user_id", "kind": "id"}, {"name": "age", "kind": "numeric"}, {"name": "history", "kind": "history", "max_len": 5}],
+    "candidate": [{"name": "item_id", "kind": "id"}, {"name": "genre", "kind": "categorical"}],
+}
+N_USERS, N_ITEMS, N_ROWS = 60, 40, 1500
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_tables(root, n_files=3, row_group_size=200, split_column=False):
+    """users.parquet, items.parquet and shards/part-*.parquet: unique (user, item) pairs, unique times."""
+    rng = np.random.default_rng(0)
+    pairs = rng.choice(N_USERS * N_ITEMS, N_ROWS, replace=False)
+    frame = pd.DataFrame({"uid": pairs // N_ITEMS + 100, "iid": [f"i{v}" for v in pairs % N_ITEMS], "ts": rng.permutation(N_ROWS) * 10})
+    if split_column:
+        frame["part"] = rng.choice(["train", "val", "test"], N_ROWS, p=[0.7, 0.15, 0.15])
+    shards = root / "shards"
+    shards.mkdir()
+    for number, part in enumerate(np.array_split(np.arange(N_ROWS), n_files)):
+        pq.write_table(pa.Table.from_pandas(frame.iloc[part], preserve_index=False), shards / f"part-{number:02d}.parquet", row_group_size=row_group_size)
+    pd.DataFrame({"uid": np.arange(N_USERS) + 100, "age": rng.integers(18, 80, N_USERS)}).to_parquet(root / "users.parquet")
+    pd.DataFrame({"iid": [f"i{v}" for v in range(N_ITEMS)], "genre": rng.choice(["a", "b", "c"], N_ITEMS)}).to_csv(root / "items.csv", index=False)
+    return frame
+
+
+def sharded(root, eval_users=None, batch_size=64, seed=3, **source):
+    source = {"user_id": "uid", "item_id": "iid", "timestamp": "ts", **source}
+    dm = ShardedDataModule(ShardSource(str(root / "shards"), str(root / "users.parquet"), str(root / "items.csv"), **source),
+                           FEATURES, HashSplit(seed=seed), batch_size=batch_size, eval_users=eval_users, shuffle_buffer=256, seed=seed)
+    dm.setup()
+    return dm
+
+
+@pytest.fixture
+def tables(tmp_path):
+    return write_tables(tmp_path), tmp_path
+
+
+def test_set_up_equals_the_in_memory_datamodule_on_the_same_split(tables):
+    """Vocabularies, logQ, known/held-out sets and histories: streamed == all rows in one DataFrame."""
+    _, root = tables
+    streamed = sharded(root)
+    memory = TwoTowerDataModule(TableSource(str(root / "shards"), str(root / "users.parquet"), str(root / "items.csv"), user_id="uid", item_id="iid", timestamp="ts"),
+                                FEATURES, HashSplit(seed=3), batch_size=64, seed=3)
+    memory.setup()
+    assert streamed.preprocessor.to_json() == memory.preprocessor.to_json()
+    assert streamed.split_counts == memory.split_counts
+    torch.testing.assert_close(streamed.item_log_q, memory.item_log_q)
+    assert torch.equal(streamed.item_counts, memory.item_counts)
+    assert torch.equal(streamed.trained_items, memory.trained_items)
+    for split in ("val", "test"):
+        assert torch.equal(streamed.eval_users[split], memory.eval_users[split])
+        assert torch.equal(streamed.history[split], memory.history[split])
+        for csr in ("known", "heldout"):
+            a, b = getattr(streamed, csr)[split], getattr(memory, csr)[split]
+            assert torch.equal(a.indptr, b.indptr) and torch.equal(a.indices, b.indices), (split, csr)
+
+
+def test_two_ranks_stream_disjoint_rows_whose_union_is_the_train_split(tables):
+    _, root = tables
+    dm = sharded(root)
+    train_pairs = {tuple(p) for p in _train_pairs(root)}
+    streams = []
+    for rank in (0, 1):
+        batches = ShardBatches(dm.shards, dm.shards.assign(rank, 2), dm._labels, dm.steps_per_epoch(2), 64, 256, 3, rank)
+        streams.append({tuple(p) for chunk in batches.pairs() for p in chunk.tolist()})
+        epoch = torch.cat(list(batches))  # (steps * B, 2)
+        assert len(epoch) == dm.steps_per_epoch(2) * 64
+        assert len({tuple(p) for p in epoch.tolist()}) == len(epoch), "a row repeats within an epoch"
+        assert {tuple(p) for p in epoch.tolist()} <= streams[-1], "a rank yielded a row it does not own"
+    assert not streams[0] & streams[1]
+    assert streams[0] | streams[1] == train_pairs
+    # The plan: each rank owns about half the row groups' rows, and both take the same steps.
+    assert dm.steps_per_epoch(2) == min(len(s) for s in streams) // 64 > 0
+
+
+def _train_pairs(root):
+    memory = TwoTowerDataModule(TableSource(str(root / "shards"), str(root / "users.parquet"), str(root / "items.csv"), user_id="uid", item_id="iid"),
+                                FEATURES, HashSplit(seed=3), seed=3)
+    memory.setup()
+    return memory.train_pairs.tolist()
+
+
+def test_each_epoch_is_a_seeded_shuffle(tables):
+    _, root = tables
+    dm = sharded(root)
+
+    def epoch(seed, number):
+        batches = ShardBatches(dm.shards, dm.shards.assign(0, 1), dm._labels, dm.steps_per_epoch(1), 64, 256, seed, 0)
+        batches.epoch = number
+        return torch.cat(list(batches))
+
+    assert torch.equal(epoch(0, 0), epoch(0, 0))
+    assert not torch.equal(epoch(0, 0), epoch(0, 1))
+    assert not torch.equal(epoch(0, 0), epoch(1, 0))
+    unshuffled = np.concatenate(list(ShardBatches(dm.shards, dm.shards.assign(0, 1), dm._labels, 1, 64, 256, 0, 0).pairs()))
+    assert not np.array_equal(epoch(0, 0).numpy(), unshuffled[: len(epoch(0, 0))])
+
+
+def test_evaluation_sample_is_bounded_and_the_same_users_in_every_process(tables):
+    _, root = tables
+    dm, again = sharded(root, eval_users=10), sharded(root, eval_users=10)
+    sampled = torch.unique(torch.cat([dm.eval_users["val"], dm.eval_users["test"]]))
+    assert 0 < len(sampled) <= 10
+    assert torch.equal(dm.eval_users["val"], again.eval_users["val"])
+    full = sharded(root)
+    for user in dm.eval_users["val"].tolist():  # a sampled user keeps all their rows
+        for csr in ("known", "heldout"):
+            a, b = getattr(dm, csr)["val"], getattr(full, csr)["val"]
+            assert a.indices[a.indptr[user] : a.indptr[user + 1]].tolist() == b.indices[b.indptr[user] : b.indptr[user + 1]].tolist()
+
+
+def test_predefined_split_column(tmp_path):
+    frame = write_tables(tmp_path, split_column=True)
+    dm = ShardedDataModule(ShardSource(str(tmp_path / "shards"), str(tmp_path / "users.parquet"), str(tmp_path / "items.csv"), user_id="uid", item_id="iid", split="part"),
+                           FEATURES, PredefinedSplit(), batch_size=64, eval_users=None)
+    dm.setup()
+    assert dm.split_counts == frame["part"].value_counts().to_dict()
+
+
+def _source(root, **kwargs):
+    return ShardSource(str(root / "shards"), str(root / "users.parquet"), str(root / "items.csv"), **{"user_id": "uid", "item_id": "iid", **kwargs})
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda f: f.drop(columns="iid"), r"part-01\.parquet has no column 'iid'"),
+        (lambda f: f.assign(iid=1.5), r"part-01\.parquet: column 'iid' has type double"),
+        (lambda f: f.assign(uid=f["uid"].where(f.index != f.index[3], 999)), r"part-01\.parquet: column 'uid' names 1 row\(s\) with id\(s\) not in .*users\.parquet, e\.g\. \[999\]"),
+        (lambda f: f.assign(ts=f["ts"].astype(str)), r"part-01\.parquet: column 'ts' has type (string|large_string)"),
+    ],
+)
+def test_a_bad_shard_is_named_with_its_column(tmp_path, damage, message):
+    frame = write_tables(tmp_path)
+    bad = tmp_path / "shards" / "part-01.parquet"
+    pq.write_table(pa.Table.from_pandas(damage(pd.read_parquet(bad)), preserve_index=False), bad)
+    with pytest.raises(ValueError, match=message):
+        dm = ShardedDataModule(_source(tmp_path, timestamp="ts"), FEATURES, HashSplit(), eval_users=None)
+        dm.setup()
+
+
+def test_empty_or_unreadable_directories_are_named(tmp_path):
+    write_tables(tmp_path)
+    for path in (tmp_path / "shards").glob("*.parquet"):
+        path.unlink()
+    with pytest.raises(ValueError, match=r"shards has no \*\.parquet files"):
+        _source(tmp_path).load()
+    (tmp_path / "shards" / "part-00.parquet").write_text("not parquet")
+    with pytest.raises(ValueError, match=r"part-00\.parquet could not be read as parquet"):
+        _source(tmp_path).load()
+
+
+def test_integer_ids_in_shards_do_not_match_zero_padded_table_ids(tmp_path):
+    """Shard id 100 is users-table id "100", not "0100" (ids are compared as the in-memory path's string keys)."""
+    write_tables(tmp_path)
+    pd.DataFrame({"uid": [f"{v:04d}" for v in range(100, 100 + N_USERS)]}).to_parquet(tmp_path / "users.parquet")
+    with pytest.raises(ValueError, match=r"column 'uid' names \d+ row\(s\) with id\(s\) not in"):
+        _source(tmp_path).load().interactions.chunks().__next__()
+
+
+def test_train_on_shards_end_to_end(tables, compose_cfg):
+    _, root = tables
+    cfg = compose_cfg(
+        "data=shards", f"data.source.interactions={root / 'shards'}", f"data.source.users={root / 'users.parquet'}",
+        f"data.source.items={root / 'items.csv'}", "data.source.user_id=uid", "data.source.item_id=iid", "data.source.timestamp=ts",
+        "data.batch_size=64", "data.shuffle_buffer=512", "data.eval_users=30", "logger=none", "trainer.max_epochs=2",
+        "+trainer.enable_progress_bar=false",
+    )
+    metrics, objects = train(cfg)
+    assert objects["trainer"].global_step == 2 * objects["datamodule"].steps_per_epoch(1) > 0
+    for name in ("val/recall@20", "test/recall@20", "val/ndcg@10"):
+        assert math.isfinite(metrics[name]) and 0.0 <= metrics[name] <= 1.0
+    assert math.isfinite(metrics["train/loss_epoch"])
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_on_shards_in_step(tables, tmp_path):
+    """trainer=ddp_cpu: each process streams its own row groups; both take the same steps, so the
+    collectives (gathered negatives, gradient all-reduce, metric sync) never wait on a finished rank."""
+    _, root = tables
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable, "train.py", "data=shards", "trainer=ddp_cpu", f"hydra.run.dir={run_dir}", "trainer.max_epochs=2",
+        f"data.source.interactions={root / 'shards'}", f"data.source.users={root / 'users.parquet'}", f"data.source.items={root / 'items.csv'}",
+        "data.source.user_id=uid", "data.source.item_id=iid", "data.source.timestamp=ts", "data.batch_size=64", "data.shuffle_buffer=512",
+        "data.eval_users=30", "+trainer.enable_progress_bar=false", "logger.csv.version=ddp",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "test  @20" in done.stdout
+    steps = sharded(root, seed=42).steps_per_epoch(2)  # train.yaml's seed
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 2 * steps > 0
+
+
+def test_recent_items_over_a_stream_equal_a_stable_sort_of_all_rows():
+    """Merged in several flushes, with ties in time: each user's 3 latest items, earlier row first on ties."""
+    rng = np.random.default_rng(1)
+    users, items, times = rng.integers(0, 7, 200), rng.integers(0, 50, 200).astype(np.int32), rng.integers(0, 20, 200).astype(float)
+    recent = RecentItems(7, 3)
+    recent.flush_rows, recent.BLOCK = 25, 12  # several flushes, several blocks per flush
+    for start in range(0, 200, 30):
+        recent.add(users[start : start + 30], items[start : start + 30], times[start : start + 30])
+    expected = np.full((7, 3), -1)
+    for user in range(7):
+        rows = sorted(np.flatnonzero(users == user), key=lambda r: (-times[r], r))[:3]
+        expected[user, : len(rows)] = items[rows]
+    np.testing.assert_array_equal(recent.table(), expected)
+
+
+def test_options_that_need_every_row_in_memory_are_refused(tables):
+    from twotower.data.splits import RandomSplit
+
+    _, root = tables
+    with pytest.raises(ValueError, match="HashSplit or PredefinedSplit .* not RandomSplit"):
+        ShardedDataModule(_source(root), FEATURES, RandomSplit())
+    with pytest.raises(ValueError, match="mask_known_positives needs every user's training items"):
+        ShardedDataModule(_source(root), FEATURES, HashSplit(), mask_known_positives=True)
+    with pytest.raises(ValueError, match="PredefinedSplit needs a split column"):
+        ShardedDataModule(_source(root), FEATURES, PredefinedSplit()).setup()

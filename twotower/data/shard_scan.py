@@ -1,0 +1,130 @@
+"""One streaming pass over interaction shards: everything global that training needs.
+
+Memory is bounded by the number of users and items (counts, history tables) and by the
+interactions of a sample of users (evaluation), never by the number of interactions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from twotower.data.shards import Chunk, InteractionShards
+from twotower.data.splits import mix64
+
+TRAIN, VAL, TEST = 0, 1, 2
+
+
+@dataclass
+class ShardScan:
+    split_counts: np.ndarray  # (3,) rows per split (train, val, test)
+    user_counts: np.ndarray  # (n_users,) train rows per user
+    item_counts: np.ndarray  # (n_items,) train rows per item
+    train_rows: np.ndarray  # (n_row_groups,) train rows per row group
+    sample: dict[str, np.ndarray]  # "users", "items", "splits": every row of the sampled users
+    history: dict[str, np.ndarray] | None  # "val" (train rows), "test" (train + val rows): (n_users, L) item rows, -1 = empty
+
+
+class RecentItems:
+    """Each user's ``max_len`` highest-key (most recent) items over a stream of rows.
+
+    Ties keep the earlier row, as a stable sort of all rows by (user, -key) would. Rows wait in a
+    buffer of half the table's size and are merged in one pass (in blocks of users, to bound the
+    sort's temporaries), so re-sorting the kept slots is paid once per buffer, not per record batch.
+    """
+
+    BLOCK = 1 << 21  # kept slots + new rows sorted at once
+
+    def __init__(self, n_users: int, max_len: int):
+        self.items = np.full((n_users, max_len), -1, dtype=np.int32)  # most recent first
+        self.keys = np.full((n_users, max_len), -np.inf)
+        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.pending_rows, self.flush_rows = 0, max(n_users * max_len // 2, 1 << 20)
+
+    def add(self, users: np.ndarray, items: np.ndarray, keys: np.ndarray) -> None:
+        # Only rows beating their user's last kept slot can enter.
+        enter = keys > self.keys[users, -1]
+        self.pending.append((users[enter].astype(np.int32), items[enter].astype(np.int32), keys[enter]))
+        self.pending_rows += int(enter.sum())
+        if self.pending_rows >= self.flush_rows:
+            self._flush()
+
+    def table(self) -> np.ndarray:
+        """(n_users, max_len) item rows, most recent first; -1 = empty."""
+        self._flush()
+        return self.items
+
+    def _flush(self) -> None:
+        if not self.pending_rows:
+            return
+        users, items, keys = (np.concatenate(parts) for parts in zip(*self.pending))
+        self.pending, self.pending_rows = [], 0
+        by_user = np.argsort(users, kind="stable")  # arrival order kept within a user
+        users, items, keys = users[by_user], items[by_user], keys[by_user]
+        owners, starts, counts = np.unique(users, return_index=True, return_counts=True)
+        block = np.cumsum(counts + self.items.shape[1]) // self.BLOCK  # (U,) block of each owner
+        edges = np.flatnonzero(np.diff(block)) + 1
+        for first, last in zip(np.r_[0, edges], np.r_[edges, len(owners)]):
+            rows = slice(starts[first], starts[last - 1] + counts[last - 1])
+            self._merge(owners[first:last], np.repeat(np.arange(last - first), counts[first:last]), items[rows], keys[rows])
+
+    def _merge(self, owners: np.ndarray, owner: np.ndarray, items: np.ndarray, keys: np.ndarray) -> None:
+        """Merges new rows (``owner``: position in ``owners``) into the kept slots of ``owners``."""
+        max_len = self.items.shape[1]
+        owner = np.concatenate([np.repeat(np.arange(len(owners)), max_len), owner])  # (U*L + n,) kept slots first
+        all_keys = np.concatenate([self.keys[owners].ravel(), keys])
+        all_items = np.concatenate([self.items[owners].ravel(), items])
+        order = np.lexsort((-all_keys, owner))
+        owner_sorted = owner[order]
+        starts = np.searchsorted(owner_sorted, np.arange(len(owners)))
+        keep = order[np.arange(len(order)) - starts[owner_sorted] < max_len]  # exactly L per owner
+        self.items[owners] = all_items[keep].reshape(-1, max_len)
+        self.keys[owners] = all_keys[keep].reshape(-1, max_len)
+
+
+def scan(
+    shards: InteractionShards,
+    labels: Callable[[Chunk], np.ndarray],
+    n_users: int,
+    n_items: int,
+    sample: np.ndarray,
+    history_len: int | None,
+    seed: int,
+    read_rows: int = 1 << 20,
+) -> ShardScan:
+    """Streams every row once.
+
+    Args:
+        labels: a chunk's (n,) int8 split codes (0 train, 1 val, 2 test).
+        sample: (n_users,) bool, the users whose rows are kept for evaluation.
+        history_len: keep each user's most recent items (by timestamp; without one, a seeded
+            random choice) when not None.
+    """
+    split_counts = np.zeros(3, dtype=np.int64)
+    user_counts = np.zeros(n_users, dtype=np.int64)
+    item_counts = np.zeros(n_items, dtype=np.int64)
+    train_rows = np.zeros(len(shards.row_groups), dtype=np.int64)
+    kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    recent = {s: RecentItems(n_users, history_len) for s in ("val", "test")} if history_len else None
+    for chunk in shards.chunks(read_rows=read_rows):
+        codes = labels(chunk)
+        split_counts += np.bincount(codes, minlength=3)
+        train = codes == TRAIN
+        user_counts += np.bincount(chunk.users[train], minlength=n_users)
+        item_counts += np.bincount(chunk.items[train], minlength=n_items)
+        train_rows[chunk.row_group] += int(train.sum())
+        sampled = sample[chunk.users]
+        kept.append((chunk.users[sampled].astype(np.int32), chunk.items[sampled].astype(np.int32), codes[sampled]))
+        if recent:
+            if chunk.times is not None:
+                keys = chunk.times
+            else:  # a seeded random order: each user's history is a random subset of their items
+                rows = np.arange(chunk.offset, chunk.offset + len(codes), dtype=np.uint64)
+                keys = (mix64(rows ^ np.uint64(seed)) >> np.uint64(11)).astype(np.float64)
+            recent["val"].add(chunk.users[train], chunk.items[train], keys[train])
+            known = codes != TEST
+            recent["test"].add(chunk.users[known], chunk.items[known], keys[known])
+    users, items, splits = (np.concatenate(parts) for parts in zip(*kept))
+    history = {s: r.table() for s, r in recent.items()} if recent else None
+    return ShardScan(split_counts, user_counts, item_counts, train_rows, {"users": users, "items": items, "splits": splits}, history)
