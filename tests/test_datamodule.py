@@ -77,7 +77,7 @@ def test_split_that_leaves_validation_empty_is_refused(tmp_path):
 
 
 def test_known_items_are_each_rows_training_items(compose_cfg, synthetic):
-    dm = instantiate(compose_cfg("data=synthetic", "+data.mask_known_positives=true").data)
+    dm = instantiate(compose_cfg("data=synthetic", "data.mask_known_positives=true").data)
     dm.setup()
     rows = torch.tensor([3, 40, 41])
     batch = dm.train_batch(rows)
@@ -88,7 +88,7 @@ def test_known_items_are_each_rows_training_items(compose_cfg, synthetic):
 
 
 def test_new_user_rows_lose_ids_and_history_but_keep_profile(compose_cfg, synthetic):
-    dm = instantiate(compose_cfg("data=synthetic", "+data.new_user_rate=0.5").data)
+    dm = instantiate(compose_cfg("data=synthetic", "data.new_user_rate=0.5").data)
     dm.setup()
     torch.manual_seed(0)
     rows = torch.arange(400)
@@ -100,4 +100,4 @@ def test_new_user_rows_lose_ids_and_history_but_keep_profile(compose_cfg, synthe
     profile = [n for n in batch.query if n not in ("user_id", "history")]
     assert profile and all(torch.equal(batch.query[n], reference.query[n]) for n in profile)
     with pytest.raises(InstantiationException, match="new_user_rate=1.0"):
-        instantiate(compose_cfg("data=synthetic", "+data.new_user_rate=1.0").data)
+        instantiate(compose_cfg("data=synthetic", "data.new_user_rate=1.0").data)
