@@ -49,16 +49,22 @@ def _fit_with_counter(values, min_count=1):
     """The original Python-loop fit, the reference the vectorised one must equal."""
     from collections import Counter
 
-    from twotower.data.vocab import _is_missing, _key
+    from twotower.data.vocab import _key
 
     counts = Counter(_key(v) for v in values if not _is_missing(v))
     return sorted((v for v, c in counts.items() if c >= min_count), key=lambda v: (-counts[v], v))
 
 
+def _is_missing(value) -> bool:
+    import pandas as pd
+
+    return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
+
+
 def test_vectorised_fit_and_lookups_equal_the_python_loops():
     import pandas as pd
 
-    from twotower.data.vocab import _is_missing, _key
+    from twotower.data.vocab import _key
 
     rng = np.random.default_rng(0)
     pool = ["a", "b", "B", "é", "10", "9", 7, 7.0, 8.5, "7", None, float("nan"), pd.NA, np.int64(3), np.float32(2.0), "", " x"]
@@ -66,14 +72,16 @@ def test_vectorised_fit_and_lookups_equal_the_python_loops():
     for min_count in (1, 5, 30):
         vocab = Vocabulary.fit(values, min_count)
         assert vocab.values == _fit_with_counter(values, min_count)
-        expected = [vocab._index.get(_key(v), OOV) if not _is_missing(v) else OOV for v in values]
+        index = {v: i + 1 for i, v in enumerate(vocab.values)}
+        expected = [index.get(_key(v), OOV) if not _is_missing(v) else OOV for v in values]
         assert vocab.lookup(values).tolist() == expected
         assert vocab.lookup(pd.Series(values, dtype=object)).tolist() == expected
     assert Vocabulary.fit([]).values == [] and Vocabulary(["a"]).lookup([]).tolist() == []
     lists = [[str(pool[i]) for i in rng.integers(0, len(pool), rng.integers(0, 6))] for _ in range(200)]
     vocab = Vocabulary.fit([t for lst in lists for t in lst], min_count=20)
     expected = np.zeros((len(lists), 3), dtype=np.int64)
+    index = {v: i + 1 for i, v in enumerate(vocab.values)}
     for row, lst in enumerate(lists):
-        idx = [i for i in (vocab._index.get(v, OOV) for v in lst) if i != OOV][:3]
+        idx = [i for i in (index.get(v, OOV) for v in lst) if i != OOV][:3]
         expected[row, : len(idx)] = idx
     np.testing.assert_array_equal(vocab.lookup_lists(lists, 3), expected)

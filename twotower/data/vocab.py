@@ -48,8 +48,7 @@ class Vocabulary:
 
     def __init__(self, values: Sequence[str]):
         self.values: list[str] = list(values)
-        self._index = {v: i + 1 for i, v in enumerate(self.values)}
-        if len(self._index) != len(self.values):
+        if len(set(self.values)) != len(self.values):
             raise ValueError("vocabulary values must be unique")
         self._positions_index: pd.Index | None = None
 
@@ -123,10 +122,6 @@ def _factorized_keys(values: Iterable[Any]) -> tuple[np.ndarray, list[str]]:
         array[:] = items
     codes, uniques = pd.factorize(array, use_na_sentinel=True)
     return codes, [_key(v) for v in uniques]
-
-
-def _is_missing(value: Any) -> bool:
-    return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
 
 
 def _key(value: Any) -> str:
