@@ -39,6 +39,9 @@ def test_item_vectors_keep_the_cosine_of_item_columns():
     assert float(similarity[0, 1]) == pytest.approx(1.0, abs=1e-5)
     assert float(similarity[0, 2]) == pytest.approx(0.0, abs=1e-5)
     assert torch.equal(vectors[3], torch.zeros_like(vectors[3]))
+    # A repeated pair counts once: item 0 taken twice by user 0 is still the column [1, 1] of item 1.
+    repeated = item_vectors_from_interactions(torch.tensor([0, 0, 0, 1, 1]), torch.tensor([0, 0, 1, 0, 1]), num_users=2, num_items=2, dim=2)
+    assert float(repeated[0] @ repeated[1]) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_metrics_of_a_hand_example():

@@ -57,8 +57,9 @@ def item_vectors_from_interactions(users: torch.Tensor, items: torch.Tensor, num
 
     Items nobody interacted with get a zero vector (similarity 0 to everything).
     """
-    matrix = torch.zeros(num_users, num_items)
-    matrix[users, items] = 1.0  # (num_users, num_items), 0/1 even for repeated pairs
+    # Sparse: a dense users x items matrix is 40 GB at 100k x 100k; svd_lowrank only multiplies by it.
+    pairs = torch.sparse_coo_tensor(torch.stack([users, items]), torch.ones(len(users)), (num_users, num_items), check_invariants=True).coalesce()
+    matrix = torch.sparse_coo_tensor(pairs.indices(), pairs.values().clamp(max=1.0), pairs.shape, is_coalesced=True, check_invariants=True)  # 0/1 even for repeated pairs
     q = min(dim, num_users, num_items)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
