@@ -95,6 +95,7 @@ class HistoryEncoder(nn.Module):
         weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # an empty history has all -inf: weights 0
         return torch.einsum("bl,bld->bd", weights, vectors)
 
+
 def mean_of_rows(indices: torch.Tensor, weight: torch.Tensor, sparse: bool = False, packed: bool = True) -> torch.Tensor:
     """(B, L) row indices of ``weight``, 0 = padding anywhere in a row -> (B, dim) mean of each row's rows (0 if none).
 
