@@ -19,6 +19,7 @@ from twotower.data.shard_scan import RecentItems
 from twotower.data.sharded_datamodule import ShardBatches
 from twotower.data.sources import ShardSource, TableSource
 from twotower.data.splits import HashSplit, PredefinedSplit
+from twotower.exporting import export
 from twotower.training import train
 
 FEATURES = {
@@ -194,6 +195,9 @@ def test_train_on_shards_end_to_end(tables, compose_cfg):
     for name in ("val/recall@20", "test/recall@20", "val/ndcg@10"):
         assert math.isfinite(metrics[name]) and 0.0 <= metrics[name] <= 1.0
     assert math.isfinite(metrics["train/loss_epoch"])
+    with pytest.raises(ValueError, match="trained on parquet shards"):
+        export({"checkpoint": objects["best_checkpoint"], "output_dir": str(root / "artifact")})
+    assert not (root / "artifact").exists() and not list(root.glob("artifact*"))
 
 
 @pytest.mark.slow

@@ -101,6 +101,10 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
     checkpoint_path = find_checkpoint(cfg.checkpoint)
     model, meta, checkpoint = load_checkpoint(checkpoint_path)
     log.info("exporting %s", checkpoint_path)
+    if meta["run_config"]["data"].get("_target_", "").endswith("ShardedDataModule"):
+        # Checked before the data is read: a sharded set-up streams every shard first.
+        raise ValueError(f"{checkpoint_path} was trained on parquet shards (data=shards): export is not supported for it yet "
+                         "(the artifact's serving histories, seen items and popularity are built from every interaction in memory)")
     datamodule: TwoTowerDataModule = instantiate(meta["run_config"]["data"])
     datamodule.setup("fit")
     if datamodule.preprocessor.to_json() != meta["preprocessor"]:
