@@ -79,10 +79,7 @@ class CombinedOptimizer(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _run_closure(closure)
         for optimizer in self.optimizers:
             optimizer.step()
         return loss
@@ -130,10 +127,7 @@ class RowWiseAdagrad(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _run_closure(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -172,3 +166,11 @@ def sum_duplicate_rows(rows: torch.Tensor, values: torch.Tensor) -> tuple[torch.
     summed = torch.zeros_like(values).index_add_(0, slot, values[order])
     slot_rows = torch.zeros_like(rows).scatter_(0, slot, rows)
     return slot_rows, summed
+
+
+def _run_closure(closure: Callable[[], Any] | None) -> Any:
+    """The loss of an optimizer's closure, evaluated with gradients on (``step`` itself runs under no_grad)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()

@@ -70,6 +70,7 @@ class TwoTowerDataModule(pl.LightningDataModule):
             model has never seen (cold-start users; most test users of a global time cut).
         mask_known_positives: no item the user has in the training split is a negative of that
             user's rows (batches carry ``known_items``), as evaluation ranks only unknown items.
+            Their count varies per batch, so on a GPU gathering them waits for the host once per step.
     """
 
     def __init__(

@@ -7,6 +7,7 @@ Training then streams only the rank's own row groups through a bounded shuffle b
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -181,18 +182,10 @@ class ShardBatches(IterableDataset):
         rng = np.random.default_rng([self.seed, self.epoch, self.rank])
         self.epoch += 1
         buffer = ShuffleBuffer(self.buffer, self.batch_size, rng)
-        emitted = 0
-        for pairs in self.pairs(rng.permutation(self.row_groups).tolist()):
-            for batch in buffer.push(pairs):
-                yield torch.from_numpy(batch)
-                emitted += 1
-                if emitted == self.steps:
-                    return
-        for batch in buffer.drain():
+        streamed = itertools.chain.from_iterable(buffer.push(pairs) for pairs in self.pairs(rng.permutation(self.row_groups).tolist()))
+        # drain() runs only once the stream is spent: what the buffer still holds, then stop at ``steps``.
+        for batch in itertools.islice(itertools.chain(streamed, buffer.drain()), self.steps):
             yield torch.from_numpy(batch)
-            emitted += 1
-            if emitted == self.steps:
-                return
 
     def pairs(self, row_groups: list[int] | None = None) -> Iterator[np.ndarray]:
         """(n, 2) train (user row, item row) pairs of the rank's row groups (in this order), unshuffled."""
