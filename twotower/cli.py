@@ -17,13 +17,11 @@ CONF_DIR = str(Path(__file__).parent / "conf")
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def train_main(cfg: DictConfig) -> float | None:
     """``twotower-train [overrides]``: ``twotower.training.train``; returns the monitored metric for sweepers:
-    its best validation value (the checkpoint that is tested and exported), else its last."""
+    the validation value of the best checkpoint (the one that is tested and exported), else of the last epoch."""
     from twotower.training import train  # imported here so ``--help`` answers without loading torch
 
-    metrics, objects = train(cfg)
-    checkpoints = objects["trainer"].checkpoint_callbacks
-    best = [c.best_model_score for c in checkpoints if c.monitor == cfg.monitor.metric and c.best_model_score is not None]
-    return float(best[0]) if best else metrics.get(cfg.monitor.metric)
+    metrics, _ = train(cfg)
+    return metrics.get(cfg.monitor.metric)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")

@@ -20,6 +20,7 @@ from twotower.artifact import (
     CANDIDATE_TOWER, INDEX, INDEX_INFOS, INDEX_PLOT, ITEM_EVENTS, ITEM_IDS, ITEM_VECTORS, ITEMS, QUERY_TORCHSCRIPT, QUERY_TOWER,
     TOWER_CONFIG, TOWER_VOCAB, TOWER_WEIGHTS, USER_FEATURES, USER_IDS, USER_SEEN, ArtifactWriter,
 )
+from twotower.config_check import ExportConfig, check_config
 from twotower.data.datamodule import TwoTowerDataModule
 from twotower.data.store import CSR, Features
 from twotower.data.tables import ITEM, TIME, USER
@@ -98,6 +99,7 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
     ``chunk_size``, ``eval_queries``, ``torchscript`` (see ``conf/export.yaml``). Returns the artifact path.
     """
     cfg = OmegaConf.create(cfg) if not isinstance(cfg, DictConfig) else cfg
+    check_config(cfg, ExportConfig)  # before any work: unknown keys, wrongly typed or missing values
     checkpoint_path = find_checkpoint(cfg.checkpoint)
     model, meta, checkpoint = load_checkpoint(checkpoint_path)
     log.info("exporting %s", checkpoint_path)

@@ -1,32 +1,57 @@
 """``train(cfg)``: the whole training job from a composed Hydra config, callable without the CLI."""
 from __future__ import annotations
 
+import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_only
+import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
 
+from twotower.config_check import TrainConfig, check_config
 from twotower.impression_metrics import NAMES as IMPRESSION_NAMES
 from twotower.module import TwoTowerModule
+from twotower.run_record import RunRecord, data_fingerprint
+from twotower.sweep_summary import METRICS_FILE
 from twotower.tracking import finish_runs, log_config, wandb_offline_unless_logged_in
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """Fit, validate each epoch, and test the best checkpoint.
+    """Fit, validate each epoch, then validate and test the best checkpoint.
 
     Returns:
         metrics: every logged ``train/``, ``val/`` and ``test/`` value as floats.
-        objects: ``datamodule``, ``module``, ``trainer``, and ``best_checkpoint`` (a path or None).
+        objects: ``datamodule``, ``module``, ``trainer``, ``best_checkpoint`` (a path or None) and
+            ``best_epoch`` (the epoch after which it was saved, counting from 1, or None).
+
+    Raises:
+        ConfigError: before any work, for a key nothing reads or a value of the wrong type.
+        ResumeRefused: when the run directory holds checkpoints of other settings or other data.
     """
+    check_config(cfg, TrainConfig)  # before any work: unknown keys and wrongly typed values
+    run_dir = Path(cfg.paths.output_dir)
+    _say(f"run directory: {run_dir.resolve()}")
+    resume = _resume_path(cfg)
+    hydra_dir = _hydra_dir()
+    record, recorded = RunRecord.of(cfg, hydra_dir), RunRecord.load(run_dir)
+    if resume and recorded:
+        record.refuse_other_config(recorded, run_dir, hydra_dir)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # fitted vocabularies size the towers; raises on bad input before any training
+    record.data = data_fingerprint(datamodule)
+    if resume and recorded:
+        record.refuse_other_data(recorded, run_dir, hydra_dir)
+    if rank_zero_only.rank == 0:
+        record.save(run_dir)
     model = instantiate(cfg.model)(preprocessor=datamodule.preprocessor)
     options = {**OmegaConf.to_container(cfg.loss, resolve=True), **OmegaConf.to_container(cfg.module, resolve=True)}
     table_optimizer = instantiate(cfg.table_optimizer) if cfg.get("table_optimizer") else None
@@ -39,15 +64,59 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     log_config(loggers, module.run_config)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
+    best_epoch = None
+    if best:
+        # The closing validation and test figures both describe the selected checkpoint, not the last epoch.
+        best_epoch = torch.load(best, map_location="cpu", mmap=True, weights_only=False)["epoch"] + 1
+        metrics.update(_evaluate(trainer.validate, module, datamodule, best, "val/", logged=False))
     if cfg.test:
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        metrics.update(_evaluate(trainer.test, module, datamodule, best or None, "test/", logged=True))
     finish_runs(loggers)
-    _report(metrics, cfg.module.ks)
-    return metrics, {"datamodule": datamodule, "module": module, "trainer": trainer, "best_checkpoint": best or None}
+    _report(metrics, cfg.module.ks, best, best_epoch)
+    _write_metrics(run_dir, metrics, cfg.monitor.metric, best, best_epoch)
+    _say(f"run directory: {run_dir.resolve()}")
+    return metrics, {"datamodule": datamodule, "module": module, "trainer": trainer, "best_checkpoint": best or None, "best_epoch": best_epoch}
+
+
+def _evaluate(run: Any, module: TwoTowerModule, datamodule: Any, checkpoint: str | None, prefix: str, logged: bool) -> dict[str, float]:
+    """``trainer.validate`` or ``trainer.test`` of ``checkpoint``; its metrics as floats.
+
+    ``logged=False`` detaches the loggers: validating an epoch the loggers already have would
+    write a second row at the last step.
+    """
+    trainer = module.trainer
+    loggers = trainer.loggers
+    if not logged:
+        trainer.loggers = []
+    try:
+        run(module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
+    finally:
+        trainer.loggers = loggers
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
+
+
+def _hydra_dir() -> Path | None:
+    """Where Hydra keeps its copy of the composed config (``<run dir>/.hydra``), under a Hydra app."""
+    if not HydraConfig.initialized() or not HydraConfig.get().output_subdir:
+        return None
+    hydra = HydraConfig.get()
+    return Path(hydra.runtime.output_dir) / hydra.output_subdir
+
+
+@rank_zero_only
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+@rank_zero_only
+def _write_metrics(run_dir: Path, metrics: dict[str, float], monitor: str, best: str | None, best_epoch: int | None) -> None:
+    summary = {"monitor": monitor, "best_checkpoint": best, "best_epoch": best_epoch, "metrics": metrics}
+    partial = run_dir / f"{METRICS_FILE}.{os.getpid()}.partial"
+    partial.write_text(json.dumps(summary, indent=1, sort_keys=True))
+    os.replace(partial, run_dir / METRICS_FILE)
 
 
 def _resume_path(cfg: DictConfig) -> str | None:
@@ -70,8 +139,10 @@ def _resume_path(cfg: DictConfig) -> str | None:
 
 
 @rank_zero_only
-def _report(metrics: dict[str, float], ks: list[int]) -> None:
-    """One small table of validation and test metrics on stdout."""
+def _report(metrics: dict[str, float], ks: list[int], best: str | None, best_epoch: int | None) -> None:
+    """One small table of validation and test metrics on stdout, and the checkpoint they describe."""
+    if best:
+        print(f"best checkpoint: {best}, saved after epoch {best_epoch} (counting from 1); the rows below are its metrics")
     names = ["recall", "ndcg", "map", "mrr", "precision", "hitrate"]
     rows = []
     for split in ("val", "test"):

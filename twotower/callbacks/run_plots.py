@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pytorch_lightning as pl
+from pytorch_lightning.trainer.states import TrainerFn
 
 from twotower.plots import plot_learning_curves, plot_metrics_at_k
 from twotower.tracking import log_images
@@ -47,7 +48,8 @@ class RunPlots(pl.Callback):
             self.train.append({"epoch": trainer.current_epoch + 1, self.loss: float(value)})
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+        # Only training's validations are curves; train.py's closing validation of the best checkpoint is not.
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         # Fractional epochs when validation runs within an epoch (val_check_interval < 1).
         steps_per_epoch = max(1.0, trainer.num_training_batches / trainer.accumulate_grad_batches)

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from twotower.data.preprocess import Preprocessor
 from twotower.data.schema import Schema
+from twotower.data.splits import split_by_name
 from twotower.data.store import CSR, Batch, EvalBatch, Features, FeatureStore
 from twotower.data.tables import ITEM, SPLIT, TIME, USER, Tables
 
@@ -54,7 +55,8 @@ class TwoTowerDataModule(pl.LightningDataModule):
     Args:
         source: anything with ``load() -> Tables`` (MovieLens100K, TableSource, SyntheticSource, ...).
         features: ``{"query": [...], "candidate": [...]}`` feature specs as in the data YAML.
-        split: a callable giving each interaction a train/val/test label (see ``twotower.data.splits``).
+        split: a callable giving each interaction a train/val/test label (see ``twotower.data.splits``),
+            or the name of one (``temporal``: ``conf/data/split/temporal.yaml``'s split).
         use_ids: keep ``id`` features (false: content-only towers).
         batch_size: training pairs per batch (in-batch negatives = batch_size - 1).
         eval_batch_size: users scored against the full catalogue at once.
@@ -77,7 +79,7 @@ class TwoTowerDataModule(pl.LightningDataModule):
         self,
         source: Any,
         features: Mapping[str, Sequence[Mapping[str, Any]]],
-        split: Callable[[pd.DataFrame], pd.Series],
+        split: Callable[[pd.DataFrame], pd.Series] | str,
         use_ids: bool = True,
         batch_size: int = 1024,
         eval_batch_size: int = 1024,
@@ -91,7 +93,8 @@ class TwoTowerDataModule(pl.LightningDataModule):
         super().__init__()
         if batch_size < 2:
             raise ValueError(f"batch_size={batch_size}: in-batch negatives need at least 2")
-        self.source, self.split, self.seed = source, split, seed
+        self.source, self.seed = source, seed
+        self.split = split_by_name(split, seed) if isinstance(split, str) else split
         self.schema = Schema.from_config(features, use_ids=use_ids)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         if candidates not in ("all", "heldout"):

@@ -49,7 +49,7 @@ class ShardedDataModule(TwoTowerDataModule):
         self,
         source: Any,
         features: Mapping[str, Sequence[Mapping[str, Any]]],
-        split: HashSplit | PredefinedSplit,
+        split: HashSplit | PredefinedSplit | str,
         use_ids: bool = True,
         batch_size: int = 1024,
         eval_batch_size: int = 1024,
@@ -65,8 +65,8 @@ class ShardedDataModule(TwoTowerDataModule):
         if mask_known_positives:
             raise ValueError("mask_known_positives needs every user's training items in memory; sharded interactions keep "
                              "only the evaluation sample's (use loss.mask_accidental_hits, which needs none)")
-        if not isinstance(split, (HashSplit, PredefinedSplit)):
-            raise ValueError(f"sharded interactions are split by HashSplit or PredefinedSplit (a split column), not {type(split).__name__}: "
+        if not isinstance(self.split, (HashSplit, PredefinedSplit)):
+            raise ValueError(f"sharded interactions are split by HashSplit or PredefinedSplit (a split column), not {type(self.split).__name__}: "
                              "other splits need every interaction in memory")
         if eval_users is not None and eval_users < 1:
             raise ValueError(f"eval_users={eval_users} must be >= 1 (or null: every user)")

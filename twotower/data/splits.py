@@ -1,6 +1,8 @@
 """Train/val/test splits of the interactions; each returns one label per row, deterministic for a seed."""
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import pandas as pd
 
@@ -180,3 +182,23 @@ def _hold_out_entities(interactions: pd.DataFrame, column: str, test: float, val
 def _check_fraction(name: str, value: float) -> None:
     if not 0.0 <= value < 1.0:
         raise ValueError(f"split fraction {name}={value} must be in [0, 1)")
+
+
+# A split chosen by name (data.split=temporal) is the class behind conf/data/split/<name>.yaml,
+# with its default shares: the same split as the group option data/split=temporal.
+SPLITS_BY_NAME = {
+    "random": RandomSplit,
+    "hash": HashSplit,
+    "temporal": TemporalSplit,
+    "leave_last_out": LeaveLastOut,
+    "predefined": PredefinedSplit,
+    "cold_items": ColdStartItems,
+    "cold_users": ColdStartUsers,
+}
+
+
+def split_by_name(name: str, seed: int) -> Callable[[pd.DataFrame], pd.Series]:
+    """The split that ``data/split=<name>`` selects, built with its default shares."""
+    if name not in SPLITS_BY_NAME:
+        raise ValueError(f"data.split='{name}' is not a split; choose one of {', '.join(SPLITS_BY_NAME)} (or give a _target_)")
+    return SPLITS_BY_NAME[name](seed=seed)
