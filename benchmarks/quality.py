@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,14 +32,14 @@ sys.path.insert(0, str(ROOT))
 from twotower.baselines import ALS, BPR, EASE, ItemKNN, Popularity, evaluate  # noqa: E402
 from twotower.training import train  # noqa: E402
 
+# Each protocol is what a user selects on the command line (conf/protocol/, conf/data/split/).
 PROTOCOLS = {
-    "random": {"_target_": "twotower.data.splits.RandomSplit", "test": 0.2, "val": 0.1},
-    "temporal": {"_target_": "twotower.data.splits.TemporalSplit", "test": 0.2, "val": 0.1},
-    "leave-last-out": {"_target_": "twotower.data.splits.LeaveLastOut"},
-    "cold-start items": {"_target_": "twotower.data.splits.ColdStartItems", "test": 0.2, "val": 0.1},
-    "cold-start users": {"_target_": "twotower.data.splits.ColdStartUsers", "test": 0.2, "val": 0.1},
+    "random": ["protocol=random"],
+    "temporal": ["protocol=temporal"],
+    "leave-last-out": ["data/split=leave_last_out"],
+    "cold-start items": ["protocol=cold_items"],
+    "cold-start users": ["protocol=cold_users"],
 }
-PROTOCOL_KEYS = {"random": "random", "temporal": "temporal", "leave-last-out": "leave_last_out", "cold-start items": "cold_items", "cold-start users": "cold_users"}
 TWO_TOWER = {"two-tower id-only": "id_only", "two-tower content-only": "content_only", "two-tower hybrid": "ml100k_best"}
 COLUMNS = ["recall@20", "ndcg@10", "coverage@20", "diversity@20", "novelty@20", "longtail@20", "recall_light@20", "recall_heavy@20"]
 
@@ -51,12 +50,8 @@ def baselines(seed: int) -> list:
 
 def config(protocol: str, seed: int, experiment: str | None, overrides: list[str]):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"seed={seed}", "logger=none", *([f"experiment={experiment}"] if experiment else []), *overrides])
-    split = dict(PROTOCOLS[protocol], seed=seed)
-    OmegaConf.set_struct(cfg, False)
-    cfg.data.split = split  # replaced, not merged: the splits take different arguments
-    cfg.data.candidates = "heldout" if protocol == "cold-start items" else "all"
-    return cfg
+        experiments = [f"experiment={experiment}"] if experiment else []
+        return compose("train", overrides=[f"seed={seed}", "logger=none", *PROTOCOLS[protocol], *experiments, *overrides])
 
 
 def run_baselines(protocol: str, seed: int, models: list[str], rows: dict[str, dict[str, float]], save) -> None:

@@ -59,7 +59,7 @@ def test_a_setting_that_would_not_apply_is_refused_by_name(compose_cfg, override
 
 
 def test_every_problem_is_listed_at_once(compose_cfg):
-    with pytest.raises(ConfigError, match=r"has 3 setting\(s\)") as refused:
+    with pytest.raises(ConfigError, match=r"has 3 problem\(s\)") as refused:
         check_config(compose_cfg("+modle.output_dim=8", "loss.temperature=abc", "data.batch_size=x"), TrainConfig)
     assert all(key in str(refused.value) for key in ("modle", "loss.temperature", "data.batch_size"))
 

@@ -6,7 +6,9 @@ copy), which a wheel ships as package data. Add your own config groups with Hydr
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import hydra
 from omegaconf import DictConfig
@@ -20,7 +22,7 @@ def train_main(cfg: DictConfig) -> float | None:
     the validation value of the best checkpoint (the one that is tested and exported), else of the last epoch."""
     from twotower.training import train  # imported here so ``--help`` answers without loading torch
 
-    metrics, _ = train(cfg)
+    metrics, _ = _exit_on_refusal(train, cfg)
     return metrics.get(cfg.monitor.metric)
 
 
@@ -29,6 +31,18 @@ def export_main(cfg: DictConfig) -> str:
     """``twotower-export checkpoint=<ckpt or run dir> output_dir=<dir> [index=...]``: ``twotower.exporting.export``."""
     from twotower.exporting import export
 
-    path = export(cfg)
+    path = _exit_on_refusal(export, cfg)
     print(f"artifact: {path}")
     return str(path)
+
+
+def _exit_on_refusal(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """A config or resume refusal is the user's to fix, not a bug: its message alone, exit status 1."""
+    from twotower.config_check import ConfigError
+    from twotower.run_record import ResumeRefused
+
+    try:
+        return job(cfg)
+    except (ConfigError, ResumeRefused) as refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        sys.exit(1)

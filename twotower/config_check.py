@@ -104,7 +104,7 @@ def check_config(cfg: DictConfig | dict, schema: type) -> None:
     problems = _check(tree, schema, "")
     if problems:
         lines = "\n".join(f"  {p}" for p in problems)
-        raise ConfigError(f"the config has {len(problems)} setting(s) that would not apply; nothing was run:\n{lines}")
+        raise ConfigError(f"the config has {len(problems)} problem(s); nothing was run:\n{lines}")
 
 
 def _check(value: Any, hint: Any, key: str) -> list[str]:
