@@ -1,18 +1,25 @@
 """The artifact directory: round trip, atomic commit, and refusals that name the file and both values."""
+import hashlib
 import json
+import os
+import shutil
+import subprocess
+import threading
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
 
 from twotower.artifact import (
-    FORMAT_VERSION, INDEX, ITEM_IDS, ITEM_VECTORS, MANIFEST, REQUIRED, Artifact, ArtifactError, ArtifactWriter, sha256_of,
+    FORMAT_VERSION, INDEX, ITEM_IDS, ITEM_VECTORS, MANIFEST, REQUIRED, STAGING_MARKER, Artifact, ArtifactError, ArtifactWriter, sha256_of,
 )
+from twotower.file_lock import LockTimeout, exclusive_lock
 
 
-def write(path, **manifest):
+def write(path, wait_s=60.0, **manifest):
     """An artifact holding every required name (real arrays/JSON/tensors where tests read them back)."""
-    with ArtifactWriter(path) as out:
+    with ArtifactWriter(path, wait_s=wait_s) as out:
         for name in REQUIRED:
             out.file(name).write_bytes(b"x" * 10)
         out.array(ITEM_IDS, np.array(["1", "22", "333"]))
@@ -33,7 +40,14 @@ def test_round_trip(tmp_path):
     assert art.json("index_infos.json") == {"key": "Flat", "search_params": {}}
     assert torch.equal(art.tensors("query_tower/model.safetensors")["w"], torch.ones(2, 3))
     assert art.manifest["files"][INDEX] == {"sha256": sha256_of(path / INDEX), "bytes": 10}
-    assert not (tmp_path / "art.partial").exists()
+    # The artifact is a version directory behind a link; nothing else is left next to it but the lock file.
+    assert os.readlink(path) == "art.v1" and sorted(p.name for p in tmp_path.iterdir()) == ["art", "art.lock", "art.v1"]
+
+
+def tree(path):
+    """Every file under path with its bytes' sha256, links not followed: equal trees are byte-identical."""
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() and not p.is_symlink() else os.readlink(p) if p.is_symlink() else "dir"
+            for p in sorted(path.rglob("*"))}
 
 
 def test_an_error_while_writing_leaves_nothing(tmp_path):
@@ -41,7 +55,7 @@ def test_an_error_while_writing_leaves_nothing(tmp_path):
         with ArtifactWriter(tmp_path / "art") as out:
             out.json("index_infos.json", {})
             raise RuntimeError("boom")
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["art.lock"]
 
 
 def test_commit_refuses_an_incomplete_artifact(tmp_path):
@@ -56,7 +70,7 @@ def test_an_existing_artifact_is_replaced_but_other_directories_are_not(tmp_path
     write(tmp_path / "art", version="old")
     write(tmp_path / "art", version="new")
     assert Artifact.open(tmp_path / "art").manifest["version"] == "new"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "art.lock", "art.v2"]
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "precious.csv").write_text("1")
     with pytest.raises(ArtifactError, match="is not a twotower artifact"):
@@ -100,9 +114,10 @@ def test_names_outside_the_directory_are_refused(tmp_path, name):
 
 def test_unfinished_and_missing_artifacts_are_refused(tmp_path):
     path = write(tmp_path / "art")
-    path.rename(tmp_path / "art.partial")  # as if killed between writing the manifest and the rename
-    with pytest.raises(ArtifactError, match=r"art.partial is an unfinished export"):
-        Artifact.open(tmp_path / "art.partial")
+    for staging in ("art.partial-123-abc_9", "art.partial"):  # this twotower's staging name, and earlier ones'
+        shutil.copytree(path, tmp_path / staging)  # as if killed between writing the manifest and the rename
+        with pytest.raises(ArtifactError, match=f"{staging} is an unfinished export"):
+            Artifact.open(tmp_path / staging)
     with pytest.raises(ArtifactError, match=r"manifest.json does not exist: .* is not a complete twotower artifact"):
         Artifact.open(tmp_path)
 
@@ -111,3 +126,115 @@ def test_object_arrays_are_refused_at_write_time(tmp_path):
     with ArtifactWriter(tmp_path / "art") as out:
         with pytest.raises(TypeError, match="item_ids.npy: object arrays would need pickle"):
             out.array(ITEM_IDS, np.array(["a", None], dtype=object))
+
+
+@pytest.mark.parametrize("files", [
+    {MANIFEST: '{"name": "My web app", "start_url": "/"}', "index.html": "<html></html>"},  # someone else's manifest.json
+    {"precious.csv": "1,2"},  # no manifest at all
+])
+def test_a_directory_that_is_not_an_artifact_is_refused_and_left_byte_identical(tmp_path, files):
+    target = tmp_path / "site"
+    target.mkdir()
+    for name, text in files.items():
+        (target / name).write_text(text)
+    before = tree(tmp_path)
+    with pytest.raises(ArtifactError, match=f"{target} is not a twotower artifact: .*; refusing to replace it"):
+        write(target)
+    assert tree(tmp_path) == before
+
+
+def test_an_artifact_holding_a_file_its_manifest_does_not_list_is_refused(tmp_path):
+    path = write(tmp_path / "art")
+    (path / "notes.txt").write_text("mine")
+    with pytest.raises(ArtifactError, match=r"holds file\(s\) its manifest.json does not list: \['notes.txt'\]"):
+        write(path)
+    assert (path / "notes.txt").read_text() == "mine"
+
+
+def test_a_link_to_something_else_is_refused(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "art").symlink_to("models")
+    with pytest.raises(ArtifactError, match=f"{tmp_path / 'art'} is a symbolic link to models, not to a version art.v<N>"):
+        write(tmp_path / "art")
+    assert os.readlink(tmp_path / "art") == "models"
+
+
+def test_unrelated_neighbours_survive_an_export(tmp_path):
+    """Only what an export can prove it made goes: look-alikes of its staging and version names stay."""
+    neighbours = ["art.partial", "art.old-1", "art.v7", f"art.partial-{_dead_pid()}-abc", "art.link-1-ab"]
+    for name in neighbours:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "data.txt").write_text("precious")
+    before = tree(tmp_path)
+    write(tmp_path / "art")
+    write(tmp_path / "art")
+    assert {k: v for k, v in tree(tmp_path).items() if k.split("/")[0] in neighbours} == before
+    assert Artifact.open(tmp_path / "art")
+
+
+def test_leftovers_of_a_dead_export_are_removed(tmp_path):
+    dead = _dead_pid()
+    write(tmp_path / "art")
+    staging = tmp_path / f"art.partial-{dead}-x1"  # a killed export's staging directory
+    staging.mkdir()
+    (staging / STAGING_MARKER).write_text("")
+    (staging / INDEX).write_bytes(b"half")
+    shutil.copytree(tmp_path / "art", tmp_path / "art.v5")  # a superseded version whose removal was interrupted...
+    (tmp_path / "art.v5" / INDEX).unlink()  # ...after its first file
+    (tmp_path / "art.v6").mkdir()  # ...after its last
+    (tmp_path / f"art.link-{dead}-1f").symlink_to("art.v5")  # a link never renamed over art
+    write(tmp_path / "art")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "art.lock", "art.v7"]
+
+
+def _dead_pid():
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_an_older_real_directory_artifact_becomes_a_version_behind_a_link(tmp_path):
+    shutil.copytree(write(tmp_path / "made", version="old"), tmp_path / "art")  # an artifact as twotower wrote them before versions
+    write(tmp_path / "art", version="new")
+    assert os.readlink(tmp_path / "art") == "art.v2" and Artifact.open(tmp_path / "art").manifest["version"] == "new"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("art")) == ["art", "art.lock", "art.v2"]
+
+
+def test_a_reader_recovers_an_export_killed_between_moving_an_older_directory_and_linking(tmp_path):
+    path = write(tmp_path / "art", version="new")
+    os.rename(path, tmp_path / "gone")  # the link is not there yet: art.v1 is all there is
+    assert Artifact.open(tmp_path / "art").manifest["version"] == "new"
+
+
+@contextmanager
+def lock_held_elsewhere(path):
+    """The lock on path, held by another thread (its own open file, so flock conflicts as across processes) until the block ends."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with exclusive_lock(path, wait_s=1):
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(30)
+    try:
+        yield release
+    finally:
+        release.set()
+        holder.join()
+
+
+def test_a_second_writer_waits_for_the_first(tmp_path):
+    with lock_held_elsewhere(tmp_path / "art") as release:
+        threading.Timer(0.5, release.set).start()
+        assert Artifact.open(write(tmp_path / "art", wait_s=30))
+        assert release.is_set(), "the writer did not wait for the lock's holder"
+
+
+def test_a_second_writer_gives_up_naming_the_lock_and_its_holder(tmp_path):
+    with lock_held_elsewhere(tmp_path / "art"):
+        with pytest.raises(LockTimeout, match=f"{tmp_path / 'art'} is in use by pid {os.getpid()} on host .* \\(lock file {tmp_path / 'art.lock'}\\); gave up after waiting 0.2 s"):
+            write(tmp_path / "art", wait_s=0.2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art.lock"]

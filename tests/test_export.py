@@ -160,15 +160,15 @@ def test_a_changed_weight_file_is_refused(exported, tmp_path):
 def test_killing_export_leaves_no_artifact_that_loads(exported, tmp_path):
     run_dir, _, _ = exported
     target = tmp_path / "art"
-    partial = tmp_path / "art.partial"
     command = [sys.executable, "export.py", f"checkpoint={run_dir}", f"output_dir={target}", "index=flat"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
     deadline = time.monotonic() + 120
-    while not partial.exists() and process.poll() is None and time.monotonic() < deadline:
+    while not (staging := list(tmp_path.glob("art.partial-*"))) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert partial.exists(), "export finished (or never started writing) before it could be killed mid-write"
+    assert staging, "export finished (or never started writing) before it could be killed mid-write"
+    partial = staging[0]
     assert not target.exists()
     with pytest.raises(ArtifactError):
         Retriever.load(target)

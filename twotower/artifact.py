@@ -1,18 +1,35 @@
-"""The artifact directory: file names, atomic writing, and verified reading without unpickling.
+"""The artifact directory: file names, publishing without a moment of absence, and verified reading without unpickling.
 
-An artifact is written into ``<dir>.partial``; ``manifest.json`` (with the sha256 and size of
-every other file) is written last, and only then is the directory renamed to ``<dir>``. A killed
-export therefore leaves at most a ``.partial`` directory, which ``Artifact.open`` refuses.
-Reading checks the format version, each file's size and sha256, and that every name stays
-inside the directory; arrays are read with ``allow_pickle=False``, weights with safetensors.
+Writing (``ArtifactWriter``): an export holds ``<dir>.lock`` (``twotower.file_lock``), writes into its
+own staging directory ``<dir>.partial-<pid>-<random>``, writes ``manifest.json`` (the sha256 and size
+of every other file) last, renames the staging directory to a version ``<dir>.v<N>``, and then
+points ``<dir>``, a symbolic link, at that version. Why a link: Linux cannot rename a directory over
+a non-empty one, so replacing a real directory takes two renames with a moment between them when
+``<dir>`` does not exist (and a kill there leaves no artifact); replacing a link with a new link is
+one atomic ``os.replace``, so ``<dir>`` names a complete artifact at every instant, for readers in
+other processes and after a kill at any step. Readers follow the link (``Artifact.open``,
+``faiss.read_index(f"{dir}/index.faiss")``); copies must follow it too (``cp -rL``, ``tar -h``, ``rsync dir/``).
+
+An export replaces or removes only what it can prove is its own: an artifact directory whose
+manifest carries ``FORMAT`` and lists every file in it, an empty directory, a staging directory
+holding ``STAGING_MARKER``, a link named like ours. Anything else is refused by name (``<dir>``
+itself) or left in place with a warning (a sibling that only looks like ours).
+
+Reading (``Artifact.open``) checks the format version, each file's size and sha256, and that every
+name stays inside the directory; arrays are read with ``allow_pickle=False``, weights with safetensors.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
+import secrets
 import shutil
+import tempfile
 import zipfile
+from contextlib import ExitStack
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
@@ -21,9 +38,18 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from twotower.file_lock import exclusive_lock
+
+log = logging.getLogger(__name__)
+
 FORMAT = "twotower-artifact"
 FORMAT_VERSION = 1
-PARTIAL_SUFFIX = ".partial"
+STAGING_INFIX = ".partial-"  # <dir>.partial-<pid>-<random>: one export's private staging directory
+STAGING_MARKER = ".twotower-staging"  # inside a staging directory: the proof that an export made it
+VERSION_INFIX = ".v"  # <dir>.v<N>: a complete artifact; <dir> is a link to the newest
+LINK_INFIX = ".link-"  # <dir>.link-<pid>-<random>: the new link, before it is renamed over <dir>
+LOCK_WAIT_S = 600.0  # how long a second export into the same directory waits for the first to publish
+UNFINISHED = re.compile(r".*\.partial(-\d+-\w+)?")  # staging names: ours, and <dir>.partial of earlier twotowers
 
 MANIFEST = "manifest.json"
 INDEX = "index.faiss"
@@ -74,25 +100,40 @@ def safe_name(name: str, root: Path) -> Path:
 
 
 class ArtifactWriter:
-    """Writes an artifact into ``<path>.partial`` and renames it to ``path`` on ``commit``.
+    """Writes an artifact into a private staging directory and publishes it at ``path`` on ``commit``.
 
-    Use as a context manager: leaving it with an exception removes the partial directory.
+    Use as a context manager. From entering to leaving it holds ``<path>.lock``: a second writer of
+    the same path waits up to ``wait_s`` seconds, then raises ``LockTimeout`` naming the holder.
+    Leaving without a commit (an exception) removes the staging directory.
+
+    Raises:
+        ArtifactError: at construction and again at commit, when ``path`` is something an export
+            may not replace (see ``refuse_unless_replaceable``).
     """
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.staging = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
-        if self.path.exists() and not (self.path / MANIFEST).exists() and any(self.path.iterdir()):
-            raise ArtifactError(f"output directory {self.path} exists and is not a twotower artifact (no {MANIFEST}); refusing to replace it")
+    def __init__(self, path: str | Path, wait_s: float = LOCK_WAIT_S):
+        # Absolute but not resolved: ``path`` may be our link, which is replaced, not followed.
+        self.path = Path(os.path.abspath(path))
+        self.wait_s = wait_s
+        refuse_unless_replaceable(self.path)  # before an export's work; checked again under the lock in commit
+        self._held = ExitStack()
 
     def __enter__(self) -> "ArtifactWriter":
-        shutil.rmtree(self.staging, ignore_errors=True)  # a killed earlier export
-        self.staging.mkdir(parents=True)
+        self._held.enter_context(exclusive_lock(self.path, self.wait_s))
+        try:
+            self.staging = Path(tempfile.mkdtemp(prefix=f"{self.path.name}{STAGING_INFIX}{os.getpid()}-", dir=self.path.parent))
+            (self.staging / STAGING_MARKER).write_text(f"staging directory of the twotower export with pid {os.getpid()}\n")
+        except BaseException:
+            self._held.close()
+            raise
         return self
 
     def __exit__(self, kind, value, traceback) -> None:
-        if kind is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
+        try:
+            if self.staging.exists():  # not committed
+                shutil.rmtree(self.staging)
+        finally:
+            self._held.close()
 
     def file(self, name: str) -> Path:
         """Where to write ``name`` (parent directories created)."""
@@ -118,9 +159,9 @@ class ArtifactWriter:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(self.file(name)))
 
     def commit(self, manifest: Mapping[str, Any]) -> Path:
-        """Checksum every file, write the manifest last, and make the artifact visible in one rename."""
+        """Checksum every file, write the manifest last, publish the artifact at ``path``, remove leftovers."""
         files = {}
-        for path in sorted(p for p in self.staging.rglob("*") if p.is_file()):
+        for path in sorted(p for p in self.staging.rglob("*") if p.is_file() and p.name != STAGING_MARKER):
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
             files[path.relative_to(self.staging).as_posix()] = {"sha256": sha256_of(path), "bytes": path.stat().st_size}
@@ -130,15 +171,164 @@ class ArtifactWriter:
         self.json(MANIFEST, {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION, "files": files})
         with open(self.staging / MANIFEST, "rb") as f:
             os.fsync(f.fileno())
-        if self.path.exists():
-            # Swap so the target is never a half-written directory: old -> aside, new -> target.
-            aside = self.path.with_name(f"{self.path.name}.old-{os.getpid()}")
-            self.path.rename(aside)
-            self.staging.rename(self.path)
-            shutil.rmtree(aside)
-        else:
-            self.staging.rename(self.path)
+        (self.staging / STAGING_MARKER).unlink()  # the manifest proves the directory ours from here on
+        refuse_unless_replaceable(self.path)  # again, under the lock: the directory may have changed since the export began
+        number = max(versions(self.path), default=0) + 1
+        legacy = self.path.is_dir() and not self.path.is_symlink()
+        version = self._sibling(f"{VERSION_INFIX}{number + 1 if legacy else number}")
+        os.rename(self.staging, version)
+        if legacy:
+            # A real directory (an artifact of a twotower before versions, or an empty folder) cannot
+            # become a link in one rename: it becomes the version before ours first. Until the link
+            # exists, Artifact.open reads the newest version instead.
+            if any(self.path.iterdir()):
+                os.rename(self.path, self._sibling(f"{VERSION_INFIX}{number}"))
+            else:
+                os.rmdir(self.path)
+        link = self._sibling(f"{LINK_INFIX}{os.getpid()}-{secrets.token_hex(4)}")
+        os.symlink(version.name, link)  # relative, so the folder holding the artifact may move as a whole
+        os.replace(link, self.path)  # the one step readers can see: before it the old version, after it the new
+        _fsync_directory(self.path.parent)
+        _remove_leftovers(self.path)
         return self.path
+
+    def _sibling(self, suffix: str) -> Path:
+        return self.path.with_name(self.path.name + suffix)
+
+
+def versions(path: Path) -> dict[int, Path]:
+    """The version directories ``<path>.v<N>`` next to ``path``, by N."""
+    pattern = re.compile(re.escape(path.name) + re.escape(VERSION_INFIX) + r"(\d+)")
+    if not path.parent.is_dir():
+        return {}
+    return {int(match[1]): entry for entry in path.parent.iterdir()
+            if (match := pattern.fullmatch(entry.name)) and entry.is_dir() and not entry.is_symlink()}
+
+
+def refuse_unless_replaceable(path: Path) -> None:
+    """Raises ``ArtifactError`` naming ``path`` and the reason, unless an export may replace it.
+
+    Replaceable: nothing; an empty directory; a link to a version ``<path>.v<N>`` that is ours (see
+    ``not_ours``); a real directory that is ours (an artifact of a twotower before versions).
+    """
+    if path.is_symlink():
+        target = os.readlink(path)
+        if not re.fullmatch(re.escape(path.name) + re.escape(VERSION_INFIX) + r"\d+", target):
+            raise ArtifactError(f"{path} is a symbolic link to {target}, not to a version {path.name}{VERSION_INFIX}<N> that an export "
+                                "made next to it; refusing to replace it (nothing was changed)")
+        reason = not_ours(path.parent / target) if (path.parent / target).is_dir() else None
+    elif not path.exists():
+        return
+    elif not path.is_dir():
+        raise ArtifactError(f"{path} is a file, not a twotower artifact directory; refusing to replace it (nothing was changed)")
+    else:
+        reason = not_ours(path)
+    if reason:
+        raise ArtifactError(f"{path} is not a twotower artifact: {reason}; refusing to replace it (nothing was changed)")
+
+
+def not_ours(directory: Path) -> str | None:
+    """Why an export may not replace or remove ``directory``, or None when it may.
+
+    It may when nothing would be lost: the directory is empty, or it is a twotower artifact (a
+    ``manifest.json`` carrying ``FORMAT``) holding no file its manifest does not list. Listed files
+    may be missing: that is a removal interrupted mid-way, which the next export finishes.
+    """
+    present = _files_under(directory)
+    if not present:
+        return None
+    if MANIFEST not in present:
+        return f"it has no {MANIFEST} (it holds {present[:5]})"
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"its {MANIFEST} is not JSON ({err})"
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    if found != FORMAT:
+        return f"its {MANIFEST} has format {found!r}, a twotower artifact's has {FORMAT!r}"
+    listed = manifest.get("files")
+    foreign = [name for name in present if name != MANIFEST and name not in (listed if isinstance(listed, dict) else {})]
+    if foreign:
+        return f"it holds file(s) its {MANIFEST} does not list: {foreign[:5]}"
+    return None
+
+
+def _files_under(directory: Path) -> list[str]:
+    """Every file and link under ``directory`` (links not followed), as relative posix names."""
+    names = []
+    for root, dirs, files in os.walk(directory):
+        for name in [*files, *(d for d in dirs if os.path.islink(os.path.join(root, d)))]:
+            names.append(Path(root, name).relative_to(directory).as_posix())
+    return sorted(names)
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Removes what interrupted exports into ``path`` left next to it, where it is provably ours.
+
+    Runs under the lock, after publishing: every staging directory then belongs to an export that
+    died (or one whose filesystem ignores flock: hence the check that its pid is gone), every other
+    version is superseded, and every link named like ours was never renamed over ``path``.
+    """
+    name = re.escape(path.name)
+    staging = re.compile(name + re.escape(STAGING_INFIX) + r"(\d+)-\w+")
+    version = re.compile(name + re.escape(VERSION_INFIX) + r"\d+")
+    link = re.compile(name + re.escape(LINK_INFIX) + r"\d+-\w+")
+    current = os.readlink(path)
+    for entry in path.parent.iterdir():
+        if link.fullmatch(entry.name) and entry.is_symlink():
+            entry.unlink()  # removing a link loses nothing
+            continue
+        if not entry.is_dir() or entry.is_symlink():
+            continue
+        if (match := staging.fullmatch(entry.name)) and not _alive(int(match[1])):
+            reason = None if (entry / STAGING_MARKER).is_file() else not_ours(entry)
+        elif version.fullmatch(entry.name) and entry.name != current:
+            reason = not_ours(entry)
+        else:
+            continue
+        try:
+            if reason:
+                raise ArtifactError(reason)
+            _remove(entry)
+        except (OSError, ArtifactError) as err:
+            log.warning("left %s in place (an earlier export's leftover, or something that looks like one): %s", entry, err)
+
+
+def _remove(directory: Path) -> None:
+    """``shutil.rmtree`` that removes the proofs of ownership (manifest, staging marker) last.
+
+    A removal killed mid-way thus leaves a directory that is still provably ours, and the next export finishes it.
+    """
+    proofs = (MANIFEST, STAGING_MARKER)
+    for entry in directory.iterdir():
+        if entry.name in proofs:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    for proof in proofs:
+        (directory / proof).unlink(missing_ok=True)
+    directory.rmdir()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of another user
+        return True
+    return True
+
+
+def _fsync_directory(path: Path) -> None:
+    """Makes the renames in ``path`` survive a power loss (a rename is an update of its directory)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Artifact:
@@ -150,8 +340,16 @@ class Artifact:
     @classmethod
     def open(cls, path: str | Path, verify: bool = True) -> "Artifact":
         path = Path(path)
-        if path.name.endswith(PARTIAL_SUFFIX):
-            raise ArtifactError(f"{path} is an unfinished export (its name ends in {PARTIAL_SUFFIX}); export again")
+        if UNFINISHED.fullmatch(path.name):
+            raise ArtifactError(f"{path} is an unfinished export (a staging directory); export again")
+        if not path.exists() and not path.is_symlink() and versions(path):
+            # Only an export killed while turning an older real directory into a link leaves this.
+            newest = versions(path)[max(versions(path))]
+            log.warning("%s does not exist but %s does (an export into %s was interrupted): reading %s; the next export restores %s",
+                        path, newest.name, path, newest, path)
+            path = newest
+        elif path.is_symlink():
+            path = path.resolve()  # once: an export flipping the link meanwhile cannot make this reader mix two versions
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise ArtifactError(f"{manifest_path} does not exist: {path} is not a complete twotower artifact")

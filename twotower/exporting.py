@@ -100,6 +100,7 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
     """
     cfg = OmegaConf.create(cfg) if not isinstance(cfg, DictConfig) else cfg
     check_config(cfg, ExportConfig)  # before any work: unknown keys, wrongly typed or missing values
+    writer = ArtifactWriter(cfg.output_dir)  # before any work too: refuses an output_dir that is not a twotower artifact
     checkpoint_path = find_checkpoint(cfg.checkpoint)
     model, meta, checkpoint = load_checkpoint(checkpoint_path)
     log.info("exporting %s", checkpoint_path)
@@ -131,7 +132,7 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
 
     seen = CSR.from_pairs(users, items, len(datamodule.user_rows))
     model.cpu()
-    with ArtifactWriter(cfg.output_dir) as out:
+    with writer as out:  # waits for another export into the same output_dir to publish first
         faiss.write_index(index, str(out.file(INDEX)))
         out.json(INDEX_INFOS, infos)
         plot_recall_vs_latency(infos, out.file(INDEX_PLOT))

@@ -1,6 +1,7 @@
 """Experiment tracking: set-up that never blocks a batch job, and what a run records besides metrics."""
 from __future__ import annotations
 
+import csv
 import logging
 import netrc
 import os
@@ -11,8 +12,10 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from lightning_fabric.loggers.logger import rank_zero_experiment
 from matplotlib.figure import Figure
-from pytorch_lightning.loggers import Logger, TensorBoardLogger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,33 @@ def wandb_offline_unless_logged_in() -> None:
     if not logged_in:
         log.warning("no W&B credentials (WANDB_API_KEY or ~/.netrc): logging offline; upload later with `wandb sync`")
         os.environ["WANDB_MODE"] = "offline"
+
+
+class AppendingCSVLogger(CSVLogger):
+    """Lightning's ``CSVLogger``, except that a run resumed into its own directory appends to ``metrics.csv``.
+
+    Lightning's writer deletes the ``metrics.csv`` of its version when it starts. A run directory
+    logs into one version (``conf/logger/csv.yaml``: ``version: ""``), so rerunning the directory to
+    resume erased every row of the epochs before the resume point.
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class _AppendingWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:
+        # Lightning's writer deletes an existing metrics.csv here. Instead its columns become the
+        # writer's known columns: save() then appends rows, and rewrites the earlier rows under a
+        # wider header when the resumed run logs a new column (e.g. test/ metrics).
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = next(csv.reader(file), [])
 
 
 def log_config(loggers: Sequence[Logger], config: Mapping[str, Any]) -> None:

@@ -70,7 +70,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     best_epoch = None
     if best:
         # The closing validation and test figures both describe the selected checkpoint, not the last epoch.
-        best_epoch = torch.load(best, map_location="cpu", mmap=True, weights_only=False)["epoch"] + 1
+        best_epoch = torch.load(best, map_location="cpu", mmap=True, weights_only=True)["epoch"] + 1
         metrics.update(_evaluate(trainer.validate, module, datamodule, best, "val/", logged=False))
     if cfg.test:
         metrics.update(_evaluate(trainer.test, module, datamodule, best or None, "test/", logged=True))
