@@ -63,7 +63,8 @@ def test_nan_in_numeric_feature_stops_before_training(tables, compose_cfg):
     pd.DataFrame({"uid": [1, 2, 3], "age": [20.0, np.nan, 40.0]}).to_parquet(tables / "users.parquet")
     cfg = compose_cfg("data=tables", f"data.source.interactions={tables / 'inter.csv'}", f"data.source.users={tables / 'users.parquet'}",
                       "data.source.user_id=uid", "data.source.item_id=iid",
-                      "data.features.query=[{name: user_id, kind: id}, {name: age, kind: numeric}]", "data.split.test=0.0", "data.split.val=0.4")
+                      "data.features.query=[{name: user_id, kind: id}, {name: age, kind: numeric}]", "data.features.candidate=[{name: item_id, kind: id}]",
+                      "data.split.test=0.0", "data.split.val=0.4")
     dm = instantiate(cfg.data)
     with pytest.raises(ValueError, match=r"users\.parquet: numeric column 'age' has 1 missing/NaN value\(s\), first at row 1 \(set missing: mean"):
         dm.setup()
