@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.tamper import declare_shape, npy_bytes, resign, write_archive
 from twotower.artifact import (
     FORMAT_VERSION, INDEX, ITEM_IDS, ITEM_VECTORS, MANIFEST, REQUIRED, STAGING_MARKER, Artifact, ArtifactError, ArtifactWriter, sha256_of,
 )
@@ -42,6 +43,15 @@ def test_round_trip(tmp_path):
     assert art.manifest["files"][INDEX] == {"sha256": sha256_of(path / INDEX), "bytes": 10}
     # The artifact is a version directory behind a link; nothing else is left next to it but the lock file.
     assert os.readlink(path) == "art.v1" and sorted(p.name for p in tmp_path.iterdir()) == ["art", "art.lock", "art.v1"]
+
+
+def test_the_published_artifact_is_readable_as_a_plain_directory_would_be(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = write(tmp_path / "art", counts={"items": 3})
+    finally:
+        os.umask(umask)
+    assert path.resolve().stat().st_mode & 0o777 == 0o755, "serving processes of other users read the artifact"
 
 
 def tree(path):
@@ -238,3 +248,46 @@ def test_a_second_writer_gives_up_naming_the_lock_and_its_holder(tmp_path):
         with pytest.raises(LockTimeout, match=f"{tmp_path / 'art'} is in use by pid {os.getpid()} on host .* \\(lock file {tmp_path / 'art.lock'}\\); gave up after waiting 0.2 s"):
             write(tmp_path / "art", wait_s=0.2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art.lock"]
+
+
+@pytest.mark.parametrize("manifest, message", [
+    ("[]", "holds a JSON list, not an object"),
+    ("[" * 100_000 + "]" * 100_000, "is not valid JSON"),  # nesting deeper than the parser's recursion
+    ({"files": []}, r"'files' is \[\], expected an object of file name -> \{sha256, bytes\}"),
+    ({"files": {INDEX: "0" * 64}}, r"the record of 'index.faiss' is '0000.*', expected \{\"sha256\": <hex>, \"bytes\": <int>\}"),
+    ({"files": {INDEX: {"sha256": "0" * 64, "bytes": "10"}}}, r"the record of 'index.faiss' is .*'bytes': '10'"),
+])
+def test_a_manifest_of_the_wrong_shape_is_refused_naming_it(tmp_path, manifest, message):
+    path = write(tmp_path / "art")
+    if isinstance(manifest, dict):
+        valid = json.loads((path / MANIFEST).read_text())
+        manifest = json.dumps({**valid, "files": {**valid["files"], **manifest["files"]} if isinstance(manifest["files"], dict) else manifest["files"]})
+    (path / MANIFEST).write_text(manifest)
+    with pytest.raises(ArtifactError, match=f"manifest.json:? {message}"):
+        Artifact.open(path)
+
+
+def test_an_array_declaring_terabytes_is_refused_without_allocating_them(tmp_path):
+    path = write(tmp_path / "art")
+    (path / ITEM_IDS).write_bytes(declare_shape((path / ITEM_IDS).read_bytes(), b"(3,)", b"(1000000000000,)"))  # same size, so verify=False opens it
+    with pytest.raises(ArtifactError, match=r"item_ids.npy is not a plain numpy array: mmap length is greater than file size"):
+        Artifact.open(path, verify=False).array(ITEM_IDS)
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("declares more", r"member 'indices.npy' declares shape \(1000000000000,\) of int64 \(8000000000128 bytes with its header\), but holds 144 bytes"),
+    ("compressed", r"member 'indptr.npy' is compressed \(method 8\); twotower writes arrays uncompressed"),
+    ("objects", r"member 'indices.npy' holds Python objects \(dtype object\); reading it would need pickle"),
+])
+def test_archive_members_are_checked_before_they_are_read(tmp_path, fault, message):
+    path = write(tmp_path / "art")
+    seen, indptr = path / "user_seen.npz", npy_bytes(np.array([0, 2]))
+    if fault == "declares more":
+        write_archive(seen, {"indptr.npy": indptr, "indices.npy": declare_shape(npy_bytes(np.array([4, 5])), b"(2,)", b"(1000000000000,)")})
+    elif fault == "compressed":
+        np.savez_compressed(seen, indptr=np.array([0, 2]), indices=np.array([4, 5]))
+    else:
+        write_archive(seen, {"indptr.npy": indptr, "indices.npy": npy_bytes(np.array([4, None], dtype=object))})
+    resign(path)
+    with pytest.raises(ArtifactError, match=f"user_seen.npz is not an archive of plain numpy arrays: {message}"):
+        Artifact.open(path).arrays("user_seen.npz")

@@ -10,14 +10,16 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from tests.export_fixtures import trained_and_exported
+from tests.export_fixtures import export_config, trained_and_exported
 from twotower import Retriever
-from twotower.artifact import INDEX, MANIFEST, ArtifactError, sha256_of
+from twotower.artifact import INDEX, MANIFEST, MAX_ID_CHARS, ArtifactError, sha256_of
 from twotower.data.tables import ITEM, TIME, USER
-from twotower.exporting import find_checkpoint, load_checkpoint
+from twotower.training import train
+from twotower.exporting import export, find_checkpoint, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -174,3 +176,16 @@ def test_killing_export_leaves_no_artifact_that_loads(exported, tmp_path):
         Retriever.load(target)
     with pytest.raises(ArtifactError):
         Retriever.load(partial)
+
+
+def test_an_id_longer_than_an_artifact_holds_is_refused_before_the_work(compose_cfg, tmp_path):
+    long_id = "i" * (MAX_ID_CHARS + 1)
+    rows = [(f"u{u}", long_id if (u, k) == (0, 0) else f"i{(u * 7 + k) % 40}", k) for u in range(60) for k in range(12)]
+    clicks = tmp_path / "clicks.csv"
+    pd.DataFrame(rows, columns=["uid", "iid", "ts"]).to_csv(clicks, index=False)
+    ids_only = ["data.features.query=[{name: user_id, kind: id}]", "data.features.candidate=[{name: item_id, kind: id}]"]
+    train(compose_cfg("data=tables", f"data.source.interactions={clicks}", "data.batch_size=64", *ids_only, "logger=none",
+                      "trainer.max_epochs=1", "test=false", "+trainer.enable_progress_bar=false"))
+    with pytest.raises(ValueError, match=rf"the items table has an id of {MAX_ID_CHARS + 1} characters \('iiii"):
+        export(export_config(tmp_path, tmp_path / "artifact"))
+    assert not (tmp_path / "artifact").exists()

@@ -1,7 +1,9 @@
 """An artifact from an untrusted source: loading refuses with a clear error and executes no code.
 
 The attacker here controls every byte of the directory, manifest included, so checksums are
-recomputed after each change: what stops each attack is the reader, not the checksum.
+recomputed after each change (``tests.tamper.resign``): what stops each attack is the reader, not
+the checksum. Every refusal is an ``ArtifactError`` naming the file, raised by ``load``, never a
+library's error, and never one that waits for the first query.
 """
 from __future__ import annotations
 
@@ -15,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
-from tests.export_fixtures import trained_and_exported
+from tests.tamper import declare_shape, edit_json, edit_npz, npy_bytes, private_copy, redigest, resign, write_archive
 from twotower import Retriever
-from twotower.artifact import MANIFEST, USER_FEATURES, ArtifactError, sha256_of
+from twotower.artifact import MANIFEST, USER_FEATURES, ArtifactError
 
 PACKAGE = Path(__file__).resolve().parents[1] / "twotower"
 
@@ -36,26 +39,14 @@ class WritesMarker:
 @pytest.fixture
 def artifact(tmp_path_factory, tmp_path):
     """A private copy of the session's exported artifact, free to tamper with."""
-    source = trained_and_exported(tmp_path_factory.getbasetemp() / "export-shared")[1]
-    copy = tmp_path / "artifact"
-    shutil.copytree(source, copy)
-    return copy
-
-
-def resign(artifact: Path) -> None:
-    """What an attacker does after tampering: make every checksum and size in the manifest match again."""
-    manifest = json.loads((artifact / MANIFEST).read_text())
-    for name in manifest["files"]:
-        path = artifact / name
-        manifest["files"][name] = {"sha256": sha256_of(path), "bytes": path.stat().st_size}
-    (artifact / MANIFEST).write_text(json.dumps(manifest))
+    return private_copy(tmp_path_factory, tmp_path)
 
 
 def test_pickled_arrays_are_never_unpickled(artifact, tmp_path):
     marker = tmp_path / "code-ran"
     np.savez(artifact / USER_FEATURES, age=np.array([WritesMarker(marker)], dtype=object))
     resign(artifact)
-    with pytest.raises(ArtifactError, match=r"user_features\.npz is not an archive of plain numpy arrays: .*allow_pickle=False"):
+    with pytest.raises(ArtifactError, match=r"user_features\.npz is not an archive of plain numpy arrays: .*pickle"):
         Retriever.load(artifact)
     assert not marker.exists()
 
@@ -111,7 +102,156 @@ def test_a_symlink_out_of_the_artifact_is_refused(artifact, tmp_path, target):
         Retriever.load(artifact)
 
 
-SERVING_MODULES = ("artifact.py", "retriever.py", "index.py", "rerank.py")
+def rewrite_npy(path: Path, change) -> None:
+    array = np.load(path, allow_pickle=False)
+    np.save(path, change(array), allow_pickle=False)
+
+
+def test_nan_item_vectors_are_refused(artifact):
+    def poison(vectors):
+        vectors = vectors.copy()
+        vectors[5, 0] = np.nan
+        return vectors
+
+    rewrite_npy(artifact / "item_vectors.npy", poison)
+    resign(artifact)
+    with pytest.raises(ArtifactError, match=r"item_vectors\.npy: row 5 holds NaN or infinite values"):
+        Retriever.load(artifact)
+
+
+def test_item_vectors_that_are_not_the_indexs_are_refused(artifact):
+    rewrite_npy(artifact / "item_vectors.npy", lambda vectors: vectors[[1, 0, *range(2, len(vectors))]])  # two rows swapped
+    resign(artifact)
+    with pytest.raises(ArtifactError, match=r"item_vectors\.npy: row 0 differs from vector 0 of index\.faiss .*: the files are not of one export"):
+        Retriever.load(artifact)
+
+
+def test_counts_that_are_not_the_indexs_are_refused(artifact):
+    edit_json(artifact / MANIFEST, lambda m: m["counts"].update(indexed=201))
+    resign(artifact)
+    with pytest.raises(ArtifactError, match=r"manifest\.json: counts\.indexed 201, but index\.faiss holds vectors: 200"):
+        Retriever.load(artifact)
+
+
+@pytest.mark.parametrize("fault", ["an index out of range", "falling offsets", "an interaction fewer than counted"])
+def test_a_malformed_seen_table_is_refused(artifact, fault):
+    with np.load(artifact / "user_seen.npz") as seen:
+        indptr, indices = seen["indptr"].copy(), seen["indices"].copy()
+    if fault == "an index out of range":
+        indices[7] = 200  # once: silently excluded nothing
+        message = r"user_seen\.npz: indices holds values 0 to 200, outside 0\.\.199"
+    elif fault == "falling offsets":
+        indptr[3], indptr[4] = indptr[4], indptr[3]  # once: a user's seen items were an empty or reversed slice
+        message = r"user_seen\.npz: indptr runs from 0 to 6000 and must rise from 0 to the 6000 indices, never falling"
+    else:
+        indptr[-1], indices = indptr[-1] - 1, indices[:-1]
+        message = r"user_seen\.npz: holds interactions: 5999, but manifest\.json counts\.interactions 6000"
+    edit_npz(artifact / "user_seen.npz", indptr=indptr, indices=indices)
+    resign(artifact)
+    with pytest.raises(ArtifactError, match=message):
+        Retriever.load(artifact)
+
+
+def test_a_query_tower_other_than_the_exported_one_is_refused(artifact):
+    """Same config and vocabulary, other weights (as a copy of another run's query_tower/ would have), the files re-signed."""
+    weights = load_file(artifact / "query_tower" / "model.safetensors")
+    save_file({k: v + 0.01 for k, v in weights.items()}, artifact / "query_tower" / "model.safetensors")
+    resign(artifact)
+    with pytest.raises(ArtifactError, match=r"query_tower: config\.json, vocab\.json and model\.safetensors have digest [0-9a-f]{64}, "
+                                            r"manifest\.json records [0-9a-f]{64} for query_tower \(a tower of another model"):
+        Retriever.load(artifact)
+
+
+def test_a_changed_vocabulary_is_refused(artifact):
+    edit_json(artifact / "query_tower" / "vocab.json", lambda v: v["features"]["age"].update(mean=1e6))  # every raw row's age would shift
+    resign(artifact)
+    with pytest.raises(ArtifactError, match=r"query_tower: config\.json, vocab\.json and model\.safetensors have digest"):
+        Retriever.load(artifact)
+
+
+@pytest.mark.parametrize("fault", ["a repeated id", "an id the vocabulary does not know", "ids 1,000 characters wide"])
+def test_item_ids_that_do_not_name_the_index_rows_are_refused(artifact, fault):
+    ids = np.load(artifact / "item_ids.npy").tolist()
+    if fault == "a repeated id":
+        ids[1] = ids[0]
+        message = r"item_ids\.npy repeats id\(s\) \['0'\]"
+    elif fault == "an id the vocabulary does not know":
+        ids[ids.index("5")] = "zzz"
+        message = r"item_ids\.npy lacks id\(s\) \['5'\] that candidate_tower/vocab\.json holds \(1 in all\)"
+    else:
+        ids[0] = "0" + " " * 999
+        message = r"item_ids\.npy holds ids up to 1000 characters wide; ids have at most 256"
+    np.save(artifact / "item_ids.npy", np.asarray(ids, dtype=str))
+    resign(artifact)
+    with pytest.raises(ArtifactError, match=message):
+        Retriever.load(artifact)
+
+
+def test_a_tower_that_builds_but_cannot_encode_is_refused_at_load_not_at_query_time(artifact):
+    """An attacker who also records the new digest: what stops the change is that load runs the towers once."""
+    edit_json(artifact / "query_tower" / "config.json", lambda c: c.update(dropout=float("nan")))
+    redigest(artifact)
+    resign(artifact)
+    with pytest.raises(ArtifactError, match=r"query_tower/config\.json: the tower cannot encode its inputs: RuntimeError\('dropout probability"):
+        Retriever.load(artifact)  # once: loaded, and every query raised
+
+
+def test_stored_features_outside_the_towers_tables_are_refused_at_load_not_at_query_time(artifact):
+    with np.load(artifact / USER_FEATURES) as features:
+        history = features["history"].copy()
+    history[0, 0] = 10**6  # once: an IndexError from the embedding at the first query for user 0
+    edit_npz(artifact / USER_FEATURES, history=history)
+    resign(artifact)
+    with pytest.raises(ArtifactError, match=r"user_features\.npz: array 'history' holds values 0 to 1000000, outside 0\.\.200"):
+        Retriever.load(artifact)
+
+
+@pytest.mark.parametrize("file, content, message", [
+    ("manifest.json", "[]", r"manifest\.json holds a JSON list, not an object"),
+    ("index_infos.json", "[]", r"index_infos\.json holds a JSON list, not an object"),
+    ("index_infos.json", '{"key": "Flat", "search_params": {"efSearch": 1e9}}', r"index_infos\.json: search parameter efSearch=1000000000\.0; known:"),
+    ("index_infos.json", '{"key": "Flat", "search_params": {"nprobe": 4}}', r"index_infos\.json: search_params \{'nprobe': 4\} do not apply to index\.faiss"),
+    ("query_tower/vocab.json", '{"features": {}}', r"query_tower/vocab\.json is \{'features': \{\}\}, expected an object with 'features'"),
+    ("candidate_tower/vocab.json", "[" * 100_000 + "]" * 100_000, r"candidate_tower/vocab\.json is not valid JSON"),
+    ("query_tower/config.json", "[1]", r"query_tower/config\.json is not a tower config"),
+])
+def test_malformed_json_is_refused_naming_the_file(artifact, file, content, message):
+    (artifact / file).write_text(content)
+    if file != MANIFEST:
+        resign(artifact)
+    with pytest.raises(ArtifactError, match=message):
+        Retriever.load(artifact)
+
+
+def test_a_json_manifest_of_the_wrong_shape_is_refused(artifact):
+    edit_json(artifact / MANIFEST, lambda m: m.pop("towers"))
+    resign(artifact)
+    with pytest.raises(ArtifactError, match=r"manifest\.json: towers is None, expected the digest of 'query_tower' and 'candidate_tower'"):
+        Retriever.load(artifact)
+    edit_json(artifact / MANIFEST, lambda m: m["files"].update({"index.faiss": "sha256"}))
+    with pytest.raises(ArtifactError, match=r"manifest\.json: the record of 'index\.faiss' is 'sha256', expected"):
+        Retriever.load(artifact)
+
+
+def test_arrays_declaring_more_than_their_file_holds_are_refused_without_allocating(artifact):
+    """A header declaring 10**12 elements: numpy would allocate terabytes before noticing the file is short."""
+    path = artifact / "item_ids.npy"
+    path.write_bytes(declare_shape(path.read_bytes(), b"(200,)", b"(1000000000000,)"))
+    resign(artifact)
+    with pytest.raises(ArtifactError, match=r"item_ids\.npy is not a plain numpy array: mmap length is greater than file size"):
+        Retriever.load(artifact)
+
+
+def test_archive_members_declaring_more_than_they_hold_are_refused_without_allocating(artifact):
+    with np.load(artifact / "user_seen.npz") as seen:
+        indptr, indices = npy_bytes(seen["indptr"]), npy_bytes(seen["indices"])
+    write_archive(artifact / "user_seen.npz", {"indptr.npy": indptr, "indices.npy": declare_shape(indices, b"(6000,)", b"(1000000000000,)")})
+    resign(artifact)
+    with pytest.raises(ArtifactError, match=r"user_seen\.npz is not an archive of plain numpy arrays: member 'indices\.npy' declares shape \(1000000000000,\)"):
+        Retriever.load(artifact)
+
+
+SERVING_MODULES = ("artifact.py", "artifact_checks.py", "retriever.py", "retriever_arguments.py", "index.py", "rerank.py")
 
 
 def calls(path: Path) -> list[tuple[str, ast.Call]]:

@@ -15,14 +15,19 @@ manifest carries ``FORMAT`` and lists every file in it, an empty directory, a st
 holding ``STAGING_MARKER``, a link named like ours. Anything else is refused by name (``<dir>``
 itself) or left in place with a warning (a sibling that only looks like ours).
 
-Reading (``Artifact.open``) checks the format version, each file's size and sha256, and that every
-name stays inside the directory; arrays are read with ``allow_pickle=False``, weights with safetensors.
+Reading (``Artifact.open``) checks the manifest's shape, the format version, each file's size and
+sha256, and that every name stays inside the directory; arrays are read with ``allow_pickle=False``,
+weights with safetensors. The readers bound what a file can make them allocate by the file's own size
+(a crafted header may declare terabytes), and turn whatever goes wrong reading a file into an
+``ArtifactError`` naming it. What the files mean together (shapes, ranges, the index against the
+vectors) is checked by ``twotower.artifact_checks`` when a ``Retriever`` loads them.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -43,7 +48,7 @@ from twotower.file_lock import exclusive_lock
 log = logging.getLogger(__name__)
 
 FORMAT = "twotower-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest records each tower's digest ("towers"), which load checks
 STAGING_INFIX = ".partial-"  # <dir>.partial-<pid>-<random>: one export's private staging directory
 STAGING_MARKER = ".twotower-staging"  # inside a staging directory: the proof that an export made it
 VERSION_INFIX = ".v"  # <dir>.v<N>: a complete artifact; <dir> is a link to the newest
@@ -56,6 +61,9 @@ INDEX = "index.faiss"
 INDEX_INFOS = "index_infos.json"
 INDEX_PLOT = "index_recall_latency.png"  # recall@10 vs single-query latency of the exported index setting
 ITEM_IDS = "item_ids.npy"  # (n_items,) unicode, row r of the index is item ITEM_IDS[r]
+#: Ids (items and users, in the artifact and in ``Retriever.add_items``) have at most this many characters:
+#: the id arrays on disk are fixed-width, so one long id would widen every entry to its length.
+MAX_ID_CHARS = 256
 ITEM_VECTORS = "item_vectors.npy"  # (n_items, dim) float32, exact vectors for re-scoring and similar items
 ITEMS = "items.parquet"  # the items table as given (titles, genres... for display)
 USER_IDS = "user_ids.npy"  # (n_users,) unicode
@@ -122,6 +130,11 @@ class ArtifactWriter:
         self._held.enter_context(exclusive_lock(self.path, self.wait_s))
         try:
             self.staging = Path(tempfile.mkdtemp(prefix=f"{self.path.name}{STAGING_INFIX}{os.getpid()}-", dir=self.path.parent))
+            # mkdtemp makes it private (0700); the published artifact is read by serving processes of
+            # other users, as a plain mkdir's directory would be.
+            umask = os.umask(0)
+            os.umask(umask)
+            self.staging.chmod(0o777 & ~umask)
             (self.staging / STAGING_MARKER).write_text(f"staging directory of the twotower export with pid {os.getpid()}\n")
         except BaseException:
             self._held.close()
@@ -353,20 +366,23 @@ class Artifact:
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise ArtifactError(f"{manifest_path} does not exist: {path} is not a complete twotower artifact")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ArtifactError(f"{manifest_path} is not valid JSON: {err}") from None
+        manifest = _parse_json(manifest_path)
+        if not isinstance(manifest, dict):
+            raise ArtifactError(f"{manifest_path} holds a JSON {type(manifest).__name__}, not an object")
         if manifest.get("format") != FORMAT:
             raise ArtifactError(f"{manifest_path}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
         if manifest.get("format_version") != FORMAT_VERSION:
             raise ArtifactError(f"{manifest_path}: format_version is {manifest.get('format_version')!r}, this twotower reads {FORMAT_VERSION}")
-        files = manifest.get("files") or {}
+        files = manifest.get("files")
+        if not isinstance(files, dict):
+            raise ArtifactError(f"{manifest_path}: 'files' is {_short(files)}, expected an object of file name -> {{sha256, bytes}}")
         missing = [name for name in REQUIRED if name not in files]
         if missing:
             raise ArtifactError(f"{manifest_path} lists no {missing}")
         for name, record in files.items():
             file = safe_name(name, path)
+            if not (isinstance(record, dict) and isinstance(record.get("sha256"), str) and type(record.get("bytes")) is int):
+                raise ArtifactError(f"{manifest_path}: the record of {name!r} is {_short(record)}, expected {{\"sha256\": <hex>, \"bytes\": <int>}}")
             if not file.is_file():
                 raise ArtifactError(f"{file} is listed in {MANIFEST} but does not exist")
             size = file.stat().st_size
@@ -387,29 +403,73 @@ class Artifact:
         return name in self.manifest["files"]
 
     def json(self, name: str) -> Any:
-        try:
-            return json.loads(self.file(name).read_text())
-        except json.JSONDecodeError as err:
-            raise ArtifactError(f"{self.file(name)} is not valid JSON: {err}") from None
+        return _parse_json(self.file(name))
 
     def array(self, name: str, mmap: bool = False) -> np.ndarray:
+        """The array in ``name``; memory-mapped with ``mmap``, else read into memory.
+
+        Always opened as a memory map first: numpy then checks the shape the header declares
+        against the file's size, where reading it straight in would first allocate that shape.
+        """
+        file = self.file(name)
         try:
-            return np.load(self.file(name), mmap_mode="r" if mmap else None, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as err:  # object arrays (pickle) are refused here, never loaded
-            raise ArtifactError(f"{self.file(name)} is not a plain numpy array: {err}") from None
+            array = np.load(file, mmap_mode="r", allow_pickle=False)
+            return array if mmap else np.array(array)
+        except Exception as err:  # noqa: BLE001 - any failure to parse untrusted bytes is the file's fault; object arrays (pickle) land here too
+            raise ArtifactError(f"{file} is not a plain numpy array: {err}") from None
 
     def arrays(self, name: str) -> dict[str, np.ndarray]:
+        """The arrays of an ``.npz`` archive, each member's declared shape checked against its size before it is read."""
+        file = self.file(name)
         try:
-            with np.load(self.file(name), allow_pickle=False) as data:
+            with zipfile.ZipFile(file) as archive:
+                for member in archive.infolist():
+                    _check_member(archive, member)
+            with np.load(file, allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-            raise ArtifactError(f"{self.file(name)} is not an archive of plain numpy arrays: {err}") from None
+        except Exception as err:  # noqa: BLE001 - as in ``array``; our own refusals of a member land here too
+            raise ArtifactError(f"{file} is not an archive of plain numpy arrays: {err}") from None
 
     def tensors(self, name: str) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(self.file(name)))
-        except SafetensorError as err:
+        except (SafetensorError, OSError, ValueError) as err:
             raise ArtifactError(f"{self.file(name)} is not a safetensors file: {err}") from None
+
+
+def _parse_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as err:  # ValueError: JSONDecodeError and UnicodeDecodeError; RecursionError: "[[[[..." deep nesting
+        raise ArtifactError(f"{path} is not valid JSON: {err}") from None
+
+
+def _check_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> None:
+    """Raises ``ArtifactError`` unless ``member`` is a stored ``.npy`` whose header's shape x itemsize fills it exactly.
+
+    ``np.load`` reads an archive member by allocating the declared shape first; stored (not
+    deflated) members cannot declare more bytes than the archive file holds.
+    """
+    if not member.filename.endswith(".npy"):
+        raise ArtifactError(f"member {member.filename!r} is not a .npy array")
+    if member.compress_type != zipfile.ZIP_STORED:
+        raise ArtifactError(f"member {member.filename!r} is compressed (method {member.compress_type}); twotower writes arrays uncompressed")
+    with archive.open(member) as stream:
+        version = np.lib.format.read_magic(stream)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            raise ArtifactError(f"member {member.filename!r} has .npy format version {version}, twotower writes 1.0 or 2.0")
+        shape, _, dtype = read_header(stream)
+        declared = stream.tell() + math.prod(shape) * dtype.itemsize
+    if dtype.hasobject:
+        raise ArtifactError(f"member {member.filename!r} holds Python objects (dtype {dtype}); reading it would need pickle")
+    if declared != member.file_size:
+        raise ArtifactError(f"member {member.filename!r} declares shape {shape} of {dtype} ({declared} bytes with its header), but holds {member.file_size} bytes")
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _plain(value: Any) -> Any:

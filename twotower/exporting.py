@@ -18,8 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 import twotower
 from twotower.artifact import (
     CANDIDATE_TOWER, INDEX, INDEX_INFOS, INDEX_PLOT, ITEM_EVENTS, ITEM_IDS, ITEM_VECTORS, ITEMS, QUERY_TORCHSCRIPT, QUERY_TOWER,
-    TOWER_CONFIG, TOWER_VOCAB, TOWER_WEIGHTS, USER_FEATURES, USER_IDS, USER_SEEN, ArtifactWriter,
+    TOWER_CONFIG, TOWER_VOCAB, TOWER_WEIGHTS, USER_FEATURES, USER_IDS, USER_SEEN, MAX_ID_CHARS, ArtifactWriter,
 )
+from twotower.artifact_checks import tower_digest
 from twotower.config_check import ExportConfig, check_config
 from twotower.data.datamodule import TwoTowerDataModule
 from twotower.data.store import CSR, Features
@@ -112,6 +113,10 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
     datamodule.setup("fit")
     if datamodule.preprocessor.to_json() != meta["preprocessor"]:
         raise ValueError(f"the data of {checkpoint_path}'s run config no longer gives the vocabularies it was trained with: the tables changed since training")
+    for table, ids in (("users", datamodule.user_rows), ("items", datamodule.item_rows)):
+        longest = max(ids.astype(str), key=len, default="")
+        if len(longest) > MAX_ID_CHARS:  # Retriever.load refuses wider ids: refuse before the work, not after
+            raise ValueError(f"the {table} table has an id of {len(longest)} characters ({longest[:40]!r}...); an artifact's ids have at most {MAX_ID_CHARS}")
     device = resolve_device(cfg.device)
     model.to(device)
     interactions = datamodule.tables.interactions
@@ -143,11 +148,13 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
         out.arrays(USER_SEEN, {"indptr": seen.indptr.numpy(), "indices": seen.indices.numpy()})
         out.arrays(ITEM_EVENTS, {"items": items.numpy(), "times": times})
         _write_items_table(datamodule.tables.items, out.file(ITEMS))
-        preprocessor = meta["preprocessor"]
+        preprocessor, digests = meta["preprocessor"], {}
         for name, tower, side, ids in ((QUERY_TOWER, model.query_tower, "query", "user_ids"), (CANDIDATE_TOWER, model.candidate_tower, "candidate", "item_ids")):
+            vocab = {"features": preprocessor[side], "ids": preprocessor[ids]}
             out.json(f"{name}/{TOWER_CONFIG}", tower.config)
             out.tensors(f"{name}/{TOWER_WEIGHTS}", tower.state_dict())
-            out.json(f"{name}/{TOWER_VOCAB}", {"features": preprocessor[side], "ids": preprocessor[ids]})
+            out.json(f"{name}/{TOWER_VOCAB}", vocab)
+            digests[name] = tower_digest(tower.config, vocab, tower.state_dict())  # load refuses a tower whose files give another
         if cfg.torchscript:
             example = {k: v[:2] for k, v in user_features.items()}
             _torchscript(model.query_tower, example).save(str(out.file(QUERY_TORCHSCRIPT)))
@@ -160,6 +167,7 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
             "normalized": bool(model.query_tower.normalize and model.candidate_tower.normalize),
             "counts": {"items": len(datamodule.item_rows), "users": len(datamodule.user_rows), "interactions": len(interactions), "indexed": int(index.ntotal)},
             "index": {"key": infos["key"], "search_params": infos["search_params"], "recall@10": infos.get("recall@10")},
+            "towers": digests,
             "checkpoint": str(checkpoint_path),
             "training": _training_metrics(checkpoint, checkpoint_path),
             "config": {"run": meta["run_config"], "export": OmegaConf.to_container(cfg, resolve=True)},

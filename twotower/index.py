@@ -1,4 +1,5 @@
-"""FAISS inner-product indexes: build from a factory key, tune the search knob, measure against exact search.
+"""FAISS inner-product indexes: build from a factory key, tune the search knob, measure against exact search,
+and read one back from a file that may be corrupt or crafted (``read_index_file``).
 
 The towers output unit vectors trained with dot-product logits, so every index here uses
 ``METRIC_INNER_PRODUCT`` (an L2 index ranks the same only when every vector has the same norm,
@@ -8,6 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -251,3 +255,182 @@ def build_and_measure(vectors: np.ndarray, queries: np.ndarray, spec: IndexSpec)
         **measure(index, vectors, eval_queries),
     }
     return index, infos
+
+
+# ---------------------------------------------------------------------- reading an index from an untrusted file
+#: A child process reading an index that is not flat may use twice the file's size plus this much memory.
+READ_SLACK_BYTES = 1 << 30
+FLAT_FOURCCS = (b"IxFI", b"IxF2", b"IxFl")  # IndexFlatIP, IndexFlatL2, IndexFlat
+# What faiss' read_index_header reads after the fourcc: d, ntotal, two unused int64, is_trained, metric_type.
+_FLAT_HEADER = struct.Struct("<4siqqq?i")
+
+# The child: limits its own address space, then lets faiss read the file (a crafted length fails in
+# faiss' allocation, a crafted structure crashes the child, and neither reaches the caller).
+_READ_IN_CHILD = """
+import resource, sys
+import faiss
+path, budget = sys.argv[1], int(sys.argv[2])
+with open("/proc/self/statm") as statm:
+    in_use = int(statm.read().split()[0]) * resource.getpagesize()
+_, hard = resource.getrlimit(resource.RLIMIT_AS)
+limit = in_use + budget if hard == resource.RLIM_INFINITY else min(in_use + budget, hard)
+resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+faiss.read_index(path)
+"""
+
+
+def read_index_file(path: Path) -> faiss.Index:
+    """``faiss.read_index`` for a file that may be corrupt or crafted: no allocation beyond what the file can hold.
+
+    faiss allocates each array its file declares before reading it, so a crafted length makes it
+    try a 64 GB allocation (or crash). A flat index has a fixed layout, checked here byte for byte
+    first (the common case, and free); any other kind is first read by a child process
+    (``sys.executable``, about 0.3 s) limited to twice the file's size plus ``READ_SLACK_BYTES`` of
+    memory (Linux), where a bad file fails or crashes without harming this process. Then
+    ``check_structure`` checks what faiss does not.
+
+    Raises:
+        ValueError: naming ``path`` and what is wrong with it.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        head = file.read(_FLAT_HEADER.size + 4 + 8)
+    if head[:4] in FLAT_FOURCCS:
+        _check_flat_layout(path, head, size)
+    else:
+        _read_in_child(path, size)
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as err:
+        raise ValueError(f"{path}: faiss cannot read it: {str(err).strip().splitlines()[-1]}") from None
+    check_structure(index, path)
+    return index
+
+
+def _check_flat_layout(path: Path, head: bytes, size: int) -> None:
+    """A flat index file is its header, the count of floats, and exactly ntotal x d floats."""
+    if len(head) < _FLAT_HEADER.size:
+        raise ValueError(f"{path} has {size} bytes, fewer than a flat index header ({_FLAT_HEADER.size})")
+    _, d, ntotal, _, _, _, metric = _FLAT_HEADER.unpack_from(head)
+    at = _FLAT_HEADER.size + (4 if metric > 1 else 0)  # faiss writes a metric argument after the types that take one
+    if len(head) < at + 8:
+        raise ValueError(f"{path} has {size} bytes, fewer than a flat index header and its vector count ({at + 8})")
+    (floats,) = struct.unpack_from("<Q", head, at)
+    if d <= 0 or ntotal < 0:
+        raise ValueError(f"{path}: flat index header declares dim {d} and {ntotal} vectors")
+    expected = at + 8 + 4 * d * ntotal
+    if floats != d * ntotal or size != expected:
+        raise ValueError(f"{path}: flat index header declares {ntotal} vectors of dim {d} and {floats} floats "
+                         f"({expected} bytes in all), but the file has {size} bytes")
+
+
+def _read_in_child(path: Path, size: int) -> None:
+    budget = 2 * size + READ_SLACK_BYTES
+    done = subprocess.run([sys.executable, "-c", _READ_IN_CHILD, str(path), str(budget)], capture_output=True)
+    if done.returncode < 0:
+        raise ValueError(f"{path}: faiss crashed reading it (signal {-done.returncode}) in a child process")
+    if done.returncode:
+        last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
+        raise ValueError(f"{path}: faiss cannot read it within {budget} bytes of memory ({size} in the file): {last}")
+
+
+def check_structure(index: faiss.Index, where: Path | str) -> None:
+    """Raises ValueError naming ``where`` where an index is inconsistent in ways faiss does not check on reading
+    but trusts on search: graph links or list ids outside the index, parts of another size or dim, a codebook of the wrong size.
+
+    Covers the parts twotower's index configs build (flat, HNSW, IVF, PQ, refine); other kinds pass unchecked.
+    """
+    index = faiss.downcast_index(index)
+    n, d = index.ntotal, index.d
+    kind = type(index).__name__
+
+    def part(name: str, sub: faiss.Index, rows: int) -> None:
+        sub = faiss.downcast_index(sub)
+        if sub.d != d or sub.ntotal != rows:
+            raise ValueError(f"{where}: {kind}'s {name} has {sub.ntotal} vectors of dim {sub.d}, expected {rows} of dim {d}")
+        check_structure(sub, where)
+
+    if isinstance(index, faiss.IndexHNSW):
+        _check_hnsw(index.hnsw, n, where)
+        part("storage", index.storage, n)
+    if isinstance(index, faiss.IndexIVF):
+        part("coarse quantizer", index.quantizer, index.nlist)
+        _check_lists(index, where)
+    if isinstance(index, faiss.IndexRefine):
+        part("base index", index.base_index, n)
+        part("refine index", index.refine_index, n)
+    pq = getattr(index, "pq", None)
+    if isinstance(pq, faiss.ProductQuantizer):
+        centroids = pq.centroids.size()
+        if pq.d != d or centroids != pq.M * pq.ksub * pq.dsub:
+            raise ValueError(f"{where}: {kind}'s product quantizer has dim {pq.d} and {centroids} centroid floats, "
+                             f"expected dim {d} and M x ksub x dsub = {pq.M * pq.ksub * pq.dsub}")
+
+
+def _check_hnsw(hnsw: Any, n: int, where: Path | str) -> None:
+    levels, offsets = faiss.vector_to_array(hnsw.levels), faiss.vector_to_array(hnsw.offsets)
+    neighbors, per_level = faiss.vector_to_array(hnsw.neighbors), faiss.vector_to_array(hnsw.cum_nneighbor_per_level)
+    if len(levels) != n or len(offsets) != n + 1 or len(per_level) < 2:
+        raise ValueError(f"{where}: HNSW graph has {len(levels)} levels and {len(offsets)} offsets for {n} vectors "
+                         f"({len(per_level)} link counts per level)")
+    if n and (levels.min() < 1 or levels.max() >= len(per_level)):
+        raise ValueError(f"{where}: HNSW graph has node levels from {levels.min()} to {levels.max()}, expected 1 to {len(per_level) - 1}")
+    if offsets[0] != 0 or (n and (np.diff(offsets) != per_level[levels]).any()) or offsets[-1] != len(neighbors):
+        raise ValueError(f"{where}: HNSW graph offsets do not match its levels and its {len(neighbors)} links")
+    if len(neighbors) and (neighbors.min() < -1 or neighbors.max() >= n):
+        raise ValueError(f"{where}: HNSW graph links to nodes {neighbors.min()} to {neighbors.max()}, outside 0..{n - 1}")
+    if n and not (0 <= hnsw.entry_point < n and hnsw.max_level == levels.max() - 1):
+        raise ValueError(f"{where}: HNSW graph enters at node {hnsw.entry_point} on level {hnsw.max_level}, "
+                         f"expected a node in 0..{n - 1} on level {levels.max() - 1}")
+
+
+def _check_lists(index: Any, where: Path | str) -> None:
+    """Every row of the index in exactly one inverted list, and the lists' code size the index's."""
+    lists = index.invlists
+    # Fast-scan lists store codes in blocks and record no per-vector code size (faiss' own check on reading allows that too).
+    if lists is None or lists.nlist != index.nlist or lists.code_size not in (index.code_size, faiss.InvertedLists.INVALID_CODE_SIZE):
+        raise ValueError(f"{where}: {type(index).__name__} has no inverted lists of {index.nlist} lists and code size {index.code_size}")
+    seen = np.zeros(index.ntotal, dtype=np.int64)
+    for list_no in range(index.nlist):
+        size = lists.list_size(list_no)
+        if not size:
+            continue
+        pointer = lists.get_ids(list_no)
+        try:
+            ids = faiss.rev_swig_ptr(pointer, size)
+            if ids.min() < 0 or ids.max() >= index.ntotal:
+                raise ValueError(f"{where}: inverted list {list_no} holds ids {ids.min()} to {ids.max()}, outside 0..{index.ntotal - 1}")
+            np.add.at(seen, ids, 1)
+        finally:
+            lists.release_ids(list_no, pointer)
+    if (seen != 1).any():
+        row = int(np.flatnonzero(seen != 1)[0])
+        raise ValueError(f"{where}: the inverted lists hold row {row} {seen[row]} times (every row belongs in exactly one list)")
+
+
+def factory_key(index: faiss.Index) -> str | None:
+    """The ``faiss.index_factory`` key of an index's structure, for the kinds twotower's index configs build; None for other kinds."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefineFlat):
+        base = factory_key(index.base_index)
+        return f"{base},RFlat" if base else None
+    if isinstance(index, faiss.IndexHNSWFlat):
+        per_level = faiss.vector_to_array(index.hnsw.cum_nneighbor_per_level)
+        return f"HNSW{per_level[2] - per_level[1]},Flat" if len(per_level) > 2 else None
+    if isinstance(index, faiss.IndexIVFFlat):
+        return f"IVF{index.nlist},Flat"
+    if isinstance(index, faiss.IndexIVFPQFastScan):
+        return f"IVF{index.nlist},PQ{index.pq.M}x{index.pq.nbits}fs"
+    if isinstance(index, faiss.IndexFlat):
+        return "Flat"
+    return None
+
+
+def holds_exact_vectors(index: faiss.Index) -> bool:
+    """Whether ``reconstruct_n`` gives back the added vectors exactly (flat storage), not a compressed approximation."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        return holds_exact_vectors(index.refine_index)
+    if isinstance(index, faiss.IndexHNSW):
+        return holds_exact_vectors(index.storage)
+    return isinstance(index, (faiss.IndexFlat, faiss.IndexIVFFlat))

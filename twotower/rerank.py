@@ -35,12 +35,14 @@ class Rerank:
     trade_off: float = 0.7
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"rerank method '{self.method}' is not one of {', '.join(METHODS)}")
-        if not 0.0 <= self.trade_off <= 1.0:
-            raise ValueError(f"rerank trade_off={self.trade_off} must lie in [0, 1]")
-        if self.fetch < 1:
-            raise ValueError(f"rerank fetch={self.fetch} must be positive")
+        if not isinstance(self.method, str) or self.method not in METHODS:
+            raise ValueError(f"rerank method {self.method!r} is not one of {', '.join(METHODS)}")
+        # Types first: a string or bool compares (or fails to) in ways that would surface only mid-query.
+        if isinstance(self.fetch, (bool, np.bool_)) or not isinstance(self.fetch, (int, np.integer)) or self.fetch < 1:
+            raise ValueError(f"rerank fetch={self.fetch!r} must be a positive integer")
+        if isinstance(self.trade_off, (bool, np.bool_)) or not isinstance(self.trade_off, (int, float, np.integer, np.floating)) \
+                or not 0.0 <= self.trade_off <= 1.0:  # NaN fails the range too
+            raise ValueError(f"rerank trade_off={self.trade_off!r} must be a number in [0, 1]")
 
     def select(self, scores: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:
         """Positions of the ``k`` chosen candidates, in order, from exact ``scores`` (N,) and unit ``vectors`` (N, d)."""

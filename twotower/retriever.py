@@ -1,4 +1,8 @@
-"""Serving recommendations from an artifact directory: ``Retriever.load(dir).recommend(users, k)``."""
+"""Serving recommendations from an artifact directory: ``Retriever.load(dir).recommend(users, k)``.
+
+Loading checks everything once (``twotower.artifact`` the files, ``twotower.artifact_checks`` what they
+mean together); every query checks its arguments (``twotower.retriever_arguments``) and nothing else.
+"""
 from __future__ import annotations
 
 import threading
@@ -9,25 +13,32 @@ from typing import Any, Sequence
 import faiss
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 
 from twotower.artifact import (
     CANDIDATE_TOWER, INDEX, INDEX_INFOS, ITEM_EVENTS, ITEM_IDS, ITEM_VECTORS, ITEMS, QUERY_TOWER, TOWER_CONFIG,
     TOWER_VOCAB, TOWER_WEIGHTS, USER_FEATURES, USER_IDS, USER_SEEN, Artifact, ArtifactError,
 )
+from twotower.artifact_checks import (
+    check_index, check_items_table, check_manifest, check_preprocessor_fits_towers, check_tower, check_users, ids_of, parse_vocab,
+)
 from twotower.data.preprocess import FittedFeature, Preprocessor
-from twotower.data.tables import ITEM, USER, id_keys
-from twotower.data.vocab import Vocabulary
-from twotower.index import apply_search_params
+from twotower.data.tables import ITEM, USER
+from twotower.index import apply_search_params, read_index_file
 from twotower.model.towers import Tower
 from twotower.rerank import Rerank
+from twotower.retriever_arguments import (
+    data_frame, flag, id_key, id_list, is_missing, is_sequence, positive_number, require_list, rerank_of, top_k,
+)
 
 
 @dataclass
 class Recommendations:
-    """One row per query: ``item_ids`` (U, k) strings and ``scores`` (U, k) float32, best first.
+    """One row per query: ``item_ids`` (U, k) id strings (an object array) and ``scores`` (U, k) float32, best first.
 
-    A row with fewer than k items left (small catalogue, everything excluded) is padded with ``""`` / ``-inf``.
+    ``k`` is the one asked for, capped at the catalogue size. A row with fewer items left (everything
+    else excluded) is padded with ``""`` / ``-inf``.
     """
 
     item_ids: np.ndarray
@@ -37,7 +48,11 @@ class Recommendations:
 class Retriever:
     """Top-K items for users, visitors' histories and items, from a verified artifact.
 
-    Build with ``Retriever.load(path)``; every method takes a batch (one row per query).
+    Build with ``Retriever.load(path)``; every method takes a batch (one row per query). Arguments
+    are checked before any work: a wrong type raises TypeError, a wrong value ValueError, an unknown
+    user or item id KeyError, each naming the argument. Ids may be strings or numbers (7, 7.0 and "7"
+    are one id), of at most ``twotower.artifact.MAX_ID_CHARS`` characters; ``k`` is a positive int,
+    and asking for more items than the catalogue holds returns all of them.
     """
 
     def __init__(self, artifact: Artifact, index: faiss.Index, query_tower: Tower, candidate_tower: Tower, preprocessor: Preprocessor,
@@ -46,10 +61,11 @@ class Retriever:
                  search_params: dict[str, Any] | None = None):
         self.artifact, self.index = artifact, index
         self.query_tower, self.candidate_tower, self.preprocessor = query_tower.eval(), candidate_tower.eval(), preprocessor
-        self.item_ids, self.item_vectors, self.items = item_ids, item_vectors, items
-        self.user_ids, self.user_features, self.seen = user_ids, user_features, seen
-        self._item_row = {v: i for i, v in enumerate(item_ids.tolist())}
-        self._user_row = {v: i for i, v in enumerate(user_ids.tolist())}
+        # Python strings, not a fixed-width unicode array: one long id added later would widen every entry to its length.
+        self.item_ids, self.item_vectors, self.items = np.asarray(item_ids, dtype=object), item_vectors, items
+        self.user_ids, self.user_features, self.seen = np.asarray(user_ids, dtype=object), user_features, seen
+        self._item_row = {v: i for i, v in enumerate(self.item_ids.tolist())}
+        self._user_row = {v: i for i, v in enumerate(self.user_ids.tolist())}
         self._events = events
         self._add_lock = threading.Lock()
         self._search_params = search_params or {}  # re-applied to the index copies add_items makes
@@ -58,13 +74,23 @@ class Retriever:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: str | Path, verify: bool = True) -> "Retriever":
-        """Open ``path``, check format version, sha256 of every file, and shapes; nothing is unpickled.
+        """Open ``path`` and check it once, so that queries need not: nothing is unpickled, nothing is trusted.
+
+        ``Artifact.open`` checks the format version and each file's size and sha256; then
+        ``twotower.artifact_checks`` checks what the files mean together: the towers' digests against
+        the manifest, the vocabularies against the towers, the index file before faiss reads it and
+        the index against the manifest and the item vectors, every stored array's shape, dtype and range.
 
         Args:
-            verify: hash every file against the manifest (sizes are always checked).
+            verify: hash every file against the manifest (sizes are always checked, and so is the meaning).
+
+        Raises:
+            ArtifactError: naming the file and what is wrong with it.
         """
         artifact = Artifact.open(path, verify=verify)
-        towers, vocabs = {}, {}
+        root, manifest = artifact.path, artifact.manifest
+        check_manifest(root, manifest)
+        towers, configs, fitted = {}, {}, {}
         for name in (QUERY_TOWER, CANDIDATE_TOWER):
             config = artifact.json(f"{name}/{TOWER_CONFIG}")
             try:
@@ -72,42 +98,46 @@ class Retriever:
                 # config that does not match it (say a 10**12-row embedding) is refused, not allocated.
                 with torch.device("meta"):
                     tower = Tower(**config)
-            except (TypeError, ValueError, KeyError) as err:
+            except Exception as err:  # noqa: BLE001 - an untrusted config: whatever building from it raises is the file's fault
                 raise ArtifactError(f"{artifact.file(f'{name}/{TOWER_CONFIG}')} is not a tower config: {err!r}") from None
             weights = artifact.tensors(f"{name}/{TOWER_WEIGHTS}")
             try:
                 tower.load_state_dict(weights, assign=True)
             except RuntimeError as err:
                 raise ArtifactError(f"{artifact.file(f'{name}/{TOWER_WEIGHTS}')} does not fit {name}/{TOWER_CONFIG}: {err}") from None
-            towers[name], vocabs[name] = tower, artifact.json(f"{name}/{TOWER_VOCAB}")
-        preprocessor = Preprocessor(
-            {n: FittedFeature.from_json(f) for n, f in vocabs[QUERY_TOWER]["features"].items()},
-            {n: FittedFeature.from_json(f) for n, f in vocabs[CANDIDATE_TOWER]["features"].items()},
-            Vocabulary.from_json(vocabs[QUERY_TOWER]["ids"]),
-            Vocabulary.from_json(vocabs[CANDIDATE_TOWER]["ids"]),
-        )
-        index = faiss.read_index(str(artifact.file(INDEX)))
-        search_params = artifact.json(INDEX_INFOS).get("search_params", {})
-        apply_search_params(index, search_params)
-        item_ids, item_vectors = artifact.array(ITEM_IDS), artifact.array(ITEM_VECTORS, mmap=True)
-        user_ids, user_features = artifact.array(USER_IDS), artifact.arrays(USER_FEATURES)
-        items = pd.read_parquet(artifact.file(ITEMS)) if artifact.has(ITEMS) else None
-        seen, events = artifact.arrays(USER_SEEN), artifact.arrays(ITEM_EVENTS)
-
-        dim = artifact.manifest["dim"]
-        _expect(f"{QUERY_TOWER}/{TOWER_CONFIG}", "the query tower outputs dim", towers[QUERY_TOWER].output_dim, f"{INDEX} has dim", index.d)
-        _expect(f"{CANDIDATE_TOWER}/{TOWER_CONFIG}", "the candidate tower outputs dim", towers[CANDIDATE_TOWER].output_dim, f"{INDEX} has dim", index.d)
-        _expect("manifest.json", "dim", dim, f"{INDEX} has dim", index.d)
-        _expect(ITEM_IDS, "holds item ids:", len(item_ids), f"{INDEX} holds vectors:", index.ntotal)
-        _expect(ITEM_VECTORS, "has shape", tuple(item_vectors.shape), f"{ITEM_IDS} x dim gives", (len(item_ids), index.d))
-        for name, array in user_features.items():
-            _expect(USER_FEATURES, f"array '{name}' has rows", array.shape[0], f"{USER_IDS} has users", len(user_ids))
-        _expect(USER_SEEN, "indptr has length", len(seen["indptr"]), f"{USER_IDS} has users + 1 =", len(user_ids) + 1)
-        missing = sorted(set(preprocessor.query) - set(user_features))
-        if missing:
-            raise ArtifactError(f"{artifact.file(USER_FEATURES)} lacks query feature(s) {missing} (has {sorted(user_features)})")
-        return cls(artifact, index, towers[QUERY_TOWER], towers[CANDIDATE_TOWER], preprocessor, item_ids, item_vectors, items,
-                   user_ids, user_features, seen, events, search_params)
+            vocab = artifact.json(f"{name}/{TOWER_VOCAB}")
+            fitted[name] = parse_vocab(root, name, vocab)
+            check_tower(root, manifest, name, tower, config, vocab, weights)
+            towers[name], configs[name] = tower, config
+        preprocessor = Preprocessor(fitted[QUERY_TOWER][0], fitted[CANDIDATE_TOWER][0], fitted[QUERY_TOWER][1], fitted[CANDIDATE_TOWER][1])
+        check_preprocessor_fits_towers(root, preprocessor, configs)
+        try:
+            index = read_index_file(artifact.file(INDEX))
+        except ValueError as err:
+            raise ArtifactError(str(err)) from None
+        item_ids = ids_of(root, ITEM_IDS, artifact.array(ITEM_IDS, mmap=True), preprocessor.item_ids, f"{CANDIDATE_TOWER}/{TOWER_VOCAB}")
+        item_vectors = artifact.array(ITEM_VECTORS, mmap=True)
+        search_params = check_index(root, manifest, artifact.json(INDEX_INFOS), index, {n: t.output_dim for n, t in towers.items()}, item_ids, item_vectors)
+        try:
+            apply_search_params(index, search_params)
+        except RuntimeError as err:  # a parameter this kind of index does not have
+            raise ArtifactError(f"{artifact.file(INDEX_INFOS)}: search_params {search_params} do not apply to {INDEX}: {str(err).strip()}") from None
+        user_ids = ids_of(root, USER_IDS, artifact.array(USER_IDS, mmap=True), preprocessor.user_ids, f"{QUERY_TOWER}/{TOWER_VOCAB}")
+        user_features, seen, events = artifact.arrays(USER_FEATURES), artifact.arrays(USER_SEEN), artifact.arrays(ITEM_EVENTS)
+        check_users(root, preprocessor, configs, user_ids, user_features, seen, events, manifest["counts"], len(item_ids))
+        items = None
+        if artifact.has(ITEMS):
+            try:
+                table = pq.read_table(artifact.file(ITEMS))
+                table.validate(full=True)  # parquet readers do not check that text is UTF-8; without this, the first display would fail
+                items = table.to_pandas()
+            except Exception as err:  # noqa: BLE001 - pyarrow's errors for bad bytes are many; all mean the file is bad
+                raise ArtifactError(f"{artifact.file(ITEMS)} is not a parquet table: {err}") from None
+            check_items_table(root, items, item_ids)
+        retriever = cls(artifact, index, towers[QUERY_TOWER], towers[CANDIDATE_TOWER], preprocessor, item_ids, item_vectors, items,
+                        user_ids, user_features, seen, events, search_params)
+        retriever._check_towers_encode()
+        return retriever
 
     @property
     def dim(self) -> int:
@@ -119,12 +149,16 @@ class Retriever:
 
         Raw rows may carry a ``history`` column (the feature's name) of item-id lists, most recent
         first; rows whose ``user_id`` is known take the stored history otherwise. Unknown values of
-        any feature go to the out-of-vocabulary path. ``exclude_seen`` drops the items each user interacted with.
+        any feature go to the out-of-vocabulary path, and so does a missing (None/NaN) ``user_id``;
+        missing numeric values follow the feature's ``missing`` setting, as in training.
+        ``exclude_seen`` drops the items each user interacted with.
         """
+        k = top_k(k, self.index.ntotal)
+        exclude_seen, rerank = flag(exclude_seen, "exclude_seen"), rerank_of(rerank, k)
         if isinstance(users, pd.DataFrame):
             features, seen = self._raw_user_features(users)
         else:
-            rows = self._rows(users, self._user_row, "user")
+            rows = self._rows(id_list(users, "users"), self._user_row, "user", "users")
             features = {name: torch.from_numpy(array[rows]) for name, array in self.user_features.items()}
             seen = [self._seen_of(r) for r in rows]
         return self._search(self.encode_queries(features), k, seen if exclude_seen else None, rerank)
@@ -132,13 +166,15 @@ class Retriever:
     def recommend_from_history(self, item_ids: Sequence[Any] | Sequence[Sequence[Any]], k: int = 10, rerank: Rerank | None = None) -> Recommendations:
         """Top-k items for visitors known only by the items they just viewed (most recent first).
 
-        ``item_ids`` is one visitor's list or a list of lists. The viewed items are excluded. A
-        visitor with no item the model knows gets ``popular`` items.
+        ``item_ids`` is one visitor's list or a list of lists (never a bare string). The viewed items
+        are excluded; ids the model does not know, and missing ones, are skipped. A visitor with no
+        item the model knows gets ``popular`` items.
         """
+        histories = self._histories(item_ids)
+        k = top_k(k, self.index.ntotal)
+        rerank = rerank_of(rerank, k)
         if self.history_name is None:
             raise ValueError("the query tower has no history feature; recommend_from_history needs one")
-        histories = [item_ids] if not len(item_ids) or not _is_sequence(item_ids[0]) else list(item_ids)
-        histories = [_keys(h) for h in histories]
         features = self._visitor_features(len(histories))
         history = self._history_tensor(histories)
         features[self.history_name] = history
@@ -148,32 +184,39 @@ class Retriever:
         if cold.any():
             fallback = self.popular(k + max(len(s) for s in seen))
             for row in np.flatnonzero(cold):
-                keep = ~np.isin(fallback.item_ids[0], np.asarray(histories[row], dtype=str))
-                result.item_ids[row], result.scores[row] = fallback.item_ids[0][keep][:k], fallback.scores[0][keep][:k]
+                viewed = set(histories[row])
+                keep = np.fromiter((i not in viewed for i in fallback.item_ids[0]), dtype=bool, count=fallback.item_ids.shape[1])
+                ids, scores = fallback.item_ids[0][keep][:k], fallback.scores[0][keep][:k]
+                result.item_ids[row], result.scores[row] = "", -np.inf
+                result.item_ids[row, : len(ids)], result.scores[row, : len(ids)] = ids, scores
         return result
 
     def similar_items(self, item_ids: Any | Sequence[Any], k: int = 10) -> Recommendations:
-        """The k items nearest each given item (the item itself excluded)."""
-        ids = [item_ids] if not _is_sequence(item_ids) else list(item_ids)
-        rows = self._rows(ids, self._item_row, "item")
+        """The k items nearest each given item (the item itself excluded); ``item_ids`` is one id or a list of them."""
+        keys = id_list(item_ids, "item_ids") if is_sequence(item_ids) else [id_key(item_ids, "item_ids")]
+        k = top_k(k, self.index.ntotal)
+        rows = self._rows(keys, self._item_row, "item", "item_ids")
         queries = np.ascontiguousarray(self.item_vectors[rows], dtype=np.float32)
         return self._search(queries, k, [np.asarray([r]) for r in rows], None)
 
     def popular(self, k: int = 10) -> Recommendations:
         """The k items with the most interactions in the exported log (the fallback for a visitor with no history)."""
-        counts = np.bincount(self._events["items"], minlength=len(self.item_ids)).astype(np.float32)
-        return self._top_by(counts, k)
+        item_ids = self.item_ids
+        k = top_k(k, len(item_ids))
+        counts = np.bincount(self._events["items"], minlength=len(item_ids)).astype(np.float32)
+        return self._top_by(item_ids, counts, k)
 
     def trending(self, k: int = 10, half_life: float = 7 * 86400.0) -> Recommendations:
         """The k items with the most interactions, each weighted ``0.5 ** (age / half_life)``.
 
-        ``age`` is counted back from the log's last timestamp, in the log's time unit (seconds for MovieLens).
+        ``age`` is counted back from the log's last timestamp, in the log's time unit (seconds for
+        MovieLens); ``half_life`` is a finite number > 0.
         """
-        if half_life <= 0:
-            raise ValueError(f"half_life={half_life} must be positive")
+        item_ids = self.item_ids
+        k, half_life = top_k(k, len(item_ids)), positive_number(half_life, "half_life")
         times = self._events["times"]
         weights = np.exp2(-(times.max(initial=0.0) - times) / half_life) if len(times) else times
-        return self._top_by(np.bincount(self._events["items"], weights=weights, minlength=len(self.item_ids)).astype(np.float32), k)
+        return self._top_by(item_ids, np.bincount(self._events["items"], weights=weights, minlength=len(item_ids)).astype(np.float32), k)
 
     def encode_queries(self, features: dict[str, torch.Tensor]) -> np.ndarray:
         """(U, dim) float32 query vectors."""
@@ -184,19 +227,28 @@ class Retriever:
     def add_items(self, table: pd.DataFrame) -> np.ndarray:
         """Embed new items from their content with the candidate tower and add them to the index.
 
-        ``table`` has the items table's columns; unknown ids go to the out-of-vocabulary path of the
-        id feature, so the vector comes from the content. Returns the new ids.
+        ``table`` has the items table's columns; every row needs an id (at most ``MAX_ID_CHARS``
+        characters) that is not in the catalogue yet. Unknown ids go to the out-of-vocabulary path of
+        the id feature, so the vector comes from the content. Returns the new ids.
         """
+        table = data_frame(table, "table")
         with self._add_lock:  # one add at a time, or two could copy the same index and one's items be lost
             return self._add_items(table)
 
     def _add_items(self, table: pd.DataFrame) -> np.ndarray:
         if ITEM not in table.columns:
             raise ValueError(f"new items table has no column '{ITEM}' (columns: {list(table.columns)})")
-        table = table.assign(**{ITEM: id_keys(table[ITEM].reset_index(drop=True)).to_numpy()})
-        clash = [i for i in table[ITEM] if i in self._item_row]
-        if clash or table[ITEM].duplicated().any():
-            raise ValueError(f"new items table repeats item id(s) {(clash or table[ITEM][table[ITEM].duplicated()].tolist())[:5]} already in the index or the table")
+        keys = [id_key(v, f"table['{ITEM}'][{row}]") for row, v in enumerate(table[ITEM].tolist())]
+        missing = [row for row, key in enumerate(keys) if key is None]
+        if missing:
+            raise ValueError(f"new items table: column '{ITEM}' is missing at row(s) {missing[:5]}; a new item needs an id")
+        clash = [key for key in keys if key in self._item_row]
+        repeated = pd.Index(keys)[pd.Index(keys).duplicated()].tolist()
+        if clash or repeated:
+            raise ValueError(f"new items table repeats item id(s) {(clash or repeated)[:5]} already in the index or the table")
+        if not keys:
+            return np.asarray(keys, dtype=object)
+        table = table.assign(**{ITEM: keys})
         features = self.preprocessor.transform("candidate", table, "new items table")
         with torch.inference_mode():
             vectors = self.candidate_tower(features).numpy().astype(np.float32)  # (n_new, dim)
@@ -208,12 +260,12 @@ class Retriever:
         index.add(vectors)
         start = len(self.item_ids)
         self.item_vectors = np.concatenate([self.item_vectors, vectors])
-        self.item_ids = np.concatenate([self.item_ids, np.asarray(table[ITEM].tolist(), dtype=str)])  # widths promote
+        self.item_ids = np.concatenate([self.item_ids, np.asarray(keys, dtype=object)])
         if self.items is not None:
             self.items = pd.concat([self.items, table[[c for c in table.columns if c in self.items.columns]]], ignore_index=True)
-        self._item_row = {**self._item_row, **{v: start + i for i, v in enumerate(table[ITEM])}}
+        self._item_row = {**self._item_row, **{v: start + i for i, v in enumerate(keys)}}
         self.index = index
-        return table[ITEM].to_numpy()
+        return np.asarray(keys, dtype=object)
 
     # ------------------------------------------------------------------ internals
     def _search(self, queries: np.ndarray, k: int, exclude: list[np.ndarray] | None, rerank: Rerank | None) -> Recommendations:
@@ -240,26 +292,63 @@ class Retriever:
         ids = np.where(out_rows >= 0, self.item_ids[np.maximum(out_rows, 0)], "")
         return Recommendations(ids, out_scores)
 
-    def _top_by(self, weights: np.ndarray, k: int) -> Recommendations:
+    @staticmethod
+    def _top_by(item_ids: np.ndarray, weights: np.ndarray, k: int) -> Recommendations:
         order = np.argsort(-weights, kind="stable")[:k]
-        return Recommendations(self.item_ids[order][None], weights[order][None])
+        return Recommendations(item_ids[order][None], weights[order][None])
 
-    def _rows(self, ids: Sequence[Any], lookup: dict[str, int], what: str) -> np.ndarray:
-        keys = _keys(ids)
-        unknown = [key for key in keys if key not in lookup]
+    def _rows(self, keys: list[str | None], lookup: dict[str, int], what: str, argument: str) -> np.ndarray:
+        unknown = [key for key in keys if key not in lookup]  # a missing id (None) is in no lookup
         if unknown:
             hint = " (recommend_from_history or popular serve visitors without a profile)" if what == "user" else ""
-            raise KeyError(f"unknown {what} id(s) {unknown[:5]}{hint}")
+            raise KeyError(f"{argument}: unknown {what} id(s) {unknown[:5]}{hint}")
         return np.asarray([lookup[key] for key in keys], dtype=np.int64)
+
+    def _histories(self, item_ids: Any) -> list[list[str]]:
+        """One visitor's list, or a list of visitors' lists, as lists of id keys (missing ids dropped)."""
+        require_list(item_ids, "item_ids")
+        nested = [is_sequence(h) for h in item_ids]
+        if any(nested) and not all(nested):
+            row = nested.index(not nested[0])
+            raise TypeError(f"item_ids mixes lists and single ids (item_ids[0] is {type(item_ids[0]).__name__}, item_ids[{row}] is "
+                            f"{type(item_ids[row]).__name__}): give one visitor's list of ids, or a list of such lists")
+        lists = [(h, f"item_ids[{i}]") for i, h in enumerate(item_ids)] if nested and all(nested) else [(item_ids, "item_ids")]
+        return [[key for key in id_list(h, name) if key is not None] for h, name in lists]
 
     def _seen_of(self, user_row: int) -> np.ndarray:
         indptr = self.seen["indptr"]
         return self.seen["indices"][indptr[user_row] : indptr[user_row + 1]]
 
+    def _check_towers_encode(self) -> None:
+        """Both towers encode at load: a config that builds but cannot run (say a NaN dropout) is refused here, not at the first query.
+
+        The query tower encodes two stored users and a visitor, the candidate tower an item with every feature missing.
+        """
+        rows = np.arange(min(2, len(self.user_ids)))
+        stored = {name: torch.from_numpy(array[rows]) for name, array in self.user_features.items()}
+        visitor = self._visitor_features(1)
+        inputs = {QUERY_TOWER: {name: torch.cat([stored[name], visitor[name]]) for name in visitor},
+                  CANDIDATE_TOWER: self._empty_features(self.preprocessor.candidate, 1)}
+        for name, tower in ((QUERY_TOWER, self.query_tower), (CANDIDATE_TOWER, self.candidate_tower)):
+            n = len(next(iter(inputs[name].values())))
+            try:
+                with torch.inference_mode():
+                    vectors = tower(inputs[name])
+            except Exception as err:  # noqa: BLE001 - whatever a tower built from untrusted files raises, the files are at fault
+                raise ArtifactError(f"{self.artifact.path / name / TOWER_CONFIG}: the tower cannot encode its inputs: {err!r}") from None
+            if tuple(vectors.shape) != (n, self.dim) or not torch.isfinite(vectors).all():
+                raise ArtifactError(f"{self.artifact.path / name / TOWER_WEIGHTS}: the tower encodes {n} inputs as {tuple(vectors.shape)} "
+                                    f"values{'' if torch.isfinite(vectors).all() else ' with NaN or inf'}, expected finite ({n}, {self.dim})")
+
     def _visitor_features(self, n: int) -> dict[str, torch.Tensor]:
         """Query inputs of anonymous visitors: every feature on its out-of-vocabulary / missing path."""
+        return self._empty_features(self.preprocessor.query, n)
+
+    @staticmethod
+    def _empty_features(features: dict[str, FittedFeature], n: int) -> dict[str, torch.Tensor]:
+        """Inputs of ``n`` rows with every feature on its out-of-vocabulary / missing path."""
         out = {}
-        for name, fitted in self.preprocessor.query.items():
+        for name, fitted in features.items():
             kind = fitted.spec.kind
             if kind in ("id", "categorical"):
                 out[name] = torch.zeros(n, dtype=torch.long)
@@ -275,43 +364,24 @@ class Retriever:
         max_len = self.preprocessor.query[self.history_name].max_len
         return torch.from_numpy(self.preprocessor.item_ids.lookup_lists(histories, max_len))  # (U, max_len)
 
-    def _raw_user_features(self, frame: pd.DataFrame) -> tuple[dict[str, torch.Tensor], list[np.ndarray]]:
-        frame = frame.reset_index(drop=True)
+    def _raw_user_features(self, users: pd.DataFrame) -> tuple[dict[str, torch.Tensor], list[np.ndarray]]:
+        frame = data_frame(users, "users")
         table_features = {n: f for n, f in self.preprocessor.query.items() if f.spec.kind != "history"}
-        features = {n: f.transform(frame, "user rows") for n, f in table_features.items()}
+        features = {n: f.transform(frame, "users") for n, f in table_features.items()}
         known = np.full(len(frame), -1, dtype=np.int64)
         if USER in frame.columns:
-            keys = id_keys(frame[USER].astype(object).where(frame[USER].notna(), "")).tolist()
-            known = np.asarray([self._user_row.get(key, -1) for key in keys], dtype=np.int64)
+            # Keys as the vocabulary made them (1.0 -> '1'); a missing id is an unknown user, never a match.
+            keys = [id_key(v, f"users['{USER}'][{row}]") for row, v in enumerate(frame[USER].tolist())]
+            known = np.asarray([self._user_row.get(key, -1) if key is not None else -1 for key in keys], dtype=np.int64)
         seen = [self._seen_of(r) if r >= 0 else np.zeros(0, dtype=np.int64) for r in known]
         if self.history_name:
             if self.history_name in frame.columns:
-                histories = [_keys(h) if _is_sequence(h) else [] for h in frame[self.history_name]]
+                name = self.history_name
+                histories = [[] if is_missing(cell) else [key for key in id_list(cell, f"users['{name}'][{row}]") if key is not None]
+                             for row, cell in enumerate(frame[name].tolist())]
                 features[self.history_name] = self._history_tensor(histories)
                 seen = [np.union1d(s, [self._item_row[i] for i in h if i in self._item_row]).astype(np.int64) for s, h in zip(seen, histories)]
             else:
                 stored = torch.from_numpy(self.user_features[self.history_name][np.maximum(known, 0)])
                 features[self.history_name] = stored.masked_fill(torch.from_numpy(known < 0).unsqueeze(1), 0)
         return features, seen
-
-
-def _expect(file: str, what: str, value: Any, other: str, expected: Any) -> None:
-    if value != expected:
-        raise ArtifactError(f"{file}: {what} {value}, but {other} {expected}")
-
-
-def _keys(values: Sequence[Any]) -> list[str]:
-    """Ids as the string keys ``tables.id_keys`` makes (integral floats lose '.0'), without pandas' per-call cost."""
-    return [_key(v) for v in values]
-
-
-def _key(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _is_sequence(value: Any) -> bool:
-    return isinstance(value, (list, tuple, np.ndarray, pd.Series))

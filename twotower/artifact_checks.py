@@ -1,0 +1,315 @@
+"""What checksums cannot tell: that an artifact's files agree with each other and hold values serving can use.
+
+A manifest's sha256s prove the files are the ones it lists, not that they make sense together: the
+manifest may have been re-signed after files were mixed from two exports, or written by someone else
+entirely. ``Retriever.load`` runs these checks once, in O(catalogue); queries then trust what was
+loaded. Each raises ``ArtifactError`` naming the file and both values, so a bad artifact is refused
+at load time, never by an IndexError or a faiss crash at query time.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import faiss
+import numpy as np
+import pandas as pd
+import torch
+
+from twotower.artifact import (
+    CANDIDATE_TOWER, INDEX, INDEX_INFOS, ITEM_EVENTS, ITEM_IDS, ITEM_VECTORS, ITEMS, MANIFEST, MAX_ID_CHARS, QUERY_TOWER, TOWER_CONFIG,
+    TOWER_VOCAB, TOWER_WEIGHTS, USER_FEATURES, USER_IDS, USER_SEEN, ArtifactError, _plain, _short,
+)
+from twotower.data.preprocess import FittedFeature, Preprocessor
+from twotower.data.tables import ITEM
+from twotower.data.vocab import Vocabulary, _key
+from twotower.index import factory_key, holds_exact_vectors
+
+COUNTS = ("items", "users", "interactions", "indexed")
+#: Search parameters an artifact may set, with their largest value: each bounds the work (and memory) of every query.
+SEARCH_PARAM_LIMITS = {"nprobe": 1 << 16, "efSearch": 1 << 16, "k_factor_rf": 1 << 10}
+SPOT_CHECK_ROWS = 32  # item vectors searched in the index at load
+SPOT_CHECK_SHARE = 0.9  # of them must find themselves (or an item as close): approximate indexes may miss a few
+CHUNK_ROWS = 65_536  # item vectors compared per step, so the checks of a memory-mapped catalogue stay bounded
+
+
+def tower_digest(config: Any, vocab: Any, weights: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of a tower's config, its vocabulary file and its weights (names, dtypes, shapes, bytes).
+
+    Export records it in the manifest under ``towers``; load recomputes it from what it read, so a
+    tower directory copied from another export (its file checksums re-signed) is refused.
+    """
+    digest = hashlib.sha256(json.dumps([config, vocab], sort_keys=True, default=_plain).encode())
+    for name in sorted(weights):
+        tensor = weights[name].detach().cpu().contiguous()
+        digest.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def check_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
+    """The fields load relies on: dim, metric, counts, the index key, the tower digests."""
+    where = root / MANIFEST
+    dim = manifest.get("dim")
+    if type(dim) is not int or dim < 1:
+        raise ArtifactError(f"{where}: dim is {_short(dim)}, expected a positive integer")
+    if manifest.get("metric") != "inner_product":
+        raise ArtifactError(f"{where}: metric is {_short(manifest.get('metric'))}, twotower serves 'inner_product'")
+    counts = manifest.get("counts")
+    if not isinstance(counts, dict) or any(type(counts.get(name)) is not int or counts[name] < 0 for name in COUNTS):
+        raise ArtifactError(f"{where}: counts is {_short(counts)}, expected non-negative integers {list(COUNTS)}")
+    index = manifest.get("index")
+    if not isinstance(index, dict) or not isinstance(index.get("key"), str):
+        raise ArtifactError(f"{where}: index is {_short(index)}, expected an object with the index's factory 'key'")
+    towers = manifest.get("towers")
+    if not isinstance(towers, dict) or any(not isinstance(towers.get(name), str) for name in (QUERY_TOWER, CANDIDATE_TOWER)):
+        raise ArtifactError(f"{where}: towers is {_short(towers)}, expected the digest of '{QUERY_TOWER}' and '{CANDIDATE_TOWER}'")
+
+
+def check_tower(root: Path, manifest: Mapping[str, Any], name: str, tower: torch.nn.Module, config: Any, vocab: Any,
+                weights: Mapping[str, torch.Tensor]) -> None:
+    """A tower built from its config and weights: every tensor set and finite, its output the manifest's dim, its digest the manifest's."""
+    unset = [n for n, t in [*tower.named_parameters(), *tower.named_buffers()] if t.is_meta]
+    infinite = [n for n, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if unset or infinite:
+        raise ArtifactError(f"{root / name / TOWER_WEIGHTS}: tensor(s) {unset} the config needs are not in it, tensor(s) {infinite} hold NaN or inf")
+    _expect(root / name / TOWER_CONFIG, f"the {_side(name)} tower outputs dim", tower.output_dim, f"{MANIFEST} records dim", manifest["dim"])
+    found, recorded = tower_digest(config, vocab, weights), manifest["towers"][name]
+    if found != recorded:
+        raise ArtifactError(f"{root / name}: {TOWER_CONFIG}, {TOWER_VOCAB} and {TOWER_WEIGHTS} have digest {found}, {MANIFEST} records "
+                            f"{recorded} for {name} (a tower of another model, or one changed since export)")
+
+
+def parse_vocab(root: Path, name: str, vocab: Any) -> tuple[dict[str, FittedFeature], Vocabulary]:
+    """A tower's ``vocab.json`` as its fitted features and id vocabulary."""
+    where = root / name / TOWER_VOCAB
+    if not isinstance(vocab, dict) or not isinstance(vocab.get("features"), dict) or not _strings(vocab.get("ids")):
+        raise ArtifactError(f"{where} is {_short(vocab)}, expected an object with 'features' (an object) and 'ids' (a list of strings)")
+    try:
+        features = {feature: FittedFeature.from_json(data) for feature, data in vocab["features"].items()}
+        ids = Vocabulary.from_json(vocab["ids"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ArtifactError(f"{where} does not describe fitted features: {err!r}") from None
+    for feature, fitted in features.items():
+        bad = _bad_fitted(fitted)
+        if bad:
+            raise ArtifactError(f"{where}: feature '{feature}' {bad}")
+    return features, ids
+
+
+def _bad_fitted(fitted: FittedFeature) -> str | None:
+    """Why a fitted feature cannot transform values the way training did, or None."""
+    if fitted.vocab is not None and not _strings(fitted.vocab.values):
+        return "has a vocabulary that is not a list of strings"
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (fitted.mean, fitted.std, fitted.dim, fitted.max_len)):
+        return f"has mean {fitted.mean!r}, std {fitted.std!r}, dim {fitted.dim!r}, max_len {fitted.max_len!r}: expected numbers"
+    if not (np.isfinite(fitted.mean) and np.isfinite(fitted.std) and fitted.std > 0):
+        return f"has mean {fitted.mean} and std {fitted.std}: expected finite numbers, std > 0"
+    if type(fitted.dim) is not int or type(fitted.max_len) is not int or fitted.dim < 1 or fitted.max_len < 1:
+        return f"has dim {fitted.dim} and max_len {fitted.max_len}: expected positive integers"
+    spec = fitted.spec
+    if not all(v is None or isinstance(v, str) for v in (spec.column, spec.separator)):
+        return f"has column {spec.column!r} and separator {spec.separator!r}: expected strings or null"
+    if not all(v is None or (type(v) is int and v >= 1) for v in (spec.prefix, spec.hash_buckets)):
+        return f"has prefix {spec.prefix!r} and hash_buckets {spec.hash_buckets!r}: expected positive integers or null"
+    return None
+
+
+def check_preprocessor_fits_towers(root: Path, preprocessor: Preprocessor, configs: Mapping[str, Any]) -> None:
+    """Every feature a tower reads is one the vocabulary makes, of the same kind, within the tower's embedding tables."""
+    for name, side in ((QUERY_TOWER, preprocessor.query), (CANDIDATE_TOWER, preprocessor.candidate)):
+        where = root / name / TOWER_CONFIG
+        specs = {f.get("name"): f for f in configs[name]["features"] if isinstance(f, dict)}
+        if set(specs) != set(side):
+            raise ArtifactError(f"{where}: the tower reads features {sorted(map(str, specs))}, {name}/{TOWER_VOCAB} makes {sorted(side)}")
+        for feature, fitted in side.items():
+            spec, kind = specs[feature], fitted.spec.kind
+            expected: dict[str, Any] = {"kind": kind}
+            if kind == "history":
+                expected["cardinality"] = len(preprocessor.item_ids)
+            elif kind == "dense":
+                expected["in_dim"] = fitted.dim
+            elif kind != "numeric":
+                expected["cardinality"] = fitted.cardinality
+            if kind == "text":
+                expected["max_len"] = fitted.max_len
+            found = {key: spec.get("options", {}).get(key) if key == "max_len" else spec.get(key) for key in expected}
+            if found != expected:
+                raise ArtifactError(f"{where}: feature '{feature}' has {found}, but {name}/{TOWER_VOCAB} gives {expected}")
+
+
+def ids_of(root: Path, name: str, array: np.ndarray, vocabulary: Vocabulary, vocabulary_file: str) -> np.ndarray:
+    """The ids in ``array`` (memory-mapped, not yet read) as an object array, after checking them.
+
+    Fixed-width unicode on disk, at most ``MAX_ID_CHARS`` wide (checked before the array is read, so a
+    crafted width cannot make load allocate it); unique; holding every id of the tower's vocabulary.
+    Held as Python strings in memory, so adding one long id later does not widen all of them.
+    """
+    where = root / name
+    if array.ndim != 1 or array.dtype.kind != "U":
+        raise ArtifactError(f"{where} holds {array.dtype} of shape {array.shape}, expected a 1-d unicode array")
+    if array.dtype.itemsize // 4 > MAX_ID_CHARS:
+        raise ArtifactError(f"{where} holds ids up to {array.dtype.itemsize // 4} characters wide; ids have at most {MAX_ID_CHARS} (MAX_ID_CHARS)")
+    # Code points as numbers, before any becomes a Python string: numpy stores any 32-bit value, and one
+    # beyond U+10FFFF (or a lone surrogate) makes a string nothing can encode, or no string at all.
+    codes = array.view(f"{array.dtype.str[0]}u4").reshape(len(array), -1) if array.dtype.itemsize else np.zeros((len(array), 0), np.uint32)
+    invalid = (codes > 0x10FFFF) | ((codes >= 0xD800) & (codes <= 0xDFFF))  # (n, width)
+    if invalid.any():
+        row, column = np.argwhere(invalid)[0]
+        raise ArtifactError(f"{where}: the id at row {row} holds code point {int(codes[row, column]):#x}, which is not Unicode text")
+    ids = np.asarray(array, dtype=object)
+    keys = pd.Index(ids, dtype=object)
+    if not keys.is_unique:
+        raise ArtifactError(f"{where} repeats id(s) {keys[keys.duplicated()].unique()[:5].tolist()}")
+    unknown = pd.Index(vocabulary.values, dtype=object).difference(keys)
+    if len(unknown):
+        raise ArtifactError(f"{where} lacks id(s) {unknown[:5].tolist()} that {vocabulary_file} holds ({len(unknown)} in all)")
+    return ids
+
+
+def check_index(root: Path, manifest: Mapping[str, Any], infos: Any, index: faiss.Index, tower_dims: Mapping[str, int],
+                item_ids: np.ndarray, item_vectors: np.ndarray) -> dict[str, float]:
+    """The index against the towers, the manifest, ``index_infos.json`` and the item vectors; returns the search parameters to apply."""
+    dim, counts, key = manifest["dim"], manifest["counts"], manifest["index"]["key"]
+    for name, tower_dim in tower_dims.items():
+        _expect(root / name / TOWER_CONFIG, f"the {_side(name)} tower outputs dim", tower_dim, f"{INDEX} has dim", index.d)
+    _expect(root / MANIFEST, "dim", dim, f"{INDEX} has dim", index.d)
+    _expect(root / MANIFEST, "counts.indexed", counts["indexed"], f"{INDEX} holds vectors:", index.ntotal)
+    _expect(root / MANIFEST, "counts.items", counts["items"], f"{INDEX} holds vectors:", index.ntotal)
+    _expect(root / ITEM_IDS, "holds item ids:", len(item_ids), f"{INDEX} holds vectors:", index.ntotal)
+    _expect(root / INDEX, "has metric", _metric_name(index.metric_type), f"{MANIFEST} records", "inner_product")
+    structure = factory_key(index)
+    if structure is not None:
+        _expect(root / INDEX, "is a", structure, f"{MANIFEST} records index key", key)
+    if not isinstance(infos, dict):
+        raise ArtifactError(f"{root / INDEX_INFOS} holds a JSON {type(infos).__name__}, not an object")
+    _expect(root / INDEX_INFOS, "key", infos.get("key"), f"{MANIFEST} records", key)
+    params = infos.get("search_params", {})
+    if not isinstance(params, dict):
+        raise ArtifactError(f"{root / INDEX_INFOS}: search_params is {_short(params)}, expected an object of parameter -> value")
+    for name, value in params.items():
+        limit = SEARCH_PARAM_LIMITS.get(name)
+        if limit is None or not isinstance(value, (int, float)) or isinstance(value, bool) or not 1 <= value <= limit:
+            raise ArtifactError(f"{root / INDEX_INFOS}: search parameter {name}={_short(value)}; "
+                                f"known: {', '.join(f'{k} in [1, {v}]' for k, v in SEARCH_PARAM_LIMITS.items())}")
+    _expect(root / ITEM_VECTORS, "has dtype", str(item_vectors.dtype), "expected", "float32")
+    _expect(root / ITEM_VECTORS, "has shape", tuple(item_vectors.shape), f"{ITEM_IDS} x dim gives", (len(item_ids), index.d))
+    _check_vectors_match(root, index, item_vectors)
+    return params
+
+
+def _check_vectors_match(root: Path, index: faiss.Index, item_vectors: np.ndarray) -> None:
+    """Finite item vectors that are the index's: all compared where the index stores them exactly, and a sample searched in any index."""
+    n = index.ntotal
+    exact = holds_exact_vectors(index)
+    for start in range(0, n, CHUNK_ROWS):
+        block = np.asarray(item_vectors[start : start + CHUNK_ROWS])  # (chunk, dim)
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            raise ArtifactError(f"{root / ITEM_VECTORS}: row {start + int(np.argmin(finite))} holds NaN or infinite values")
+        if exact:
+            stored = index.reconstruct_n(start, len(block))
+            differs = ~(stored == block).all(axis=1)
+            if differs.any():
+                row = start + int(np.argmax(differs))
+                raise ArtifactError(f"{root / ITEM_VECTORS}: row {row} differs from vector {row} of {INDEX} "
+                                    f"(by up to {np.abs(stored - block).max():.3g}): the files are not of one export")
+    if not n:
+        return
+    rows = np.unique(np.linspace(0, n - 1, min(n, SPOT_CHECK_ROWS)).astype(np.int64))
+    queries = np.ascontiguousarray(item_vectors[rows], dtype=np.float32)  # (S, dim)
+    _, found = index.search(queries, min(n, 10))  # (S, 10)
+    # Each query is an item's own vector, so an index that holds it finds it, or an item scoring as high.
+    best = np.einsum("sd,skd->sk", queries, np.asarray(item_vectors[np.maximum(found, 0).ravel()]).reshape(*found.shape, -1))
+    best = np.where(found >= 0, best, -np.inf).max(axis=1)
+    own = (queries * queries).sum(axis=1)
+    hits = best >= own - 1e-4 * np.maximum(1.0, own)
+    if hits.mean() < SPOT_CHECK_SHARE:
+        raise ArtifactError(f"{root / INDEX}: of {len(rows)} item vectors from {ITEM_VECTORS} searched in it, {int(hits.sum())} find "
+                            f"themselves (expected at least {SPOT_CHECK_SHARE:.0%}): the index does not hold these vectors")
+
+
+def check_users(root: Path, preprocessor: Preprocessor, configs: Mapping[str, Any], user_ids: np.ndarray,
+                user_features: Mapping[str, np.ndarray], seen: Mapping[str, np.ndarray], events: Mapping[str, np.ndarray],
+                counts: Mapping[str, int], n_items: int) -> None:
+    """The stored query inputs, seen items and interaction log: shapes, dtypes and ranges the towers and queries rely on."""
+    n_users = len(user_ids)
+    _expect(root / MANIFEST, "counts.users", counts["users"], f"{USER_IDS} holds users:", n_users)
+    where = root / USER_FEATURES
+    extra, missing = sorted(set(user_features) - set(preprocessor.query)), sorted(set(preprocessor.query) - set(user_features))
+    if extra or missing:
+        raise ArtifactError(f"{where} holds arrays {sorted(user_features)}, the query features are {sorted(preprocessor.query)}")
+    tables = {f["name"]: f for f in configs[QUERY_TOWER]["features"]}
+    for name, fitted in preprocessor.query.items():
+        array, kind = user_features[name], fitted.spec.kind
+        dtype = np.dtype(np.float32 if kind in ("numeric", "dense") else np.int64)
+        if kind in ("id", "categorical", "numeric"):
+            shape = (n_users,)
+        else:  # vectors, and token, tag and item lists, as wide as the transform makes them
+            shape = (n_users, fitted.dim if kind == "dense" else fitted.max_len)
+        if array.shape != shape or array.dtype != dtype:
+            raise ArtifactError(f"{where}: array '{name}' is {array.dtype} of shape {array.shape}, expected {dtype} of shape {shape} "
+                                f"({n_users} users in {USER_IDS})")
+        if dtype == np.float32 and not np.isfinite(array).all():
+            raise ArtifactError(f"{where}: array '{name}' holds NaN or infinite values")
+        if dtype == np.int64:
+            _in_range(where, f"array '{name}'", array, tables[name]["cardinality"])
+    _check_table(root / USER_SEEN, seen, {"indptr": "i", "indices": "i"})
+    indptr, indices = seen["indptr"], seen["indices"]
+    _expect(root / USER_SEEN, "indptr has length", len(indptr), f"{USER_IDS} has users + 1 =", n_users + 1)
+    if indptr[0] != 0 or indptr[-1] != len(indices) or (np.diff(indptr) < 0).any():
+        raise ArtifactError(f"{root / USER_SEEN}: indptr runs from {indptr[0]} to {indptr[-1]} and must rise from 0 to "
+                            f"the {len(indices)} indices, never falling")
+    _in_range(root / USER_SEEN, "indices", indices, n_items)
+    _expect(root / USER_SEEN, "holds interactions:", len(indices), f"{MANIFEST} counts.interactions", counts["interactions"])
+    _check_table(root / ITEM_EVENTS, events, {"items": "i", "times": "f"})
+    if not np.isfinite(events["times"]).all():
+        raise ArtifactError(f"{root / ITEM_EVENTS}: times hold NaN or infinite values (at row {int(np.argmin(np.isfinite(events['times'])))})")
+    _in_range(root / ITEM_EVENTS, "items", events["items"], n_items)
+    _expect(root / ITEM_EVENTS, "holds interactions:", len(events["items"]), f"{MANIFEST} counts.interactions", counts["interactions"])
+    _expect(root / ITEM_EVENTS, "holds times:", len(events["times"]), "and items:", len(events["items"]))
+
+
+def check_items_table(root: Path, items: pd.DataFrame, item_ids: np.ndarray) -> None:
+    """The display table lists the catalogue's items in index order."""
+    where = root / ITEMS
+    if ITEM not in items.columns:
+        raise ArtifactError(f"{where} has no column '{ITEM}' (columns: {list(items.columns)})")
+    keys = [_key(v) for v in items[ITEM].tolist()]
+    if len(keys) != len(item_ids) or keys != item_ids.tolist():
+        raise ArtifactError(f"{where}: column '{ITEM}' lists {len(keys)} items, not the {len(item_ids)} of {ITEM_IDS} in its order")
+
+
+def _check_table(where: Path, arrays: Mapping[str, np.ndarray], kinds: Mapping[str, str]) -> None:
+    """Exactly the 1-d arrays named in ``kinds``, each of a numpy dtype kind given there ("i": integers, "f": floats)."""
+    if set(arrays) != set(kinds) or any(arrays[n].ndim != 1 or arrays[n].dtype.kind != kind for n, kind in kinds.items()):
+        expected = ", ".join(f"'{n}' {'integers' if kind == 'i' else 'floats'}" for n, kind in kinds.items())
+        raise ArtifactError(f"{where} holds {_describe(arrays)}, expected 1-d arrays {expected}")
+
+
+def _in_range(where: Path, what: str, array: np.ndarray, size: int) -> None:
+    if array.size and (array.min() < 0 or array.max() >= size):
+        raise ArtifactError(f"{where}: {what} holds values {array.min()} to {array.max()}, outside 0..{size - 1}")
+
+
+def _expect(file: Path, what: str, value: Any, other: str, expected: Any) -> None:
+    if value != expected:
+        raise ArtifactError(f"{file}: {what} {value}, but {other} {expected}")
+
+
+def _side(tower: str) -> str:
+    return "query" if tower == QUERY_TOWER else "candidate"
+
+
+def _metric_name(metric: int) -> str:
+    return {faiss.METRIC_INNER_PRODUCT: "inner_product", faiss.METRIC_L2: "L2"}.get(metric, f"faiss metric {metric}")
+
+
+def _describe(arrays: Mapping[str, np.ndarray]) -> str:
+    return ", ".join(f"'{k}' {a.dtype}{list(a.shape)}" for k, a in arrays.items()) or "nothing"
+
+
+def _strings(values: Any) -> bool:
+    return isinstance(values, list) and all(isinstance(v, str) for v in values)
