@@ -58,6 +58,32 @@ def test_a_setting_that_would_not_apply_is_refused_by_name(compose_cfg, override
         check_config(compose_cfg(override), TrainConfig)
 
 
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("model.output_dim=0", r"model.output_dim=0: must be at least 1"),
+        ("model.hidden_dims=[64,0]", r"model.hidden_dims=\[64, 0\]: must be at least 1"),
+        ("model.dropout=1.0", r"model.dropout=1.0: must be in \[0, 1\)"),
+        ("loss.temperature=0", r"loss.temperature=0: must be greater than 0"),
+        ("loss.logq_weight=-1", r"loss.logq_weight=-1: must be at least 0"),
+        ("module.ks=[0,10]", r"module.ks=\[0, 10\]: must be at least 1"),
+        ("data.batch_size=1", r"data.batch_size=1: must be at least 2"),
+        ("data.id_dropout=1.5", r"data.id_dropout=1.5: must be in \[0, 1\)"),
+        ("optimizer.lr=0", r"optimizer.lr=0: must be greater than 0"),
+        ("optimizer.weight_decay=-0.1", r"optimizer.weight_decay=-0.1: must be at least 0"),
+        ("trainer.max_epochs=0", r"trainer.max_epochs=0: must be -1 \(no limit\) or at least 1"),
+    ],
+)
+def test_a_degenerate_size_or_rate_is_refused_by_name(compose_cfg, override, named):
+    with pytest.raises(ConfigError, match=named):
+        check_config(compose_cfg(override), TrainConfig)
+
+
+def test_the_edges_of_each_range_are_accepted(compose_cfg):
+    check_config(compose_cfg("model.output_dim=1", "model.hidden_dims=[]", "model.dropout=0.0", "loss.logq_weight=0", "data.batch_size=2",
+                             "trainer.max_epochs=-1", "+trainer.min_epochs=0"), TrainConfig)
+
+
 def test_every_problem_is_listed_at_once(compose_cfg):
     with pytest.raises(ConfigError, match=r"has 3 problem\(s\)") as refused:
         check_config(compose_cfg("+modle.output_dim=8", "loss.temperature=abc", "data.batch_size=x"), TrainConfig)

@@ -25,8 +25,14 @@ from typing import Annotated, Any, Callable, Literal, Optional, Union
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
+from twotower.constraints import ABOVE_0, AT_LEAST_0, EPOCHS, Allowed
 from twotower.index import IndexSpec
 
+# Ranges of arguments of classes that are not ours (so not annotated with them), by qualified-name prefix.
+THIRD_PARTY_RANGES = {
+    "pytorch_lightning.trainer.trainer.Trainer": {"max_epochs": EPOCHS},
+    "torch.optim.": {"lr": ABOVE_0, "weight_decay": AT_LEAST_0},
+}
 # Keys Hydra's instantiate reads itself.
 HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
 MISSING = "???"
@@ -112,13 +118,16 @@ def _check(value: Any, hint: Any, key: str) -> list[str]:
         return [f"{key} is required: set {key}=..."]
     if isinstance(value, dict) and "_target_" in value:
         return _check_call(value, value["_target_"], key)
-    if typing.get_origin(hint) is Annotated:
-        receiver = next(m for m in hint.__metadata__ if isinstance(m, ArgumentsOf))
+    receiver = next((m for m in getattr(hint, "__metadata__", ()) if isinstance(m, ArgumentsOf)), None)
+    if receiver:
         return _check_arguments(value, get_object(receiver.receiver), key, receiver.given)
     if dataclasses.is_dataclass(hint) and isinstance(value, dict):
         return _check_fields(value, hint, key)
     if conforms(value, hint) is False:
         return [f"{_show(key, value)}: expected {_type_name(hint)}"]
+    allowed = out_of_range(value, hint)
+    if allowed:
+        return [f"{_show(key, value)}: must be {allowed}"]
     return _check_children(value, hint, key)
 
 
@@ -171,12 +180,33 @@ def _check_arguments(value: Any, receiver: Callable, key: str, given: tuple[str,
 
 
 def _hints(receiver: Callable) -> dict[str, Any]:
-    """Resolved annotations of ``receiver``'s arguments; none where they cannot be resolved (then only names are checked)."""
+    """Resolved annotations of ``receiver``'s arguments (with their ``Allowed`` ranges, and those of
+    ``THIRD_PARTY_RANGES``); none where they cannot be resolved (then only names are checked)."""
     function = receiver.__init__ if inspect.isclass(receiver) else receiver
     try:
-        return typing.get_type_hints(function)
+        hints = typing.get_type_hints(function, include_extras=True)
     except Exception:  # noqa: BLE001 - e.g. a name imported only for type checkers
-        return {}
+        hints = {}
+    for prefix, ranges in THIRD_PARTY_RANGES.items():
+        if f"{getattr(receiver, '__module__', '')}.{getattr(receiver, '__qualname__', '')}".startswith(prefix):
+            hints.update({name: Annotated[hints.get(name, Any), allowed] for name, allowed in ranges.items()})
+    return hints
+
+
+def out_of_range(value: Any, hint: Any) -> str | None:
+    """The description of the ``Allowed`` range ``value`` falls outside of (in ``hint`` or, for a list, its elements), else None."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        for allowed in (m for m in hint.__metadata__ if isinstance(m, Allowed)):
+            if number and not allowed.test(value):
+                return allowed.description
+        return out_of_range(value, args[0])
+    if origin in (Union, types.UnionType):
+        return next((found for arg in args if (found := out_of_range(value, arg))), None)
+    if isinstance(value, (list, tuple)) and args:
+        return next((found for item in value if (found := out_of_range(item, _element_hint(hint, 0)))), None)
+    return None
 
 
 def conforms(value: Any, hint: Any) -> bool | None:
@@ -262,6 +292,8 @@ def _name(receiver: Any) -> str:
 
 
 def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Annotated:
+        return _type_name(typing.get_args(hint)[0])
     if typing.get_origin(hint) in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(hint))
     if hint is type(None):

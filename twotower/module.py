@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Annotated, Any, Callable, Literal, Sequence
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from twotower.constraints import ABOVE_0, AT_LEAST_0, AT_LEAST_1
 from twotower.beyond_accuracy import BeyondAccuracyMetrics, beyond_accuracy_for_split
 from twotower.data.store import Batch, EvalBatch
 from twotower.distributed import RemoteCandidates, gather_remote_candidates, world
@@ -50,18 +51,18 @@ class TwoTowerModule(pl.LightningModule):
         self,
         model: TwoTower,
         optimizer: Callable[..., torch.optim.Optimizer],
-        temperature: float = 0.05,
+        temperature: Annotated[float, ABOVE_0] = 0.05,
         learn_temperature: bool = False,
-        min_temperature: float = 0.01,
-        logq_weight: float = 1.0,
+        min_temperature: Annotated[float, ABOVE_0] = 0.01,
+        logq_weight: Annotated[float, AT_LEAST_0] = 1.0,
         mask_accidental_hits: bool = True,
         mask_same_user: bool = True,
         cross_device_negatives: bool = True,
-        ks: Sequence[int] = (10, 20, 50, 100),
-        lr_schedule: str = "constant",
-        warmup_steps: int = 0,
-        catalogue_chunk: int = 65536,
-        beyond_accuracy_ks: Sequence[int] = (10, 20),
+        ks: Sequence[Annotated[int, AT_LEAST_1]] = (10, 20, 50, 100),
+        lr_schedule: Literal["constant", "cosine"] = "constant",
+        warmup_steps: Annotated[int, AT_LEAST_0] = 0,
+        catalogue_chunk: Annotated[int, AT_LEAST_1] = 65536,
+        beyond_accuracy_ks: Sequence[Annotated[int, AT_LEAST_1]] = (10, 20),
         table_optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         compile: bool = False,
         progress_bar_loss: bool = True,

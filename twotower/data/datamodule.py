@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Annotated, Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from twotower.constraints import AT_LEAST_0, AT_LEAST_1, AT_LEAST_2, FRACTION
 from twotower.data.preprocess import Preprocessor
 from twotower.data.schema import Schema
 from twotower.data.splits import split_by_name
@@ -81,14 +82,14 @@ class TwoTowerDataModule(pl.LightningDataModule):
         features: Mapping[str, Sequence[Mapping[str, Any]]],
         split: Callable[[pd.DataFrame], pd.Series] | str,
         use_ids: bool = True,
-        batch_size: int = 1024,
-        eval_batch_size: int = 1024,
+        batch_size: Annotated[int, AT_LEAST_2] = 1024,
+        eval_batch_size: Annotated[int, AT_LEAST_1] = 1024,
         seed: int = 0,
-        candidates: str = "all",
-        id_dropout: float = 0.0,
-        num_negatives: int = 0,
+        candidates: Literal["all", "heldout"] = "all",
+        id_dropout: Annotated[float, FRACTION] = 0.0,
+        num_negatives: Annotated[int, AT_LEAST_0] = 0,
         mask_known_positives: bool = False,
-        new_user_rate: float = 0.0,
+        new_user_rate: Annotated[float, FRACTION] = 0.0,
     ):
         super().__init__()
         if batch_size < 2:

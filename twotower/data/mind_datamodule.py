@@ -12,12 +12,13 @@ On top of ``TwoTowerDataModule`` (train clicks as interactions, full-catalogue r
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
+from twotower.constraints import AT_LEAST_0, AT_LEAST_1, AT_LEAST_2
 from twotower.data.datamodule import TwoTowerDataModule
 from twotower.data.sources.mind import IMPRESSION, IN_TRAIN, MindSource, MindTables
 from twotower.data.splits import PredefinedSplit
@@ -45,12 +46,12 @@ class MindDataModule(TwoTowerDataModule):
         self,
         path: str | None,
         features: Mapping[str, Sequence[Mapping[str, Any]]],
-        impression_negatives: int = 4,
+        impression_negatives: Annotated[int, AT_LEAST_0] = 4,
         dev_test_fraction: float = 0.5,
         sentence_model: str | None = None,
         use_ids: bool = True,
-        batch_size: int = 512,
-        eval_batch_size: int = 1024,
+        batch_size: Annotated[int, AT_LEAST_2] = 512,
+        eval_batch_size: Annotated[int, AT_LEAST_1] = 1024,
         seed: int = 0,
     ):
         if impression_negatives < 0:

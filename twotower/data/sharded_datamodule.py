@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Annotated, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from twotower.constraints import AT_LEAST_0, AT_LEAST_1, AT_LEAST_2, FRACTION
 from twotower.data.datamodule import TwoTowerDataModule, _Tagged
 from twotower.data.preprocess import DEFAULT_MAX_LEN, Preprocessor
 from twotower.data.shard_scan import TEST, TRAIN, VAL, scan
@@ -51,13 +52,13 @@ class ShardedDataModule(TwoTowerDataModule):
         features: Mapping[str, Sequence[Mapping[str, Any]]],
         split: HashSplit | PredefinedSplit | str,
         use_ids: bool = True,
-        batch_size: int = 1024,
-        eval_batch_size: int = 1024,
+        batch_size: Annotated[int, AT_LEAST_2] = 1024,
+        eval_batch_size: Annotated[int, AT_LEAST_1] = 1024,
         seed: int = 0,
-        eval_users: int | None = 10_000,
-        shuffle_buffer: int = 262_144,
-        id_dropout: float = 0.0,
-        num_negatives: int = 0,
+        eval_users: Annotated[int, AT_LEAST_1] | None = 10_000,
+        shuffle_buffer: Annotated[int, AT_LEAST_1] = 262_144,
+        id_dropout: Annotated[float, FRACTION] = 0.0,
+        num_negatives: Annotated[int, AT_LEAST_0] = 0,
         mask_known_positives: bool = False,
         new_user_rate: float = 0.0,
     ):

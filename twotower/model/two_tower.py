@@ -1,11 +1,12 @@
 """The two towers together, and building them from fitted features and hyper-parameters."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from twotower.constraints import AT_LEAST_1, FRACTION
 from twotower.data.preprocess import Preprocessor
 from twotower.data.store import Features
 from twotower.model.history_tower import ClickHistoryTower
@@ -61,16 +62,16 @@ class TwoTower(nn.Module):
 
 def build_two_tower(
     preprocessor: Preprocessor,
-    embedding_dim: int = 64,
-    hidden_dims: Sequence[int] = (256,),
-    output_dim: int = 64,
-    dropout: float = 0.0,
+    embedding_dim: Annotated[int, AT_LEAST_1] = 64,
+    hidden_dims: Sequence[Annotated[int, AT_LEAST_1]] = (256,),
+    output_dim: Annotated[int, AT_LEAST_1] = 64,
+    dropout: Annotated[float, FRACTION] = 0.0,
     feature_dims: Mapping[str, int] | None = None,
     text: Mapping[str, Any] | None = None,
     history: Mapping[str, Any] | None = None,
     share_item_embedding: bool = True,
-    query_hidden_dims: Sequence[int] | None = None,
-    candidate_hidden_dims: Sequence[int] | None = None,
+    query_hidden_dims: Sequence[Annotated[int, AT_LEAST_1]] | None = None,
+    candidate_hidden_dims: Sequence[Annotated[int, AT_LEAST_1]] | None = None,
     click_history: Mapping[str, Any] | None = None,
 ) -> TwoTower:
     """Towers sized from the fitted vocabularies.
