@@ -211,6 +211,10 @@ def test_own_tables(case, fmt, tables_cfg, tmp_path):
     frames = edit(base_tables(), table, change)
     if name == "very long ids":
         frames = long_ids(frames)
+    if name == "float user ids" and fmt == "csv":
+        # csv ids are read exactly as written (issue 15: '007' stays '007'), so '0.0' is not user '0':
+        # refused, naming both files and the id, where parquet floats 0.0 are the integer id '0'.
+        names = ("inter.", "user_id", "'0.0'", "users.", "exactly as written")
     expect(tables_run(tables_cfg, write(frames, tmp_path, fmt), **overrides), refused_naming=names)
 
 

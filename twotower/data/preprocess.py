@@ -14,7 +14,7 @@ import torch
 
 from twotower.data.schema import FeatureSpec, Schema
 from twotower.data.tables import ITEM, USER, require_columns
-from twotower.data.vocab import Vocabulary, hashed_ids, split_tags, tokenize
+from twotower.data.vocab import Vocabulary, _key, hashed_ids, split_tags, tokenize
 
 DEFAULT_MAX_LEN = {"text": 16, "multi_hot": 8, "history": 50}
 
@@ -43,6 +43,8 @@ class FittedFeature:
         column = spec.source_column
         require_columns(frame, [column], table)
         values = frame[column]
+        if spec.kind in ("categorical", "text"):
+            values = text_cells(values, spec, table)
         if spec.kind in ("id", "categorical"):
             if spec.prefix:
                 values = values.astype("string").str[: spec.prefix]
@@ -124,6 +126,8 @@ def fit_feature(spec: FeatureSpec, frame: pd.DataFrame, table: str, ids: Vocabul
         return FittedFeature(spec, max_len=spec.max_len or DEFAULT_MAX_LEN["history"])
     require_columns(frame, [spec.source_column], table)
     values = frame[spec.source_column]
+    if spec.kind in ("categorical", "text"):
+        values = text_cells(values, spec, table)
     if spec.kind == "categorical":
         if spec.prefix:
             values = values.astype("string").str[: spec.prefix]
@@ -152,6 +156,29 @@ def fit_feature(spec: FeatureSpec, frame: pd.DataFrame, table: str, ids: Vocabul
             raise ValueError(f"{table}: dense column '{spec.source_column}' holds no vectors")
         return FittedFeature(spec, dim=int(np.asarray(first).size))
     raise ValueError(f"feature '{spec.name}' has unknown kind '{spec.kind}'")
+
+
+def text_cells(values: pd.Series, spec: FeatureSpec, table: str) -> pd.Series:
+    """A categorical or text column as strings: numbers (all-digit titles a reader parsed as ints, a
+    float column given as text) become their text (integral floats without '.0'), missing stays
+    missing (None).
+
+    Raises:
+        ValueError: a cell holds something other than a string or a number (a list, a dict, bytes),
+            naming the table, column, row and value.
+    """
+    out = np.empty(len(values), dtype=object)
+    for row, v in enumerate(values.tolist()):
+        if isinstance(v, str):
+            out[row] = v
+        elif v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and np.isnan(v)):
+            out[row] = None
+        elif isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)):
+            out[row] = _key(v)
+        else:
+            raise ValueError(f"{table}: {spec.kind} column '{spec.source_column}' has the value {v!r} ({type(v).__name__}) "
+                             f"at row {row}; {spec.kind} features are strings (use kind multi_hot for lists of tags)")
+    return pd.Series(out, index=values.index, name=values.name, dtype=object)
 
 
 def _as_float(values: pd.Series, spec: FeatureSpec, table: str) -> np.ndarray:

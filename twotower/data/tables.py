@@ -3,18 +3,25 @@ from __future__ import annotations
 
 import csv
 import gzip
+import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+
+log = logging.getLogger(__name__)
 
 USER = "user_id"
 ITEM = "item_id"
 TIME = "timestamp"
 SPLIT = "split"
 SPLITS = ("train", "val", "test")
+# Unix seconds beyond this (year 5138) are taken for milliseconds/microseconds/nanoseconds and refused.
+MAX_TIMESTAMP_SECONDS = 1e11
 
 
 @dataclass
@@ -39,11 +46,11 @@ class Tables:
             missing = frame[key].isna()
             if missing.any():
                 raise ValueError(f"{self.names[table]}: column '{key}' has {int(missing.sum())} missing value(s), first at row {int(missing.idxmax())}")
-        # Ids become string keys everywhere, so csv ints, parquet strings and floats read from a
-        # csv with gaps ("7.0") all name the same entity.
+        # Ids become string keys everywhere (see id_keys): csv text as written, parquet ints and
+        # integral floats as their integer strings.
         for table, key in (("interactions", USER), ("interactions", ITEM), ("users", USER), ("items", ITEM)):
             frame = getattr(self, table)
-            frame[key] = id_keys(frame[key])
+            frame[key] = id_keys(frame[key], f"{self.names[table]}: column '{key}'")
         for table, key in (("users", USER), ("items", ITEM)):
             frame = getattr(self, table)
             dupes = frame[key][frame[key].duplicated()]
@@ -53,16 +60,15 @@ class Tables:
             unknown = ~self.interactions[key].isin(getattr(self, table)[key])
             if unknown.any():
                 values = self.interactions.loc[unknown, key].unique()[:5].tolist()
+                hint = ""
+                if any(isinstance(v, str) and v.endswith(".0") and v[:-2].lstrip("-").isdigit() for v in values):
+                    hint = " (csv ids are read exactly as written, so '7.0' and '7' are different ids: write integer ids without '.0')"
                 raise ValueError(
                     f"{self.names['interactions']}: column '{key}' names {int(unknown.sum())} row(s) with id(s) "
-                    f"not in {self.names[table]}, e.g. {values}"
+                    f"not in {self.names[table]}, e.g. {values}{hint}"
                 )
         if TIME in self.interactions:
-            times = pd.to_numeric(self.interactions[TIME], errors="coerce")
-            if times.isna().any():
-                row = int(times.isna().idxmax())
-                raise ValueError(f"{self.names['interactions']}: column '{TIME}' has a missing or non-numeric value at row {row}: {self.interactions[TIME].iloc[row]!r}")
-            self.interactions[TIME] = times
+            self.interactions[TIME] = timestamp_seconds(self.interactions[TIME], self.names["interactions"])
         if SPLIT in self.interactions:
             bad = ~self.interactions[SPLIT].isin(SPLITS)
             if bad.any():
@@ -70,11 +76,86 @@ class Tables:
         return self
 
 
-def id_keys(ids: pd.Series) -> pd.Series:
-    """Ids as strings; integral floats lose their '.0'."""
-    if pd.api.types.is_float_dtype(ids) and (ids % 1 == 0).all():
-        ids = ids.astype("int64")
+def id_keys(ids: pd.Series, where: str = "ids") -> pd.Series:
+    """Ids as string keys, the same keys ``vocab._key`` gives at serving time.
+
+    Strings stay exactly as they are ('007' stays '007'); integers become their decimal strings;
+    integral floats become their integer strings, without overflow (1e20 -> '100000000000000000000').
+
+    Raises:
+        ValueError: an id is a non-integral or infinite float, or not a string or number; names ``where`` and the value.
+    """
+    if ids.dtype == object or pd.api.types.is_float_dtype(ids) or pd.api.types.is_string_dtype(ids):
+        codes, uniques = pd.factorize(ids, use_na_sentinel=True)
+        keys = np.array([_id_key(v, where) for v in uniques] + [None], dtype=object)
+        return pd.Series(keys[codes], index=ids.index, name=ids.name)
     return ids.astype(str)
+
+
+def _id_key(value, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{where} has the boolean id {value!r}; ids are strings or integers")
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        if math.isfinite(value) and float(value).is_integer():
+            return str(int(value))
+        raise ValueError(f"{where} has the id {float(value)!r}, which is not a whole number; "
+                         "store ids as strings or integers")
+    raise ValueError(f"{where} has the id {value!r} of type {type(value).__name__}; ids are strings or integers")
+
+
+def timestamp_seconds(times: pd.Series, name: str) -> pd.Series:
+    """Timestamps as Unix seconds (float64).
+
+    datetime64 columns of any unit (parquet keeps microseconds or milliseconds) and tz-aware ones
+    are converted to seconds since 1970-01-01 UTC. Numbers (or numeric strings, from csv) are taken
+    as seconds already; values beyond ``MAX_TIMESTAMP_SECONDS`` (year 5138) look like milliseconds,
+    microseconds or nanoseconds and are refused, naming the column and value, rather than guessed:
+    divide them by 1e3, 1e6 or 1e9, or store a datetime column.
+
+    Raises:
+        ValueError: a missing, non-numeric or implausibly large timestamp, naming ``name``, the column, the row and the value.
+    """
+    if isinstance(times.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(times):
+        seconds = (times - pd.Timestamp(0, tz=getattr(times.dt, "tz", None))) / pd.Timedelta(seconds=1)
+        seconds = seconds.astype("float64")
+    else:
+        seconds = pd.to_numeric(times, errors="coerce").astype("float64")
+    bad = seconds.isna().to_numpy() | ~np.isfinite(seconds.to_numpy())
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ValueError(f"{name}: column '{TIME}' has a missing or non-numeric value at row {row}: {times.iloc[row]!r}")
+    large = np.abs(seconds.to_numpy()) > MAX_TIMESTAMP_SECONDS
+    if large.any():
+        row = int(np.argmax(large))
+        raise ValueError(
+            f"{name}: column '{TIME}' has the value {times.iloc[row]!r} at row {row}, beyond {MAX_TIMESTAMP_SECONDS:g} "
+            "Unix seconds (year 5138): it looks like milliseconds, microseconds or nanoseconds; timestamps are "
+            "Unix seconds, so divide by 1e3, 1e6 or 1e9 (or store a datetime column)"
+        )
+    return seconds
+
+
+def merge_repeats(interactions: pd.DataFrame, name: str) -> pd.DataFrame:
+    """One row per (user, item) pair (per split, when a ``split`` column is given), so a random or
+    temporal split cannot put copies of one pair in train and test (a test target already known
+    from training is never rankable). Keeps the row with the latest timestamp, else the first row,
+    in the original row order; logs how many rows were merged."""
+    keys = [USER, ITEM] + ([SPLIT] if SPLIT in interactions else [])
+    if TIME in interactions:
+        order = interactions.sort_values(TIME, kind="stable")
+        keep = ~order.duplicated(keys, keep="last")
+        kept = order[keep].sort_index()
+    else:
+        kept = interactions[~interactions.duplicated(keys, keep="first")]
+    removed = len(interactions) - len(kept)
+    if removed:
+        log.info("%s: %d repeated (user, item) rows merged (kept the %s row of each pair)", name, removed,
+                 "latest" if TIME in interactions else "first")
+    return kept.reset_index(drop=True)
 
 
 def require_columns(frame: pd.DataFrame, columns: Sequence[str], name: str) -> None:
@@ -83,8 +164,13 @@ def require_columns(frame: pd.DataFrame, columns: Sequence[str], name: str) -> N
         raise ValueError(f"{name} has no column(s) {missing} (columns: {list(frame.columns)})")
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a parquet or csv/tsv file, or a directory of parquet shards; clear errors for bad files."""
+def read_table(path: str | Path, text: bool = False) -> pd.DataFrame:
+    """Read a parquet or csv/tsv file, or a directory of parquet shards; clear errors for bad files.
+
+    ``text``: read every csv/tsv column as strings exactly as written ('007' stays '007', an
+    all-digit title stays text); numeric features and timestamps are parsed where they are used.
+    Empty cells (and pandas' default NA markers) are still missing. Parquet keeps its types.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"table file {path} does not exist")
@@ -93,9 +179,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
         if path.is_dir() or ".parquet" in suffixes:
             frame = pd.read_parquet(path)
         elif suffixes.endswith((".csv", ".csv.gz")):
-            frame = pd.read_csv(path)
+            frame = pd.read_csv(path, dtype=str if text else None)
         elif suffixes.endswith((".tsv", ".tsv.gz")):
-            frame = pd.read_csv(path, sep="\t")
+            frame = pd.read_csv(path, sep="\t", dtype=str if text else None)
         else:
             raise ValueError(f"table file {path}: unknown format '{suffixes}' (use .parquet, .csv or .tsv)")
     except pd.errors.EmptyDataError:

@@ -22,14 +22,16 @@ def tokenize(text: Any) -> list[str]:
 
 def split_tags(value: Any, separator: str | None) -> list[str]:
     """A multi-hot cell as a list of tags: a list/array as is, or a string split on ``separator``."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if value is None or value is pd.NA or (isinstance(value, (float, np.floating)) and np.isnan(value)):
         return []
     if isinstance(value, (list, tuple, np.ndarray)):
-        return [str(v) for v in value]
-    text = str(value)
+        # Nulls inside a list cell ([None], [nan]) are no tag; numbers are keyed like ids (1.0 -> '1').
+        tags = (_key(v) for v in value if not (v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and np.isnan(v))))
+        return [t for t in tags if t]
+    text = value if isinstance(value, str) else _key(value)
     if not text:
         return []
-    return [t.strip() for t in text.split(separator)] if separator else [text]
+    return [t for t in (t.strip() for t in text.split(separator)) if t] if separator else [text]
 
 
 def hashed_ids(lists: Iterable[list[str]], buckets: int, max_len: int) -> np.ndarray:

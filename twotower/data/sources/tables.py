@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from twotower.data.tables import ITEM, SPLIT, SPLITS, TIME, USER, Tables, read_table, require_columns
+from twotower.data.tables import ITEM, SPLIT, SPLITS, TIME, USER, Tables, merge_repeats, read_table, require_columns
 
 
 class TableSource:
@@ -18,6 +18,15 @@ class TableSource:
             interactions form a table with no other columns.
         user_id, item_id, timestamp, split: column names in your files (renamed to the standard ones).
         train, val, test: a predefined split as separate interaction files.
+
+    What you wrote is what the model sees: csv/tsv columns are read as strings exactly as written
+    (ids '007' stay '007'; numeric features and timestamps are parsed where used); parquet integer
+    ids become their decimal strings and integral float ids their integer strings (non-integral
+    float ids are refused). Timestamps become Unix seconds (datetime columns of any unit or time
+    zone are converted; numbers beyond 1e11 are refused as milli/micro/nanoseconds, see
+    ``tables.timestamp_seconds``). Repeated (user, item) rows are merged into one (the latest, else
+    the first; per split when the split is predefined) before splitting, so no pair is in both
+    train and test; the count is logged.
     """
 
     def __init__(
@@ -60,10 +69,12 @@ class TableSource:
         users = self._read_entities(self.users, {k: v for k, v in self.columns.items() if v == USER}, interactions[USER])
         items = self._read_entities(self.items, {k: v for k, v in self.columns.items() if v == ITEM}, interactions[ITEM])
         names = {"interactions": name, "users": str(self.users or "users (from interactions)"), "items": str(self.items or "items (from interactions)")}
-        return Tables(interactions, users, items, names).validate()
+        tables = Tables(interactions, users, items, names).validate()
+        tables.interactions = merge_repeats(tables.interactions, name)
+        return tables
 
     def _read_interactions(self, path: str) -> pd.DataFrame:
-        frame = read_table(path)
+        frame = read_table(path, text=True)
         require_columns(frame, list(self.columns), str(path))
         return frame.rename(columns=self.columns)
 
@@ -72,6 +83,6 @@ class TableSource:
         (key,) = rename.values()
         if path is None:
             return pd.DataFrame({key: ids.drop_duplicates().reset_index(drop=True)})
-        frame = read_table(Path(path))
+        frame = read_table(Path(path), text=True)
         require_columns(frame, list(rename), str(path))
         return frame.rename(columns=rename)
