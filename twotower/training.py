@@ -33,10 +33,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             ``best_epoch`` (the epoch after which it was saved, counting from 1, or None).
 
     Raises:
-        ConfigError: before any work, for a key nothing reads or a value of the wrong type.
+        ConfigError: before any work, for a key nothing reads or a value of the wrong type or out of range.
         ResumeRefused: when the run directory holds checkpoints of other settings or other data.
     """
-    check_config(cfg, TrainConfig)  # before any work: unknown keys and wrongly typed values
+    check_config(cfg, TrainConfig)  # before any work: unknown keys, wrong types, values out of range
     run_dir = Path(cfg.paths.output_dir)
     _say(f"run directory: {run_dir.resolve()}")
     resume = _resume_path(cfg)
