@@ -184,6 +184,11 @@ class TwoTowerModule(pl.LightningModule):
         chunks = [self.model.encode_candidate(features) for features in self.trainer.datamodule.catalogue(self.hparams.catalogue_chunk)]
         return torch.cat(chunks)
 
+    @property
+    def catalogue_vectors(self) -> torch.Tensor | None:
+        """(n_items, D) item vectors of the evaluation under way (None outside one)."""
+        return self._catalogue
+
     def rank(self, batch: EvalBatch, k: int, query: torch.Tensor | None = None) -> torch.Tensor:
         """Top-k item rows per user (U, k) over the whole catalogue, the user's known items excluded."""
         query = self.model.encode_query(batch.query) if query is None else query
