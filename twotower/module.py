@@ -89,6 +89,7 @@ class TwoTowerModule(pl.LightningModule):
         self._beyond: dict[str, BeyondAccuracyMetrics] = {}
         # The resolved run config, stored in checkpoints so export can rebuild data and towers.
         self.run_config: dict[str, Any] | None = None
+        self.checkpoint_epoch: int | None = None  # set when weights are restored from a checkpoint
 
     @property
     def temperature(self) -> torch.Tensor:
@@ -101,6 +102,10 @@ class TwoTowerModule(pl.LightningModule):
             "preprocessor": self.trainer.datamodule.preprocessor.to_json(),
             "run_config": self.run_config,
         }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The epoch the restored weights finished (counting from 1): train.py names it in its closing summary.
+        self.checkpoint_epoch = checkpoint["epoch"] + 1
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -70,8 +69,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     best_epoch = None
     if best:
         # The closing validation and test figures both describe the selected checkpoint, not the last epoch.
-        best_epoch = torch.load(best, map_location="cpu", mmap=True, weights_only=True)["epoch"] + 1
         metrics.update(_evaluate(trainer.validate, module, datamodule, best, "val/", logged=False))
+        best_epoch = module.checkpoint_epoch
     if cfg.test:
         metrics.update(_evaluate(trainer.test, module, datamodule, best or None, "test/", logged=True))
     finish_runs(loggers)
