@@ -81,10 +81,10 @@ def main() -> None:
 
     t0 = time.perf_counter()
     items = SyntheticSource(n_users=1, n_items=args.items, interactions_per_user=1, seed=1).load().items
-    features = datamodule.preprocessor.transform("candidate", items, "synthetic catalogue")
+    features = datamodule.prepared.preprocessor.transform("candidate", items, "synthetic catalogue")
     vectors = encode(model.candidate_tower, args.items, lambda rows: {k: v[rows] for k, v in features.items()}, torch.device("cpu"), 65536)
     del features
-    users = datamodule.eval_users["val"]
+    users = datamodule.prepared.eval_users["val"]
     queries = encode(model.query_tower, len(users), lambda rows: datamodule.eval_batch(users[rows], "val").query, torch.device("cpu"), 4096)
     tune_q, eval_q = queries[0::2].copy(), queries[1::2].copy()
     print(f"catalogue {vectors.shape} and {len(queries)} queries in {time.perf_counter() - t0:.0f}s", flush=True)
@@ -124,13 +124,13 @@ def main() -> None:
 
     # The Retriever end to end (query tower + search + seen-item exclusion) on the default index, 1 thread.
     retriever = Retriever(
-        None, default_index, model.query_tower, model.candidate_tower, datamodule.preprocessor,
-        np.asarray(items["item_id"], dtype=str), vectors, None, np.asarray(datamodule.user_rows, dtype=str),
-        {**{k: v.numpy() for k, v in datamodule.users.columns.items()}, datamodule.history_name: datamodule.history["test"].numpy()},
-        {"indptr": datamodule.known["test"].indptr.numpy(), "indices": datamodule.known["test"].indices.numpy()},
-        {"items": datamodule.train_pairs[:, 1].numpy(), "times": np.zeros(len(datamodule.train_pairs))},
+        None, default_index, model.query_tower, model.candidate_tower, datamodule.prepared.preprocessor,
+        np.asarray(items["item_id"], dtype=str), vectors, None, np.asarray(datamodule.prepared.user_rows, dtype=str),
+        {**{k: v.numpy() for k, v in datamodule.prepared.users.columns.items()}, datamodule.prepared.history_name: datamodule.prepared.histories["test"].numpy()},
+        {"indptr": datamodule.prepared.known["test"].indptr.numpy(), "indices": datamodule.prepared.known["test"].indices.numpy()},
+        {"items": datamodule.prepared.train_pairs[:, 1].numpy(), "times": np.zeros(len(datamodule.prepared.train_pairs))},
     )
-    user_ids = np.asarray(datamodule.user_rows, dtype=str)
+    user_ids = np.asarray(datamodule.prepared.user_rows, dtype=str)
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)

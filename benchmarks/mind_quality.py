@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from twotower.data.sources.mind_generator import generate_mind
-from twotower.mind_evaluation import evaluate_impressions, model_scorer, popularity_scorer
+from twotower.datasets.mind.generator import generate_mind
+from twotower.datasets.mind.evaluation import evaluate_impressions, model_scorer, popularity_scorer
 from twotower.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         counts = generate_mind(tmp, users=args.users, news=args.news, seed=args.seed)
         run_overrides = [
-            "experiment=mind_text", f"data.path={tmp}", f"trainer.max_epochs={args.epochs}", "logger=none", "test=false",
+            "experiment=mind_text", f"data.source.path={tmp}", f"trainer.max_epochs={args.epochs}", "logger=none", "test=false",
             f"hydra.run.dir={tmp}/run", f"paths.output_dir={tmp}/run", *overrides,
         ]
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from twotower.data.sources.mind_generator import generate_mind
+from twotower.datasets.mind.generator import generate_mind
 from twotower.module import TwoTowerModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,21 +52,21 @@ def main() -> None:
             results["generate_seconds"] = round(time.perf_counter() - start, 1)
             results["files_mib"] = round(sum(f.stat().st_size for f in Path(tmp).rglob("*.tsv")) / 2**20, 1)
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose("train", overrides=["experiment=mind_text", f"data.path={path}", "paths.output_dir=/tmp/unused", *overrides])
+            cfg = compose("train", overrides=["experiment=mind_text", f"data.source.path={path}", "paths.output_dir=/tmp/unused", *overrides])
         start = time.perf_counter()
         datamodule = instantiate(cfg.data)
         datamodule.setup("fit")
         results["load_seconds"] = round(time.perf_counter() - start, 1)
         results["peak_rss_after_load_gib"] = round(peak_rss_gib(), 2)
-        results["train_clicks"] = len(datamodule.train_pairs)
-        model = instantiate(cfg.model)(preprocessor=datamodule.preprocessor)
+        results["train_clicks"] = len(datamodule.prepared.train_pairs)
+        model = instantiate(cfg.model)(preprocessor=datamodule.prepared.preprocessor)
         options = {**OmegaConf.to_container(cfg.loss, resolve=True), **OmegaConf.to_container(cfg.module, resolve=True)}
         module = TwoTowerModule(model=model, optimizer=instantiate(cfg.optimizer), **options).to(device)
         datamodule._move_to(device)
         optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.optimizer.lr)
-        steps_per_epoch = len(datamodule.train_pairs) // datamodule.batch_size
+        steps_per_epoch = len(datamodule.prepared.train_pairs) // datamodule.batch_size
         steps = steps_per_epoch if args.steps == 0 else min(args.steps + 2, steps_per_epoch)
-        order = torch.randperm(len(datamodule.train_pairs), device=device)
+        order = torch.randperm(len(datamodule.prepared.train_pairs), device=device)
         module.train()
         for step in range(steps):
             if step == 2:
@@ -89,7 +89,7 @@ def main() -> None:
 
         # The impression evaluation pass: catalogue encoding plus the users' queries and impressions.
         module.eval()
-        users = datamodule.eval_users["val"]
+        users = datamodule.prepared.eval_users["val"]
         users = users if args.eval_users == 0 else users[: args.eval_users]
         start = time.perf_counter()
         with torch.no_grad():
@@ -101,7 +101,7 @@ def main() -> None:
         eval_seconds = time.perf_counter() - start
         results["eval_users_timed"] = len(users)
         results["eval_seconds"] = round(eval_seconds, 1)
-        results["eval_all_val_users_minutes_extrapolated"] = round(eval_seconds * len(datamodule.eval_users["val"]) / len(users) / 60, 1)
+        results["eval_all_val_users_minutes_extrapolated"] = round(eval_seconds * len(datamodule.prepared.eval_users["val"]) / len(users) / 60, 1)
         results["val_impression_auc_untrained_or_partial"] = round(float(module.val_impression_metrics.compute()["impression_auc"]), 4)
         results["peak_rss_gib"] = round(peak_rss_gib(), 2)
         if device.type == "cuda":

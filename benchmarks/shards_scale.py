@@ -8,7 +8,7 @@ int64; 5M rows per file, pyarrow's default row groups of 1Mi rows; 100k users an
 from ``SkewedSource``'s generators), then each measurement runs in a fresh process (peak RSS is
 per process, ``ru_maxrss``), with one torch and one Arrow thread:
 
-- ``shards``: ``ShardedDataModule`` set-up (one streaming pass) and one whole epoch of training
+- ``shards``: ``TwoTowerDataModule`` over a ``ShardSource``: set-up (one streaming pass) and one whole epoch of training
   batches gathered from the feature stores (the data path alone, no model).
 - ``memory``: the same for ``TwoTowerDataModule(TableSource(...))`` on the same files, same split
   (``HashSplit``) and features; only at the sizes given by ``--memory-sizes``.
@@ -83,8 +83,9 @@ def child(mode: str, directory: Path, train_steps: int, eval_users: int) -> dict
     torch.set_num_threads(1)
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
-    from twotower.data import ShardedDataModule, TwoTowerDataModule
-    from twotower.data.sources import ShardSource, TableSource
+    from twotower.data import TwoTowerDataModule
+    from twotower.data.sources import TableSource
+    from twotower.data.streaming import ShardSource
     from twotower.data.splits import HashSplit
 
     import twotower.training  # noqa: F401  (what every run imports: torch, Lightning, pandas, pyarrow)
@@ -96,7 +97,7 @@ def child(mode: str, directory: Path, train_steps: int, eval_users: int) -> dict
         return train_child(paths, train_steps, eval_users)
     start = time.perf_counter()
     if mode == "shards":
-        dm = ShardedDataModule(ShardSource(*paths, timestamp="timestamp"), FEATURES, HashSplit(), batch_size=BATCH, eval_users=eval_users)
+        dm = TwoTowerDataModule(ShardSource(*paths, timestamp="timestamp", eval_users=eval_users), FEATURES, HashSplit(), batch_size=BATCH)
     else:
         dm = TwoTowerDataModule(TableSource(*paths, timestamp="timestamp"), FEATURES, HashSplit(), batch_size=BATCH)
     dm.setup("fit")
@@ -106,7 +107,7 @@ def child(mode: str, directory: Path, train_steps: int, eval_users: int) -> dict
         dm.train_batch(batch["rows"])
         batches += 1
     return {"setup_s": setup_s, "setup_peak_mb": setup_peak, "rss_after_setup_mb": after_setup, "epoch_s": time.perf_counter() - start,
-            "batches": batches, "peak_mb": peak_rss_mb(), "split": dm.split_counts}
+            "batches": batches, "peak_mb": peak_rss_mb(), "split": dm.prepared.split_counts}
 
 
 def train_child(paths: tuple[str, str, str], steps: int, eval_users: int) -> dict:
@@ -116,7 +117,7 @@ def train_child(paths: tuple[str, str, str], steps: int, eval_users: int) -> dic
 
     overrides = [
         "data=shards", f"data.source.interactions={paths[0]}", f"data.source.users={paths[1]}", f"data.source.items={paths[2]}",
-        "data.source.timestamp=timestamp", f"data.batch_size={BATCH}", f"data.eval_users={eval_users}", "trainer.max_epochs=1", f"+trainer.limit_train_batches={steps}",
+        "data.source.timestamp=timestamp", f"data.batch_size={BATCH}", f"data.source.eval_users={eval_users}", "trainer.max_epochs=1", f"+trainer.limit_train_batches={steps}",
         "test=false", "logger=none", "callbacks=none", "+module.beyond_accuracy_ks=[]", "+trainer.enable_progress_bar=false", "paths.output_dir=/tmp/shards_scale_run", "ckpt_path=null",
     ]  # fmt: skip
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
@@ -152,11 +153,11 @@ def report(results: list[dict], out: Path) -> None:
         "`set-up`: reading, checking, splitting, vocabularies, logQ counts, histories, evaluation sets. "
         "`epoch`: every training batch of one epoch gathered from the feature stores (data path only, no model). "
         "`peak RSS`: the process's high-water mark (`ru_maxrss`) over set-up and the epoch. "
-        "`train`: `train()` with `data=shards`, the given steps plus one validation on the sampled users (`data.eval_users`), in its own process "
+        "`train`: `train()` with `data=shards`, the given steps plus one validation on the sampled users (`data.source.eval_users`), in its own process "
         "(beyond-accuracy metrics off: they build a dense users x items matrix).", "",
         f"For scale: a process that only imports twotower (torch, Lightning, pandas, pyarrow) peaks at "
         f"{measure('imports', Path('.'), 0, 0)['peak_mb']:,.0f} MB.", "",
-        "| rows | shards on disk | path (sharded: data.eval_users) | set-up s | RSS after set-up MB | epoch s (batches) | peak RSS MB | train: steps, s, peak RSS MB |",
+        "| rows | shards on disk | path (sharded: data.source.eval_users) | set-up s | RSS after set-up MB | epoch s (batches) | peak RSS MB | train: steps, s, peak RSS MB |",
         "|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     for r in results:
@@ -177,7 +178,7 @@ def report(results: list[dict], out: Path) -> None:
     lines += [
         "",
         "Reading (of the run recorded here): the sharded set-up holds counts and tables sized by users and items, "
-        "one record batch, the shuffle buffer, and every row of the evaluation sample (`data.eval_users` of the users, "
+        "one record batch, the shuffle buffer, and every row of the evaluation sample (`data.source.eval_users` of the users, "
         "so that share of the interactions: 10% with 10,000 of 100,000 users). That sample is what grows between 10M and "
         "100M rows; with 1,000 evaluation users the 100M-row peak is the 10M-row one. The in-memory path holds every "
         "interaction (ids as Python strings) and was run only where it fits comfortably next to other jobs. "
@@ -193,7 +194,7 @@ def main() -> None:
     parser.add_argument("--memory-sizes", default="1e6,1e7", help="sizes also run through the in-memory TableSource path")
     parser.add_argument("--train-sizes", default="1e6,1e8", help="sizes also trained for --train-steps steps")
     parser.add_argument("--train-steps", type=int, default=200)
-    parser.add_argument("--eval-users", type=int, default=10_000, help="data.eval_users of the sharded runs")
+    parser.add_argument("--eval-users", type=int, default=10_000, help="data.source.eval_users of the sharded runs")
     parser.add_argument("--dir", default="/tmp/twotower_shards_scale")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--append", action="store_true", help="add to the results already in --out's .json")

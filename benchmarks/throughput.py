@@ -29,12 +29,14 @@ import torch
 import yaml
 
 from benchmarks.yardsticks import Clock, DeviceData, NaiveModule, PlainTwoTower, naive_loader, raw_evaluation, raw_loop
-from twotower.data import TwoTowerDataModule
-from twotower.data.preprocess import FittedFeature, Preprocessor
+from twotower.data import Prepared, TwoTowerDataModule
+from twotower.data.prepared import log_q_of
+from twotower.data.schema import Schema
 from twotower.data.sources.skewed import SkewedArrays, SkewedSource
 from twotower.data.store import CSR, FeatureStore
 from twotower.data.tables import ITEM, USER, Tables
 from twotower.data.vocab import Vocabulary
+from twotower.features import FittedFeature, Preprocessor
 from twotower.model import build_two_tower
 from twotower.module import TwoTowerModule
 from twotower.optim import RowWiseAdagrad
@@ -71,30 +73,27 @@ SIZES = {
 }
 
 
-class PreparedDataModule(TwoTowerDataModule):
-    """``TwoTowerDataModule`` whose set-up is filled from generated integer arrays.
+class GeneratedSource:
+    """A source whose ``prepare`` fills ``Prepared`` from generated integer arrays.
 
     The pandas pipeline (vocabularies, string ids, splits) takes minutes at 20M interactions and is
     not what this benchmark measures; everything after set-up (index loaders, the device-side
-    gather hook, stores, CSRs) is twotower's own code, unchanged.
+    gather hook, batch steps, stores, CSRs) is twotower's own code, unchanged.
     """
 
-    def __init__(self, arrays: SkewedArrays, n_genres: int, val_share: float, batch_size: int, eval_batch_size: int, seed: int = 0):
-        super().__init__(source=None, features=FEATURES, split=None, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed)
+    def __init__(self, arrays: SkewedArrays, n_genres: int, val_share: float):
         self.arrays, self.n_genres, self.val_share = arrays, n_genres, val_share
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.tables is not None:
-            return
+    def prepare(self, schema: Schema, split: None, seed: int, candidates: str) -> Prepared:
         a = self.arrays
         n_users, n_items = len(a.segment), len(a.category)
-        specs = {s.name: s for s in (*self.schema.query, *self.schema.candidate)}
+        specs = {s.name: s for s in (*schema.query, *schema.candidate)}
 
         def codes(prefix: str, n: int) -> Vocabulary:
             return Vocabulary([f"{prefix}{k}" for k in range(n)])
 
         user_ids, item_ids = codes("", n_users), codes("", n_items)
-        self.preprocessor = Preprocessor(
+        preprocessor = Preprocessor(
             query={"user_id": FittedFeature(specs["user_id"], user_ids), "segment": FittedFeature(specs["segment"], codes("G", self.n_genres)),
                    "country": FittedFeature(specs["country"], codes("C", int(a.country.max()) + 1))},
             candidate={"item_id": FittedFeature(specs["item_id"], item_ids), "category": FittedFeature(specs["category"], codes("K", int(a.category.max()) + 1)),
@@ -102,37 +101,43 @@ class PreparedDataModule(TwoTowerDataModule):
             user_ids=user_ids, item_ids=item_ids,
         )
         shift = lambda x: torch.from_numpy(np.ascontiguousarray(x)).long() + 1  # noqa: E731 - index 0 is OOV
-        self.users = FeatureStore({"user_id": shift(np.arange(n_users)), "segment": shift(a.segment), "country": shift(a.country)}, n_users)
-        self.items = FeatureStore({"item_id": shift(np.arange(n_items)), "category": shift(a.category), "genres": shift(a.genres)}, n_items)
-        self.user_rows, self.item_rows = pd.RangeIndex(n_users), pd.RangeIndex(n_items)
-        self.item_vocab_index = torch.arange(1, n_items + 1)
-
         u, i = torch.from_numpy(a.users).long(), torch.from_numpy(a.items).long()
-        val = torch.from_numpy(np.random.default_rng(self.seed).random(len(u)) < self.val_share)
+        val = torch.from_numpy(np.random.default_rng(seed).random(len(u)) < self.val_share)
         train = ~val
-        self.train_pairs = torch.stack([u[train], i[train]], 1)  # (n_train, 2)
+        train_pairs = torch.stack([u[train], i[train]], 1)  # (n_train, 2)
         empty = CSR.from_pairs(u[:0], i[:0], n_users)
-        self.known = {"val": CSR.from_pairs(u[train], i[train], n_users), "test": empty}
-        self.heldout = {"val": CSR.from_pairs(u[val], i[val], n_users), "test": empty}
-        self.eval_users = {"val": torch.unique(u[val]), "test": u[:0]}
-        self.candidates = {"val": None, "test": None}  # the whole catalogue
-        self.trained_items = torch.unique(self.train_pairs[:, 1])
-        counts = torch.bincount(self.train_pairs[:, 1], minlength=n_items).double()
-        probs = counts / counts.sum()
-        probs[probs == 0] = probs[probs > 0].min()
-        self.item_log_q, self.item_counts = probs.log().float(), counts.long()
-        self.history_name = None
-        self.split_counts = {"train": int(train.sum()), "val": int(val.sum()), "test": 0}
+        item_counts = torch.bincount(train_pairs[:, 1], minlength=n_items).long()
         frame = lambda **cols: pd.DataFrame(cols)  # noqa: E731
-        self.tables = Tables(frame(**{USER: a.users, ITEM: a.items}), frame(**{USER: np.arange(n_users)}), frame(**{ITEM: np.arange(n_items)}),
-                             {"interactions": "skewed synthetic interactions", "users": "skewed synthetic users", "items": "skewed synthetic items"})
+        return Prepared(
+            preprocessor=preprocessor,
+            users=FeatureStore({"user_id": shift(np.arange(n_users)), "segment": shift(a.segment), "country": shift(a.country)}, n_users),
+            items=FeatureStore({"item_id": shift(np.arange(n_items)), "category": shift(a.category), "genres": shift(a.genres)}, n_items),
+            user_rows=pd.RangeIndex(n_users), item_rows=pd.RangeIndex(n_items), item_vocab_index=torch.arange(1, n_items + 1),
+            item_counts=item_counts, item_log_q=log_q_of(item_counts), trained_items=torch.unique(train_pairs[:, 1]),
+            known={"val": CSR.from_pairs(u[train], i[train], n_users), "test": empty},
+            heldout={"val": CSR.from_pairs(u[val], i[val], n_users), "test": empty},
+            eval_users={"val": torch.unique(u[val]), "test": u[:0]}, candidates={"val": None, "test": None},  # the whole catalogue
+            histories={}, history_name=None, split_counts={"train": int(train.sum()), "val": int(val.sum()), "test": 0},
+            tables=Tables(frame(**{USER: a.users, ITEM: a.items}), frame(**{USER: np.arange(n_users)}), frame(**{ITEM: np.arange(n_items)}),
+                          {"interactions": "skewed synthetic interactions", "users": "skewed synthetic users", "items": "skewed synthetic items"}),
+            train_pairs=train_pairs,
+        )
 
-    def device_data(self, device: torch.device) -> DeviceData:
-        """The same columns as plain device tensors, for the yardsticks."""
-        u, i = self.users.columns, self.items.columns
-        to = lambda t: t.to(device)  # noqa: E731
-        return DeviceData(to(u["user_id"]), to(u["segment"]), to(u["country"]), to(i["item_id"]), to(i["category"]), to(i["genres"]),
-                          to(self.train_pairs), to(self.item_log_q))
+
+def prepared_datamodule(arrays: SkewedArrays, n_genres: int, val_share: float, batch_size: int, eval_batch_size: int, seed: int = 0) -> TwoTowerDataModule:
+    """The data module over generated arrays, set up."""
+    dm = TwoTowerDataModule(GeneratedSource(arrays, n_genres, val_share), FEATURES, split=None, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed)
+    dm.setup("fit")
+    return dm
+
+
+def device_data(dm: TwoTowerDataModule, device: torch.device) -> DeviceData:
+    """The same columns as plain device tensors, for the yardsticks."""
+    data = dm.prepared
+    u, i = data.users.columns, data.items.columns
+    to = lambda t: t.to(device)  # noqa: E731
+    return DeviceData(to(u["user_id"]), to(u["segment"]), to(u["country"]), to(i["item_id"]), to(i["category"]), to(i["genres"]),
+                      to(data.train_pairs), to(data.item_log_q))
 
 
 class StepTimer(pl.Callback):
@@ -171,7 +176,7 @@ class SyncAudit(pl.Callback):
         torch.cuda.set_sync_debug_mode("default")
 
 
-def audit_host_syncs(dm: "PreparedDataModule", size: "Size", device: torch.device, refresh_rate: int | None, **module_options) -> tuple[float, list[str]]:
+def audit_host_syncs(dm: TwoTowerDataModule, size: "Size", device: torch.device, refresh_rate: int | None, **module_options) -> tuple[float, list[str]]:
     """Host syncs per training step of twotower's Trainer path (CUDA only), and where they come from.
 
     ``refresh_rate``: a TQDM progress bar refreshed every so many steps; None: Lightning's default bar.
@@ -211,18 +216,18 @@ class Memory:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def plain_model(dm: PreparedDataModule) -> PlainTwoTower:
-    p = dm.preprocessor
+def plain_model(dm: TwoTowerDataModule) -> PlainTwoTower:
+    p = dm.prepared.preprocessor
     return PlainTwoTower([len(p.user_ids), p.query["segment"].cardinality, p.query["country"].cardinality],
                          [len(p.item_ids), p.candidate["category"].cardinality], p.candidate["genres"].cardinality)
 
 
-def twotower_module(dm: PreparedDataModule, **options) -> TwoTowerModule:
-    model = build_two_tower(dm.preprocessor, embedding_dim=64, hidden_dims=[256], output_dim=64)
+def twotower_module(dm: TwoTowerDataModule, **options) -> TwoTowerModule:
+    model = build_two_tower(dm.prepared.preprocessor, embedding_dim=64, hidden_dims=[256], output_dim=64)
     return TwoTowerModule(model, partial(torch.optim.AdamW, lr=LR), ks=[10, TOP_K], **options)
 
 
-def run_twotower(dm: PreparedDataModule, size: Size, device: torch.device, **module_options) -> Clock:
+def run_twotower(dm: TwoTowerDataModule, size: Size, device: torch.device, **module_options) -> Clock:
     timer = StepTimer(size.warmup)
     trainer = pl.Trainer(**{**trainer_options(device), "max_steps": size.warmup + size.steps, "max_epochs": -1, "limit_val_batches": 0,
                             "logger": False, "enable_checkpointing": False, "callbacks": [timer]})
@@ -230,16 +235,16 @@ def run_twotower(dm: PreparedDataModule, size: Size, device: torch.device, **mod
     return timer.clock
 
 
-def run_naive(dm: PreparedDataModule, size: Size, device: torch.device, workers: int) -> Clock:
+def run_naive(dm: TwoTowerDataModule, size: Size, device: torch.device, workers: int) -> Clock:
     timer = StepTimer(min(size.warmup, size.naive_steps // 2))
     trainer = pl.Trainer(**{**trainer_options(device), "max_steps": timer.warmup + size.naive_steps, "max_epochs": -1,
                             "logger": False, "enable_checkpointing": False, "callbacks": [timer]})
-    loader = naive_loader(dm.device_data(torch.device("cpu")), size.batch, workers, pin_memory=device.type == "cuda")
+    loader = naive_loader(device_data(dm, torch.device("cpu")), size.batch, workers, pin_memory=device.type == "cuda")
     trainer.fit(NaiveModule(plain_model(dm), LR), train_dataloaders=loader)
     return timer.clock
 
 
-def run_validate(dm: PreparedDataModule, device: torch.device, repeats: int = 2) -> list[float]:
+def run_validate(dm: TwoTowerDataModule, device: torch.device, repeats: int = 2) -> list[float]:
     """Seconds of each ``trainer.validate`` (full catalogue, exact top-100); the first pays the warm-up."""
     module = twotower_module(dm)
     trainer = pl.Trainer(**{**trainer_options(device), "logger": False, "enable_checkpointing": False, "enable_progress_bar": False})
@@ -262,7 +267,7 @@ def movielens_validate_seconds(repeats: int = 2) -> list[float]:
         cfg = compose("train", overrides=["paths.output_dir=/tmp/twotower-benchmark", "logger=none", "callbacks=none"])
     dm = instantiate(cfg.data)
     dm.setup("fit")
-    module = TwoTowerModule(instantiate(cfg.model)(preprocessor=dm.preprocessor), instantiate(cfg.optimizer), ks=list(cfg.module.ks))
+    module = TwoTowerModule(instantiate(cfg.model)(preprocessor=dm.prepared.preprocessor), instantiate(cfg.optimizer), ks=list(cfg.module.ks))
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     seconds = []
     for _ in range(repeats):
@@ -298,10 +303,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     start = time.perf_counter()
     source = SkewedSource(size.users, size.items, size.interactions)
-    dm = PreparedDataModule(source.generate(), source.n_genres, val_share=0.05, batch_size=size.batch, eval_batch_size=size.eval_batch)
-    dm.setup("fit")
+    dm = prepared_datamodule(source.generate(), source.n_genres, val_share=0.05, batch_size=size.batch, eval_batch_size=size.eval_batch)
     setup_s = time.perf_counter() - start
-    data = dm.device_data(device)
+    data = device_data(dm, device)
 
     # name -> (samples/s, samples per CPU-second, peak GiB): the best of --repeats interleaved rounds.
     best: dict[str, tuple[float, float, float]] = {}
@@ -350,9 +354,9 @@ def main(argv: list[str] | None = None) -> dict:
     memory.reset()
     validate_s = run_validate(dm, device)
     eval_peak = memory.peak_gib()
-    n_eval = len(dm.eval_users["val"])
+    n_eval = len(dm.prepared.eval_users["val"])
     raw_model = plain_model(dm).to(device).eval()
-    raw_eval = raw_evaluation(data, raw_model, dm.eval_users["val"].to(device), size.eval_batch, TOP_K, device, bf16)
+    raw_eval = raw_evaluation(data, raw_model, dm.prepared.eval_users["val"].to(device), size.eval_batch, TOP_K, device, bf16)
     movielens = movielens_validate_seconds() if (args.movielens if args.movielens is not None else args.size == "cpu") else None
     syncs = None
     if device.type == "cuda":

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from twotower.data.sources.movielens import EXPECTED_COUNTS, GENRES
+from twotower.datasets.movielens.source import EXPECTED_COUNTS, GENRES
 
 OCCUPATIONS = ("student", "engineer", "educator", "writer", "artist", "doctor", "other")
 COUNTRIES = ("DE", "FR", "US", "JP", "BR")

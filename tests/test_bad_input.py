@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 from omegaconf import DictConfig, OmegaConf
 
 from twotower.data.datamodule import TwoTowerDataModule
-from twotower.data.sources import MovieLens100K
-from twotower.data.sources.mind import MindSource
-from twotower.data.sources.mind_generator import generate_mind
-from twotower.data.sources.movielens import default_cache_dir
+from twotower.datasets.movielens import MovieLens100K
+from twotower.datasets.mind.source import MindSource
+from twotower.datasets.mind.generator import generate_mind
+from twotower.data.cache import default_cache_dir
 from twotower.data.splits import RandomSplit
 from twotower.losses import in_batch_softmax_loss
 
@@ -74,17 +74,17 @@ def expect_handled(run: Callable[[], None], names: tuple[str, ...]) -> None:
 def assert_trainable(dm: TwoTowerDataModule, cfg: DictConfig) -> None:
     """Set-up, finite features, and a finite first loss and validation query vectors."""
     dm.setup()
-    for side, store in (("users", dm.users), ("items", dm.items)):
+    for side, store in (("users", dm.prepared.users), ("items", dm.prepared.items)):
         for name, column in store.columns.items():
             if column.is_floating_point():
                 assert torch.isfinite(column).all(), f"{side} feature '{name}' has non-finite values"
     torch.manual_seed(0)
-    model = instantiate(cfg.model)(preprocessor=dm.preprocessor)
-    batch = dm.train_batch(torch.arange(min(len(dm.train_pairs), 8)))
+    model = instantiate(cfg.model)(preprocessor=dm.prepared.preprocessor)
+    batch = dm.train_batch(torch.arange(min(len(dm.prepared.train_pairs), 8)))
     loss = in_batch_softmax_loss(model.encode_query(batch.query), model.encode_candidate(batch.candidate), 0.05,
                                  log_q=batch.log_q, candidate_ids=batch.candidate_ids, query_ids=batch.query_ids)
     assert torch.isfinite(loss), loss
-    evaluated = dm.eval_batch(dm.eval_users["val"], "val")
+    evaluated = dm.eval_batch(dm.prepared.eval_users["val"], "val")
     assert torch.isfinite(model.encode_query(evaluated.query)).all()
 
 
@@ -228,9 +228,9 @@ def test_user_without_training_items_has_an_empty_history(tables_cfg, tmp_path):
     run = tables_run(tables_cfg, write(frames, tmp_path), source__split="sp", split={"_target_": "twotower.data.splits.PredefinedSplit"})
     expect(run)
     dm = run.datamodule
-    user7 = dm.user_rows.get_loc("7")
-    assert dm.history["val"][user7].tolist() == [0, 0, 0, 0]  # no training items: an empty history
-    assert dm.preprocessor.item_ids.lookup(["9"]).tolist() == [0]  # never trained on: the OOV id
+    user7 = dm.prepared.user_rows.get_loc("7")
+    assert dm.prepared.histories["val"][user7].tolist() == [0, 0, 0, 0]  # no training items: an empty history
+    assert dm.prepared.preprocessor.item_ids.lookup(["9"]).tolist() == [0]  # never trained on: the OOV id
 
 
 @pytest.mark.parametrize("content, names", [

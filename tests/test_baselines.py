@@ -64,9 +64,9 @@ def test_factor_models_recommend_from_the_users_own_block(model):
 
 def test_known_matrix_is_train_for_val_and_train_plus_val_for_test(datamodule):
     val, test = known_matrix(datamodule, "val"), known_matrix(datamodule, "test")
-    assert val.nnz == datamodule.split_counts["train"]
-    assert test.nnz == datamodule.split_counts["train"] + datamodule.split_counts["val"]
-    users, items = datamodule.train_pairs.T.numpy()
+    assert val.nnz == datamodule.prepared.split_counts["train"]
+    assert test.nnz == datamodule.prepared.split_counts["train"] + datamodule.prepared.split_counts["val"]
+    users, items = datamodule.prepared.train_pairs.T.numpy()
     assert (np.asarray(val[users, items]) == 1).all()
 
 
@@ -74,9 +74,9 @@ def test_popularity_evaluation_matches_brute_force(datamodule):
     result = evaluate(Popularity(), datamodule, "test", ks=[5], beyond_ks=[])
     known = known_matrix(datamodule, "test").toarray() > 0
     counts = known.sum(0)
-    heldout = datamodule.heldout["test"]
+    heldout = datamodule.prepared.heldout["test"]
     recalls = []
-    for u in datamodule.eval_users["test"].tolist():
+    for u in datamodule.prepared.eval_users["test"].tolist():
         targets = set(heldout.indices[heldout.indptr[u] : heldout.indptr[u + 1]].tolist())
         # Ties by count are broken by the evaluation's seeded jitter: accept any order within a tie.
         candidates = np.flatnonzero(~known[u])
@@ -106,7 +106,7 @@ def test_evaluation_never_recommends_known_items(datamodule):
     result = evaluate(KnownFirst(), datamodule, "val", ks=[5], beyond_ks=[], seed=1)
     assert result["recall@5"] < 0.5  # the known items would be no hit at all; the rest is by jitter
     # The same list the evaluation ranks, rebuilt: none of its items is known.
-    users = datamodule.eval_users["val"]
+    users = datamodule.prepared.eval_users["val"]
     batch = datamodule.eval_batch(users, "val")
     known = known_matrix(datamodule, "val")
     assert set(zip(batch.exclude[0].tolist(), batch.exclude[1].tolist())) == {(p, i) for p, u in enumerate(users.tolist()) for i in known[u].indices}

@@ -50,12 +50,12 @@ def test_reveal_must_not_be_negative():
 def test_cold_items_rank_only_the_held_out_items():
     dm = TwoTowerDataModule(SyntheticSource(n_users=80, n_items=60, interactions_per_user=10, seed=2), FEATURES, ColdStartItems(seed=2), candidates="heldout", batch_size=64)
     dm.setup("fit")
-    test_items = torch.unique(dm.heldout["test"].indices)
-    assert torch.equal(dm.candidates["test"].nonzero().squeeze(1), test_items)
-    assert not set(test_items.tolist()) & set(dm.train_pairs[:, 1].tolist())
-    module = TwoTowerModule(build_two_tower(dm.preprocessor, embedding_dim=8, hidden_dims=[], output_dim=8), optimizer=torch.optim.Adam)
+    test_items = torch.unique(dm.prepared.heldout["test"].indices)
+    assert torch.equal(dm.prepared.candidates["test"].nonzero().squeeze(1), test_items)
+    assert not set(test_items.tolist()) & set(dm.prepared.train_pairs[:, 1].tolist())
+    module = TwoTowerModule(build_two_tower(dm.prepared.preprocessor, embedding_dim=8, hidden_dims=[], output_dim=8), optimizer=torch.optim.Adam)
     module._catalogue = torch.cat([module.model.encode_candidate(f) for f in dm.catalogue()])
-    batch = dm.eval_batch(dm.eval_users["test"], "test")
+    batch = dm.eval_batch(dm.prepared.eval_users["test"], "test")
     top = module.rank(batch, k=5)
     assert set(top.flatten().tolist()) <= set(test_items.tolist())
 

@@ -24,10 +24,12 @@ def test_data_configs_instantiate(compose_cfg, data, tmp_path):
 
 @pytest.mark.parametrize("model", options("model"))
 def test_model_configs_build_towers(compose_cfg, model):
-    cfg = compose_cfg("data=synthetic", f"model={model}")
+    # model=mind configures a click-history user tower: the history is then read through the item tower.
+    through = ["+data.features.query.3.through_item_tower=true"] if model == "mind" else []
+    cfg = compose_cfg("data=synthetic", f"model={model}", *through)
     dm = instantiate(cfg.data)
     dm.setup()
-    towers = instantiate(cfg.model)(preprocessor=dm.preprocessor)
+    towers = instantiate(cfg.model)(preprocessor=dm.prepared.preprocessor)
     assert towers.query_tower.output_dim == cfg.model.output_dim
 
 

@@ -19,8 +19,8 @@ def synthetic(compose_cfg):
 
 def test_target_never_in_its_own_history(synthetic):
     dm = synthetic
-    batch = dm.train_batch(torch.arange(len(dm.train_pairs)))
-    target = dm.item_vocab_index[batch.candidate_ids]
+    batch = dm.train_batch(torch.arange(len(dm.prepared.train_pairs)))
+    target = dm.prepared.item_vocab_index[batch.candidate_ids]
     assert not (batch.query["history"] == target.unsqueeze(1)).any()
     # The rest of the user's training items stay visible.
     assert (batch.query["history"] > 0).sum(1).float().mean() > 5
@@ -30,22 +30,22 @@ def test_batches_gather_the_rows_of_their_pairs(synthetic):
     dm = synthetic
     rows = torch.tensor([5, 0, 17])
     batch = dm.train_batch(rows)
-    users, items = dm.train_pairs[rows].unbind(1)
-    assert torch.equal(batch.query["user_id"], dm.users.columns["user_id"][users])
-    assert torch.equal(batch.candidate["genres"], dm.items.columns["genres"][items])
-    assert torch.equal(batch.log_q, dm.item_log_q[items])
+    users, items = dm.prepared.train_pairs[rows].unbind(1)
+    assert torch.equal(batch.query["user_id"], dm.prepared.users.columns["user_id"][users])
+    assert torch.equal(batch.candidate["genres"], dm.prepared.items.columns["genres"][items])
+    assert torch.equal(batch.log_q, dm.prepared.item_log_q[items])
 
 
 def test_eval_batch_excludes_known_and_targets_heldout(synthetic):
     dm = synthetic
-    users = dm.eval_users["test"][:4]
+    users = dm.prepared.eval_users["test"][:4]
     batch = dm.eval_batch(users, "test")
-    pairs = dm.tables.interactions.assign(split=dm.split(dm.tables.interactions))
+    pairs = dm.prepared.tables.interactions.assign(split=dm.split(dm.prepared.tables.interactions))
     for pos, user_row in enumerate(users.tolist()):
-        uid = dm.user_rows[user_row]
+        uid = dm.prepared.user_rows[user_row]
         mine = pairs[pairs[USER] == uid]
-        known = set(dm.item_rows.get_indexer(mine.loc[mine.split != "test", ITEM]))
-        held = set(dm.item_rows.get_indexer(mine.loc[mine.split == "test", ITEM]))
+        known = set(dm.prepared.item_rows.get_indexer(mine.loc[mine.split != "test", ITEM]))
+        held = set(dm.prepared.item_rows.get_indexer(mine.loc[mine.split == "test", ITEM]))
         assert set(batch.exclude[1][batch.exclude[0] == pos].tolist()) == known
         assert set(batch.targets[1][batch.targets[0] == pos].tolist()) == held
 
@@ -60,11 +60,11 @@ def test_vocabularies_fit_on_train_only(tmp_path):
                 "candidate": [{"name": "item_id", "kind": "id"}, {"name": "genres", "kind": "multi_hot"}]}
     dm = TwoTowerDataModule(TableSource(str(tmp_path / "i.csv"), items=str(tmp_path / "items.csv"), split="split"), features, PredefinedSplit(), batch_size=2)
     dm.setup()
-    assert dm.preprocessor.item_ids.values == ["x", "y"]  # z is seen only in validation
-    assert dm.preprocessor.candidate["genres"].vocab.values == ["A", "B"]
-    z = dm.item_rows.get_loc("z")
-    assert dm.items.columns["item_id"][z].item() == 0 and dm.items.columns["genres"][z].tolist() == [0]
-    assert dm.preprocessor.user_ids.values == ["a", "b"]  # c has only a test interaction
+    assert dm.prepared.preprocessor.item_ids.values == ["x", "y"]  # z is seen only in validation
+    assert dm.prepared.preprocessor.candidate["genres"].vocab.values == ["A", "B"]
+    z = dm.prepared.item_rows.get_loc("z")
+    assert dm.prepared.items.columns["item_id"][z].item() == 0 and dm.prepared.items.columns["genres"][z].tolist() == [0]
+    assert dm.prepared.preprocessor.user_ids.values == ["a", "b"]  # c has only a test interaction
 
 
 def test_split_that_leaves_validation_empty_is_refused(tmp_path):
@@ -81,8 +81,8 @@ def test_known_items_are_each_rows_training_items(compose_cfg, synthetic):
     dm.setup()
     rows = torch.tensor([3, 40, 41])
     batch = dm.train_batch(rows)
-    for pos, user in enumerate(dm.train_pairs[rows, 0].tolist()):
-        train_items = set(dm.train_pairs[dm.train_pairs[:, 0] == user, 1].tolist())
+    for pos, user in enumerate(dm.prepared.train_pairs[rows, 0].tolist()):
+        train_items = set(dm.prepared.train_pairs[dm.prepared.train_pairs[:, 0] == user, 1].tolist())
         assert set(batch.known_items[1][batch.known_items[0] == pos].tolist()) == train_items
     assert synthetic.train_batch(rows).known_items is None  # off by default
 

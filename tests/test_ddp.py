@@ -32,14 +32,14 @@ def build(cross_device_negatives: bool = True):
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     torch.manual_seed(0)
-    model = instantiate(cfg.model)(preprocessor=datamodule.preprocessor)
+    model = instantiate(cfg.model)(preprocessor=datamodule.prepared.preprocessor)
     options = {**OmegaConf.to_container(cfg.loss, resolve=True), "cross_device_negatives": cross_device_negatives}
     module = TwoTowerModule(model=model, optimizer=instantiate(cfg.optimizer), **options)
     return datamodule, module
 
 
 def batch_rows(datamodule) -> torch.Tensor:
-    return torch.randperm(len(datamodule.train_pairs), generator=torch.Generator().manual_seed(1))[: WORLD * PER_RANK]
+    return torch.randperm(len(datamodule.prepared.train_pairs), generator=torch.Generator().manual_seed(1))[: WORLD * PER_RANK]
 
 
 def loss_and_grads(module: TwoTowerModule, batch) -> tuple[float, dict[str, torch.Tensor]]:

@@ -46,7 +46,7 @@ def exported(tmp_path_factory):
 
 def brute_force_top_k(model, datamodule, users: list[str], k: int):
     """Every item scored for each user from the tables directly; seen items removed."""
-    tables, pre = datamodule.tables, datamodule.preprocessor
+    tables, pre = datamodule.prepared.tables, datamodule.prepared.preprocessor
     with torch.no_grad():
         items = model.encode_candidate(pre.transform("candidate", tables.items, "items"))  # (n_items, D)
         frame = tables.users.set_index(USER).loc[users].reset_index()

@@ -40,7 +40,7 @@ def perturbed_copy(checkpoint: Path, path: Path) -> Path:
 
 def catalogue_vectors(checkpoint: Path, datamodule) -> np.ndarray:
     model, _, _ = load_checkpoint(checkpoint)
-    return encode(model.candidate_tower, len(datamodule.items), datamodule.items.gather, torch.device("cpu"), 1024)
+    return encode(model.candidate_tower, len(datamodule.prepared.items), datamodule.prepared.items.gather, torch.device("cpu"), 1024)
 
 
 def test_two_exports_into_one_directory_publish_one_whole_artifact(exported, tmp_path, monkeypatch, caplog):

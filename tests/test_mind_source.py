@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twotower.data.sources.mind import IMPRESSION, IN_TRAIN, MindSource, read_behaviors, read_news
-from twotower.data.sources.mind_generator import generate_mind, main
+from twotower.datasets.mind.source import MindSource, read_behaviors, read_news
+from twotower.datasets.mind.tables import IMPRESSION, IN_TRAIN
+from twotower.datasets.mind.generator import generate_mind, main
 from twotower.data.tables import ITEM, SPLIT, TIME, USER
 
 NEWS = (
@@ -126,5 +127,5 @@ def test_generator_command_line(tmp_path, capsys):
 
 
 def test_no_path_says_which_override_to_set():
-    with pytest.raises(ValueError, match=r"set data.path=<dir>"):
+    with pytest.raises(ValueError, match=r"set data.source.path=<dir>"):
         MindSource(None).load()

@@ -2,8 +2,8 @@
 import pandas as pd
 import pytest
 
-from twotower.data.preprocess import Preprocessor
-from twotower.data.schema import FeatureSpec, Schema
+from twotower.data.schema import Schema
+from twotower.features import FeatureSpec, Preprocessor
 
 
 def test_hashed_tokens_are_stable_ids_and_cover_unseen_words():

@@ -1,8 +1,11 @@
 import pytest
 import torch
 
-from twotower.model.features import EmbeddingEncoder, HistoryEncoder, MultiHotEncoder, build_encoder, mean_of_rows
-from twotower.model.text import TextEncoder
+from twotower.features import build_encoder
+from twotower.features.history import HistoryEncoder, mean_of_rows
+from twotower.features.id import EmbeddingEncoder
+from twotower.features.multi_hot import MultiHotEncoder
+from twotower.features.text import TextEncoder
 from twotower.model.towers import Tower
 from twotower.model.two_tower import TwoTower
 
@@ -103,7 +106,7 @@ def test_config_round_trip_rebuilds_identical_model():
 
 def test_errors_name_what_is_wrong():
     with pytest.raises(ValueError, match="no encoder for feature kind 'picture'"):
-        build_encoder("picture")
+        build_encoder({"name": "x", "kind": "picture"})
     with pytest.raises(ValueError, match="query tower outputs dim 5, candidate tower 6"):
         TwoTower(Tower(QUERY, [8], 5), Tower(CANDIDATE, [8], 6))
     with pytest.raises(KeyError, match=r"lack feature\(s\) \['age'\]"):

@@ -20,7 +20,7 @@ def _datamodule() -> TwoTowerDataModule:
 
 
 def _module(datamodule: TwoTowerDataModule, **options) -> TwoTowerModule:
-    return TwoTowerModule(build_two_tower(datamodule.preprocessor, embedding_dim=4, hidden_dims=[8], output_dim=4), partial(torch.optim.AdamW), **options)
+    return TwoTowerModule(build_two_tower(datamodule.prepared.preprocessor, embedding_dim=4, hidden_dims=[8], output_dim=4), partial(torch.optim.AdamW), **options)
 
 
 def test_compile_switch_keeps_parameter_names():

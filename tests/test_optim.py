@@ -159,7 +159,7 @@ def test_module_trained_with_a_table_optimizer_learns(table_optimizer):
     }
     datamodule = TwoTowerDataModule(SyntheticSource(n_users=150, n_items=120, seed=1), features, RandomSplit(test=0.0, val=0.1), batch_size=128)
     datamodule.setup("fit")
-    model = build_two_tower(datamodule.preprocessor, embedding_dim=16, hidden_dims=[32], output_dim=16)
+    model = build_two_tower(datamodule.prepared.preprocessor, embedding_dim=16, hidden_dims=[32], output_dim=16)
     module = TwoTowerModule(model, partial(torch.optim.AdamW, lr=0.01), table_optimizer=table_optimizer, ks=[20])
     trainer = pl.Trainer(max_epochs=5, check_val_every_n_epoch=5, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, datamodule=datamodule)

@@ -111,7 +111,7 @@ METRICS = r"test  @20 +0\.\d{4}"  # the metrics table train.py prints after test
 CHECKPOINT = "{run}/checkpoints/last.ckpt"  # {run}: the training run's directory, see run_dir()
 TRAIN_DEMO = "python train.py hydra.run.dir=outputs/demo"
 EXPORT_DEMO = "python export.py checkpoint=outputs/demo output_dir=artifacts/demo"
-MIND_GENERATOR = "python -m twotower.data.sources.mind_generator /tmp/mind --users 5000 --news 8000"
+MIND_GENERATOR = "python -m twotower.datasets.mind.generator /tmp/mind --users 5000 --news 8000"
 TABLES = "python train.py data=tables data.source.interactions=clicks.csv data.source.users=users.csv data.source.items=items.csv"
 SPLITS = "twotower.data.splits."
 
@@ -149,9 +149,9 @@ RUN = {
         Run(METRICS, (CHECKPOINT,), {"data.split._target_": SPLITS + "ColdStartItems", "data.candidates": "heldout"}),
     # MIND: the generator's output stands in for /data/MINDsmall too.
     MIND_GENERATOR: Run(r"users=5000 news=8000", ("mind/train/behaviors.tsv", "mind/dev/news.tsv")),
-    "python train.py data=mind data.path=/tmp/mind": Run(r"test  impressions  auc=0\.\d{4}", (CHECKPOINT,), needs=(MIND_GENERATOR,)),
-    "python train.py data=mind data.path=/data/MINDsmall": Run(r"test  impressions  auc=0\.\d{4}", (CHECKPOINT,), needs=(MIND_GENERATOR,)),
-    "python train.py experiment=mind_text data.path=/data/MINDsmall":
+    "python train.py data=mind data.source.path=/tmp/mind": Run(r"test  impressions  auc=0\.\d{4}", (CHECKPOINT,), needs=(MIND_GENERATOR,)),
+    "python train.py data=mind data.source.path=/data/MINDsmall": Run(r"test  impressions  auc=0\.\d{4}", (CHECKPOINT,), needs=(MIND_GENERATOR,)),
+    "python train.py experiment=mind_text data.source.path=/data/MINDsmall":
         Run(r"test  impressions  auc=0\.\d{4}", (CHECKPOINT,), {"monitor.metric": "val/impression_auc"}, needs=(MIND_GENERATOR,)),
     # Cluster paths that run on one CPU machine.
     "python train.py trainer=ddp_cpu": Run(METRICS, (CHECKPOINT,), {"trainer.devices": 2}),

@@ -26,7 +26,7 @@ def steps_per_epoch() -> int:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         datamodule = instantiate(compose("train", overrides=DATA).data)
     datamodule.setup("fit")
-    return len(datamodule.train_pairs) // datamodule.batch_size
+    return len(datamodule.prepared.train_pairs) // datamodule.batch_size
 
 
 def train_command(run_dir: Path, log_version: str) -> list[str]:

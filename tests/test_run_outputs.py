@@ -48,19 +48,19 @@ def test_plots_are_written_into_the_run_directory(run):
 def test_sample_recommendations_are_unseen_items_with_titles(run):
     table = pd.read_csv(run["dir"] / "sample_recommendations.csv", dtype={"user_id": str, "item_id": str})
     dm = run["datamodule"]
-    users = dm.eval_users["val"][:5]
-    assert table["user_id"].drop_duplicates().tolist() == [dm.user_rows[u] for u in users.tolist()]
+    users = dm.prepared.eval_users["val"][:5]
+    assert table["user_id"].drop_duplicates().tolist() == [dm.prepared.user_rows[u] for u in users.tolist()]
     assert table.groupby("user_id")["rank"].apply(list).map(lambda r: r == list(range(1, 11))).all()
     assert (table.groupby("user_id")["score"].diff().dropna() <= 0).all()
-    item_row = {item: row for row, item in enumerate(dm.item_rows)}
-    positions, known_rows = dm.known["val"].gather(users.to(dm.known["val"].indptr.device))
-    known = {(dm.user_rows[users[p].item()], r) for p, r in zip(positions.tolist(), known_rows.tolist())}
-    positions, heldout_rows = dm.heldout["val"].gather(users.to(dm.heldout["val"].indptr.device))
-    heldout = {(dm.user_rows[users[p].item()], r) for p, r in zip(positions.tolist(), heldout_rows.tolist())}
+    item_row = {item: row for row, item in enumerate(dm.prepared.item_rows)}
+    positions, known_rows = dm.prepared.known["val"].gather(users.to(dm.prepared.known["val"].indptr.device))
+    known = {(dm.prepared.user_rows[users[p].item()], r) for p, r in zip(positions.tolist(), known_rows.tolist())}
+    positions, heldout_rows = dm.prepared.heldout["val"].gather(users.to(dm.prepared.heldout["val"].indptr.device))
+    heldout = {(dm.prepared.user_rows[users[p].item()], r) for p, r in zip(positions.tolist(), heldout_rows.tolist())}
     pairs = [(user, item_row[item]) for user, item in zip(table["user_id"], table["item_id"])]
     assert not known & set(pairs)
     assert table["held_out"].tolist() == [pair in heldout for pair in pairs]
-    titles = dm.tables.items.set_index("item_id")["title"]
+    titles = dm.prepared.tables.items.set_index("item_id")["title"]
     assert table["title"].tolist() == titles.loc[table["item_id"]].tolist()
 
 

@@ -1,6 +1,7 @@
 import pytest
 
-from twotower.data.schema import FeatureSpec, Schema
+from twotower.data.schema import Schema
+from twotower.features import FeatureSpec
 
 FEATURES = {
     "query": [{"name": "user_id", "kind": "id"}, {"name": "age", "kind": "numeric"}],

@@ -14,12 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from twotower.data import ShardedDataModule, TwoTowerDataModule
-from twotower.data.shard_scan import RecentItems
-from twotower.data.sharded_datamodule import ShardBatches
-from twotower.data.sources import ShardSource, TableSource
+from twotower.data import TwoTowerDataModule
+from twotower.data.streaming.scan import RecentItems
+from twotower.data.streaming.stream import ShardStream
+from twotower.data.sources import TableSource
+from twotower.data.streaming import ShardSource
 from twotower.data.splits import HashSplit, PredefinedSplit
-from twotower.exporting import export
 from twotower.training import train
 
 FEATURES = {
@@ -48,8 +48,8 @@ def write_tables(root, n_files=3, row_group_size=200, split_column=False):
 
 def sharded(root, eval_users=None, batch_size=64, seed=3, **source):
     source = {"user_id": "uid", "item_id": "iid", "timestamp": "ts", **source}
-    dm = ShardedDataModule(ShardSource(str(root / "shards"), str(root / "users.parquet"), str(root / "items.csv"), **source),
-                           FEATURES, HashSplit(seed=seed), batch_size=batch_size, eval_users=eval_users, shuffle_buffer=256, seed=seed)
+    source = ShardSource(str(root / "shards"), str(root / "users.parquet"), str(root / "items.csv"), eval_users=eval_users, shuffle_buffer=256, **source)
+    dm = TwoTowerDataModule(source, FEATURES, HashSplit(seed=seed), batch_size=batch_size, seed=seed)
     dm.setup()
     return dm
 
@@ -66,16 +66,16 @@ def test_set_up_equals_the_in_memory_datamodule_on_the_same_split(tables):
     memory = TwoTowerDataModule(TableSource(str(root / "shards"), str(root / "users.parquet"), str(root / "items.csv"), user_id="uid", item_id="iid", timestamp="ts"),
                                 FEATURES, HashSplit(seed=3), batch_size=64, seed=3)
     memory.setup()
-    assert streamed.preprocessor.to_json() == memory.preprocessor.to_json()
-    assert streamed.split_counts == memory.split_counts
-    torch.testing.assert_close(streamed.item_log_q, memory.item_log_q)
-    assert torch.equal(streamed.item_counts, memory.item_counts)
-    assert torch.equal(streamed.trained_items, memory.trained_items)
+    assert streamed.prepared.preprocessor.to_json() == memory.prepared.preprocessor.to_json()
+    assert streamed.prepared.split_counts == memory.prepared.split_counts
+    torch.testing.assert_close(streamed.prepared.item_log_q, memory.prepared.item_log_q)
+    assert torch.equal(streamed.prepared.item_counts, memory.prepared.item_counts)
+    assert torch.equal(streamed.prepared.trained_items, memory.prepared.trained_items)
     for split in ("val", "test"):
-        assert torch.equal(streamed.eval_users[split], memory.eval_users[split])
-        assert torch.equal(streamed.history[split], memory.history[split])
+        assert torch.equal(streamed.prepared.eval_users[split], memory.prepared.eval_users[split])
+        assert torch.equal(streamed.prepared.histories[split], memory.prepared.histories[split])
         for csr in ("known", "heldout"):
-            a, b = getattr(streamed, csr)[split], getattr(memory, csr)[split]
+            a, b = getattr(streamed.prepared, csr)[split], getattr(memory.prepared, csr)[split]
             assert torch.equal(a.indptr, b.indptr) and torch.equal(a.indices, b.indices), (split, csr)
 
 
@@ -85,23 +85,23 @@ def test_two_ranks_stream_disjoint_rows_whose_union_is_the_train_split(tables):
     train_pairs = {tuple(p) for p in _train_pairs(root)}
     streams = []
     for rank in (0, 1):
-        batches = ShardBatches(dm.shards, dm.shards.assign(rank, 2), dm._labels, dm.steps_per_epoch(2), 64, 256, 3, rank)
+        batches = dm.prepared.stream.batches(rank, 2, 0, 64)
         streams.append({tuple(p) for chunk in batches.pairs() for p in chunk.tolist()})
         epoch = torch.cat(list(batches))  # (steps * B, 2)
-        assert len(epoch) == dm.steps_per_epoch(2) * 64
+        assert len(epoch) == dm.prepared.stream.steps(2, 64) * 64
         assert len({tuple(p) for p in epoch.tolist()}) == len(epoch), "a row repeats within an epoch"
         assert {tuple(p) for p in epoch.tolist()} <= streams[-1], "a rank yielded a row it does not own"
     assert not streams[0] & streams[1]
     assert streams[0] | streams[1] == train_pairs
     # The plan: each rank owns about half the row groups' rows, and both take the same steps.
-    assert dm.steps_per_epoch(2) == min(len(s) for s in streams) // 64 > 0
+    assert dm.prepared.stream.steps(2, 64) == min(len(s) for s in streams) // 64 > 0
 
 
 def _train_pairs(root):
     memory = TwoTowerDataModule(TableSource(str(root / "shards"), str(root / "users.parquet"), str(root / "items.csv"), user_id="uid", item_id="iid"),
                                 FEATURES, HashSplit(seed=3), seed=3)
     memory.setup()
-    return memory.train_pairs.tolist()
+    return memory.prepared.train_pairs.tolist()
 
 
 def test_each_epoch_is_a_seeded_shuffle(tables):
@@ -109,36 +109,35 @@ def test_each_epoch_is_a_seeded_shuffle(tables):
     dm = sharded(root)
 
     def epoch(seed, number):
-        batches = ShardBatches(dm.shards, dm.shards.assign(0, 1), dm._labels, dm.steps_per_epoch(1), 64, 256, seed, 0)
-        batches.epoch = number
-        return torch.cat(list(batches))
+        stream = dm.prepared.stream
+        return torch.cat(list(ShardStream(stream.shards, stream.train_rows_per_group, stream.labels, 256, seed).batches(0, 1, number, 64)))
 
     assert torch.equal(epoch(0, 0), epoch(0, 0))
     assert not torch.equal(epoch(0, 0), epoch(0, 1))
     assert not torch.equal(epoch(0, 0), epoch(1, 0))
-    unshuffled = np.concatenate(list(ShardBatches(dm.shards, dm.shards.assign(0, 1), dm._labels, 1, 64, 256, 0, 0).pairs()))
+    unshuffled = np.concatenate(list(dm.prepared.stream.batches(0, 1, 0, 64).pairs()))
     assert not np.array_equal(epoch(0, 0).numpy(), unshuffled[: len(epoch(0, 0))])
 
 
 def test_evaluation_sample_is_bounded_and_the_same_users_in_every_process(tables):
     _, root = tables
     dm, again = sharded(root, eval_users=10), sharded(root, eval_users=10)
-    sampled = torch.unique(torch.cat([dm.eval_users["val"], dm.eval_users["test"]]))
+    sampled = torch.unique(torch.cat([dm.prepared.eval_users["val"], dm.prepared.eval_users["test"]]))
     assert 0 < len(sampled) <= 10
-    assert torch.equal(dm.eval_users["val"], again.eval_users["val"])
+    assert torch.equal(dm.prepared.eval_users["val"], again.prepared.eval_users["val"])
     full = sharded(root)
-    for user in dm.eval_users["val"].tolist():  # a sampled user keeps all their rows
+    for user in dm.prepared.eval_users["val"].tolist():  # a sampled user keeps all their rows
         for csr in ("known", "heldout"):
-            a, b = getattr(dm, csr)["val"], getattr(full, csr)["val"]
+            a, b = getattr(dm.prepared, csr)["val"], getattr(full.prepared, csr)["val"]
             assert a.indices[a.indptr[user] : a.indptr[user + 1]].tolist() == b.indices[b.indptr[user] : b.indptr[user + 1]].tolist()
 
 
 def test_predefined_split_column(tmp_path):
     frame = write_tables(tmp_path, split_column=True)
-    dm = ShardedDataModule(ShardSource(str(tmp_path / "shards"), str(tmp_path / "users.parquet"), str(tmp_path / "items.csv"), user_id="uid", item_id="iid", split="part"),
-                           FEATURES, PredefinedSplit(), batch_size=64, eval_users=None)
+    source = ShardSource(str(tmp_path / "shards"), str(tmp_path / "users.parquet"), str(tmp_path / "items.csv"), user_id="uid", item_id="iid", split="part", eval_users=None)
+    dm = TwoTowerDataModule(source, FEATURES, PredefinedSplit(), batch_size=64)
     dm.setup()
-    assert dm.split_counts == frame["part"].value_counts().to_dict()
+    assert dm.prepared.split_counts == frame["part"].value_counts().to_dict()
 
 
 def _source(root, **kwargs):
@@ -159,7 +158,7 @@ def test_a_bad_shard_is_named_with_its_column(tmp_path, damage, message):
     bad = tmp_path / "shards" / "part-01.parquet"
     pq.write_table(pa.Table.from_pandas(damage(pd.read_parquet(bad)), preserve_index=False), bad)
     with pytest.raises(ValueError, match=message):
-        dm = ShardedDataModule(_source(tmp_path, timestamp="ts"), FEATURES, HashSplit(), eval_users=None)
+        dm = TwoTowerDataModule(_source(tmp_path, timestamp="ts", eval_users=None), FEATURES, HashSplit())
         dm.setup()
 
 
@@ -187,17 +186,14 @@ def test_train_on_shards_end_to_end(tables, compose_cfg):
     cfg = compose_cfg(
         "data=shards", f"data.source.interactions={root / 'shards'}", f"data.source.users={root / 'users.parquet'}",
         f"data.source.items={root / 'items.csv'}", "data.source.user_id=uid", "data.source.item_id=iid", "data.source.timestamp=ts",
-        "data.batch_size=64", "data.shuffle_buffer=512", "data.eval_users=30", "logger=none", "trainer.max_epochs=2",
+        "data.batch_size=64", "data.source.shuffle_buffer=512", "data.source.eval_users=30", "logger=none", "trainer.max_epochs=2",
         "+trainer.enable_progress_bar=false",
     )
     metrics, objects = train(cfg)
-    assert objects["trainer"].global_step == 2 * objects["datamodule"].steps_per_epoch(1) > 0
+    assert objects["trainer"].global_step == 2 * objects["datamodule"].prepared.stream.steps(1, 64) > 0
     for name in ("val/recall@20", "test/recall@20", "val/ndcg@10"):
         assert math.isfinite(metrics[name]) and 0.0 <= metrics[name] <= 1.0
-    assert math.isfinite(metrics["train/loss_epoch"])
-    with pytest.raises(ValueError, match="trained on parquet shards"):
-        export({"checkpoint": objects["best_checkpoint"], "output_dir": str(root / "artifact")})
-    assert not (root / "artifact").exists() and not list(root.glob("artifact*"))
+    assert math.isfinite(metrics["train/loss_epoch"])  # export and serving: tests/test_every_data_config_serves.py
 
 
 @pytest.mark.slow
@@ -209,13 +205,13 @@ def test_two_gloo_processes_train_on_shards_in_step(tables, tmp_path):
     command = [
         sys.executable, "train.py", "data=shards", "trainer=ddp_cpu", f"hydra.run.dir={run_dir}", "trainer.max_epochs=2",
         f"data.source.interactions={root / 'shards'}", f"data.source.users={root / 'users.parquet'}", f"data.source.items={root / 'items.csv'}",
-        "data.source.user_id=uid", "data.source.item_id=iid", "data.source.timestamp=ts", "data.batch_size=64", "data.shuffle_buffer=512",
-        "data.eval_users=30", "+trainer.enable_progress_bar=false", "logger.csv.version=ddp",
+        "data.source.user_id=uid", "data.source.item_id=iid", "data.source.timestamp=ts", "data.batch_size=64", "data.source.shuffle_buffer=512",
+        "data.source.eval_users=30", "+trainer.enable_progress_bar=false", "logger.csv.version=ddp",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "test  @20" in done.stdout
-    steps = sharded(root, seed=42).steps_per_epoch(2)  # train.yaml's seed
+    steps = sharded(root, seed=42).prepared.stream.steps(2, 64)  # train.yaml's seed
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] == 2 * steps > 0
 
@@ -240,8 +236,12 @@ def test_options_that_need_every_row_in_memory_are_refused(tables):
 
     _, root = tables
     with pytest.raises(ValueError, match="HashSplit or PredefinedSplit .* not RandomSplit"):
-        ShardedDataModule(_source(root), FEATURES, RandomSplit())
+        TwoTowerDataModule(_source(root), FEATURES, RandomSplit()).setup()
     with pytest.raises(ValueError, match="mask_known_positives needs every user's training items"):
-        ShardedDataModule(_source(root), FEATURES, HashSplit(), mask_known_positives=True)
+        TwoTowerDataModule(_source(root), FEATURES, HashSplit(), mask_known_positives=True).setup()
+    with pytest.raises(ValueError, match="impression_negatives=2: the source records no impressions"):
+        TwoTowerDataModule(_source(root), FEATURES, HashSplit(), impression_negatives=2).setup()
+    with pytest.raises(ValueError, match="candidates='heldout'"):
+        TwoTowerDataModule(_source(root), FEATURES, HashSplit(), candidates="heldout").setup()
     with pytest.raises(ValueError, match="PredefinedSplit needs a split column"):
-        ShardedDataModule(_source(root), FEATURES, PredefinedSplit()).setup()
+        TwoTowerDataModule(_source(root), FEATURES, PredefinedSplit()).setup()

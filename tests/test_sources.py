@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 from hydra.utils import instantiate
 
-from twotower.data.sources import MovieLens100K, SyntheticSource, TableSource
+from twotower.data.sources import SyntheticSource, TableSource
+from twotower.datasets.movielens import MovieLens100K
 
 
 @pytest.fixture

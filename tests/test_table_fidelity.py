@@ -5,11 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twotower.data.preprocess import fit_feature
-from twotower.data.schema import FeatureSpec
 from twotower.data.sources import TableSource
 from twotower.data.splits import RandomSplit
 from twotower.data.vocab import Vocabulary
+from twotower.features import FeatureSpec, fit_feature
 
 
 def load(tmp_path, inter, items=None, suffix="csv", **kw):

@@ -29,17 +29,15 @@ def test_prepared_datamodule_serves_twotower_batches():
     size = throughput.SIZES["ci"]
     source = throughput.SkewedSource(200, 150, 3_000)
     arrays = source.generate()
-    dm = throughput.PreparedDataModule(arrays, source.n_genres, val_share=0.1, batch_size=64, eval_batch_size=size.eval_batch)
-    dm.setup("fit")
-    dm._move_to(torch.device("cpu"))
+    dm = throughput.prepared_datamodule(arrays, source.n_genres, val_share=0.1, batch_size=64, eval_batch_size=size.eval_batch)
     rows = torch.arange(64)
     batch = dm.train_batch(rows)
-    users, items = dm.train_pairs[rows].unbind(1)
+    users, items = dm.prepared.train_pairs[rows].unbind(1)
     assert torch.equal(batch.query["segment"], torch.from_numpy(arrays.segment)[users] + 1)  # index 0 is OOV
     assert torch.equal(batch.candidate["genres"], torch.from_numpy(arrays.genres)[items] + 1)
-    counts = torch.bincount(dm.train_pairs[:, 1], minlength=150).double()
+    counts = torch.bincount(dm.prepared.train_pairs[:, 1], minlength=150).double()
     assert torch.allclose(batch.log_q, (counts / counts.sum()).log().float()[items])
-    assert len(dm.train_pairs) + dm.heldout["val"].indices.numel() == 3_000
+    assert len(dm.prepared.train_pairs) + dm.prepared.heldout["val"].indices.numel() == 3_000
 
 
 @pytest.mark.slow

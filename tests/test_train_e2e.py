@@ -8,12 +8,12 @@ from twotower.training import train
 
 def popularity_recall_at_20(dm, split="test"):
     """Recall@20 of ranking by how often each item is known (train, + val at test time), same exclusions."""
-    users = dm.eval_users[split]
+    users = dm.prepared.eval_users[split]
     batch = dm.eval_batch(users, split)
-    scores = torch.bincount(dm.known[split].indices, minlength=len(dm.items)).float().expand(len(users), -1).clone()
+    scores = torch.bincount(dm.prepared.known[split].indices, minlength=len(dm.prepared.items)).float().expand(len(users), -1).clone()
     scores[batch.exclude[0], batch.exclude[1]] = float("-inf")
     metric = RetrievalMetrics(ks=[20])
-    metric.update(scores.topk(20).indices, batch.targets, len(dm.items))
+    metric.update(scores.topk(20).indices, batch.targets, len(dm.prepared.items))
     return metric.compute()["recall@20"].item()
 
 
@@ -30,7 +30,7 @@ def test_checkpoint_carries_what_export_needs(compose_cfg, fast_synthetic):
     _, objects = train(compose_cfg(*fast_synthetic, "trainer.max_epochs=1", "test=false"))
     saved = torch.load(objects["best_checkpoint"], map_location="cpu", weights_only=False)["twotower"]
     assert saved["model_config"]["query"]["output_dim"] == 64
-    assert saved["preprocessor"]["item_ids"] == objects["datamodule"].preprocessor.item_ids.values
+    assert saved["preprocessor"]["item_ids"] == objects["datamodule"].prepared.preprocessor.item_ids.values
     assert saved["run_config"]["data"]["source"]["_target_"].endswith("SyntheticSource")
 
 

@@ -44,11 +44,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from twotower.file_lock import exclusive_lock
+from twotower.model.saving import TOWER_CONFIG, TOWER_VOCAB, TOWER_WEIGHTS
 
 log = logging.getLogger(__name__)
 
 FORMAT = "twotower-artifact"
-FORMAT_VERSION = 2  # 2: the manifest records each tower's digest ("towers"), which load checks
+# 2: the manifest records each tower's digest ("towers"), which load checks;
+# 3: item features and user histories (catalogue rows) are stored, so any query tower serves
+FORMAT_VERSION = 3
 STAGING_INFIX = ".partial-"  # <dir>.partial-<pid>-<random>: one export's private staging directory
 STAGING_MARKER = ".twotower-staging"  # inside a staging directory: the proof that an export made it
 VERSION_INFIX = ".v"  # <dir>.v<N>: a complete artifact; <dir> is a link to the newest
@@ -70,16 +73,15 @@ USER_IDS = "user_ids.npy"  # (n_users,) unicode
 USER_FEATURES = "user_features.npz"  # query-tower inputs of every known user, one array per feature
 USER_SEEN = "user_seen.npz"  # CSR (indptr, indices) of each user's interacted item rows
 ITEM_EVENTS = "item_events.npz"  # the interaction log as (item row, timestamp), for popular/trending
+ITEM_FEATURES = "item_features.npz"  # candidate-tower inputs of every catalogue row, one array per feature
+USER_HISTORIES = "user_histories.npz"  # per history feature, (n_users, L) catalogue rows + 1 of each user's latest items
 QUERY_TOWER = "query_tower"
 CANDIDATE_TOWER = "candidate_tower"
-TOWER_CONFIG = "config.json"
-TOWER_WEIGHTS = "model.safetensors"
-TOWER_VOCAB = "vocab.json"
 QUERY_TORCHSCRIPT = f"{QUERY_TOWER}/torchscript.pt"  # the query tower for serving without twotower
 
 #: Files every artifact has (``ITEMS`` and ``QUERY_TORCHSCRIPT`` are optional).
 REQUIRED = (
-    INDEX, INDEX_INFOS, ITEM_IDS, ITEM_VECTORS, USER_IDS, USER_FEATURES, USER_SEEN, ITEM_EVENTS,
+    INDEX, INDEX_INFOS, ITEM_IDS, ITEM_VECTORS, ITEM_FEATURES, USER_IDS, USER_FEATURES, USER_HISTORIES, USER_SEEN, ITEM_EVENTS,
     *(f"{tower}/{name}" for tower in (QUERY_TOWER, CANDIDATE_TOWER) for name in (TOWER_CONFIG, TOWER_WEIGHTS, TOWER_VOCAB)),
 )
 

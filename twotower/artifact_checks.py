@@ -19,13 +19,14 @@ import pandas as pd
 import torch
 
 from twotower.artifact import (
-    CANDIDATE_TOWER, INDEX, INDEX_INFOS, ITEM_EVENTS, ITEM_IDS, ITEM_VECTORS, ITEMS, MANIFEST, MAX_ID_CHARS, QUERY_TOWER, TOWER_CONFIG,
-    TOWER_VOCAB, TOWER_WEIGHTS, USER_FEATURES, USER_IDS, USER_SEEN, ArtifactError, _plain, _short,
+    CANDIDATE_TOWER, INDEX, INDEX_INFOS, ITEM_EVENTS, ITEM_FEATURES, ITEM_IDS, ITEM_VECTORS, ITEMS, MANIFEST, MAX_ID_CHARS, QUERY_TOWER, TOWER_CONFIG,
+    TOWER_VOCAB, TOWER_WEIGHTS, USER_FEATURES, USER_HISTORIES, USER_IDS, USER_SEEN, ArtifactError, _plain, _short,
 )
-from twotower.data.preprocess import FittedFeature, Preprocessor
 from twotower.data.tables import ITEM
 from twotower.data.vocab import Vocabulary, _key
+from twotower.features import FittedFeature, Preprocessor
 from twotower.index import factory_key, holds_exact_vectors
+from twotower.model.saving import tower_class
 
 COUNTS = ("items", "users", "interactions", "indexed")
 #: Search parameters an artifact may set, with their largest value: each bounds the work (and memory) of every query.
@@ -122,20 +123,16 @@ def check_preprocessor_fits_towers(root: Path, preprocessor: Preprocessor, confi
     for name, side in ((QUERY_TOWER, preprocessor.query), (CANDIDATE_TOWER, preprocessor.candidate)):
         where = root / name / TOWER_CONFIG
         specs = {f.get("name"): f for f in configs[name]["features"] if isinstance(f, dict)}
-        if set(specs) != set(side):
-            raise ArtifactError(f"{where}: the tower reads features {sorted(map(str, specs))}, {name}/{TOWER_VOCAB} makes {sorted(side)}")
+        read = tower_class(configs[name]).features_read(configs[name])
+        if set(read) != set(side):
+            raise ArtifactError(f"{where}: the tower reads features {sorted(map(str, read))}, {name}/{TOWER_VOCAB} makes {sorted(side)}")
         for feature, fitted in side.items():
-            spec, kind = specs[feature], fitted.spec.kind
-            expected: dict[str, Any] = {"kind": kind}
-            if kind == "history":
-                expected["cardinality"] = len(preprocessor.item_ids)
-            elif kind == "dense":
-                expected["in_dim"] = fitted.dim
-            elif kind != "numeric":
-                expected["cardinality"] = fitted.cardinality
-            if kind == "text":
-                expected["max_len"] = fitted.max_len
-            found = {key: spec.get("options", {}).get(key) if key == "max_len" else spec.get(key) for key in expected}
+            if feature not in specs:
+                continue  # read through another tower (a click history through the item tower), which checks its own
+            spec = specs[feature]
+            # The entry the fitted feature makes at the tower's own width and options: only what the fitted data sets can differ.
+            expected = fitted.kind.encoder_spec(fitted, preprocessor, spec.get("dim"), spec.get("options") or {})
+            found = {key: spec.get(key) for key in expected}
             if found != expected:
                 raise ArtifactError(f"{where}: feature '{feature}' has {found}, but {name}/{TOWER_VOCAB} gives {expected}")
 
@@ -243,19 +240,9 @@ def check_users(root: Path, preprocessor: Preprocessor, configs: Mapping[str, An
         raise ArtifactError(f"{where} holds arrays {sorted(user_features)}, the query features are {sorted(preprocessor.query)}")
     tables = {f["name"]: f for f in configs[QUERY_TOWER]["features"]}
     for name, fitted in preprocessor.query.items():
-        array, kind = user_features[name], fitted.spec.kind
-        dtype = np.dtype(np.float32 if kind in ("numeric", "dense") else np.int64)
-        if kind in ("id", "categorical", "numeric"):
-            shape = (n_users,)
-        else:  # vectors, and token, tag and item lists, as wide as the transform makes them
-            shape = (n_users, fitted.dim if kind == "dense" else fitted.max_len)
-        if array.shape != shape or array.dtype != dtype:
-            raise ArtifactError(f"{where}: array '{name}' is {array.dtype} of shape {array.shape}, expected {dtype} of shape {shape} "
-                                f"({n_users} users in {USER_IDS})")
-        if dtype == np.float32 and not np.isfinite(array).all():
-            raise ArtifactError(f"{where}: array '{name}' holds NaN or infinite values")
-        if dtype == np.int64:
-            _in_range(where, f"array '{name}'", array, tables[name]["cardinality"])
+        # A history read through the item tower has no encoder here; stored as id-vocabulary indices all the same.
+        cardinality = tables[name].get("cardinality") if name in tables else len(preprocessor.item_ids)
+        _check_feature_array(where, name, fitted, user_features[name], n_users, f"{n_users} users in {USER_IDS}", cardinality)
     _check_table(root / USER_SEEN, seen, {"indptr": "i", "indices": "i"})
     indptr, indices = seen["indptr"], seen["indices"]
     _expect(root / USER_SEEN, "indptr has length", len(indptr), f"{USER_IDS} has users + 1 =", n_users + 1)
@@ -270,6 +257,41 @@ def check_users(root: Path, preprocessor: Preprocessor, configs: Mapping[str, An
     _in_range(root / ITEM_EVENTS, "items", events["items"], n_items)
     _expect(root / ITEM_EVENTS, "holds interactions:", len(events["items"]), f"{MANIFEST} counts.interactions", counts["interactions"])
     _expect(root / ITEM_EVENTS, "holds times:", len(events["times"]), "and items:", len(events["items"]))
+
+
+def check_item_features(root: Path, preprocessor: Preprocessor, configs: Mapping[str, Any], item_features: Mapping[str, np.ndarray], n_items: int) -> None:
+    """The stored candidate-tower inputs of every catalogue row: one array per candidate feature, as training made them."""
+    where = root / ITEM_FEATURES
+    if set(item_features) != set(preprocessor.candidate):
+        raise ArtifactError(f"{where} holds arrays {sorted(item_features)}, the candidate features are {sorted(preprocessor.candidate)}")
+    tables = {f["name"]: f for f in configs[CANDIDATE_TOWER]["features"]}
+    for name, fitted in preprocessor.candidate.items():
+        _check_feature_array(where, name, fitted, item_features[name], n_items, f"{n_items} items in {ITEM_IDS}", tables[name].get("cardinality"))
+
+
+def check_histories(root: Path, preprocessor: Preprocessor, histories: Mapping[str, np.ndarray], n_users: int, n_items: int) -> None:
+    """One (n_users, max_len) table of catalogue rows + 1 (0 = empty) per history feature."""
+    where = root / USER_HISTORIES
+    names = sorted(n for n, f in preprocessor.query.items() if f.kind.from_interactions)
+    if sorted(histories) != names:
+        raise ArtifactError(f"{where} holds arrays {sorted(histories)}, the history features are {names}")
+    for name in names:
+        array, shape = histories[name], (n_users, preprocessor.query[name].max_len)
+        if array.shape != shape or array.dtype != np.int64:
+            raise ArtifactError(f"{where}: array '{name}' is {array.dtype} of shape {array.shape}, expected int64 of shape {shape}")
+        _in_range(where, f"array '{name}'", array, n_items + 1)
+
+
+def _check_feature_array(where: Path, name: str, fitted: FittedFeature, array: np.ndarray, n_rows: int, rows: str, cardinality: int | None) -> None:
+    """One stored feature array: the dtype and shape its kind serves, finite, within the tower's embedding table."""
+    served = fitted.kind.serving_input(fitted)
+    dtype, shape = np.dtype(served.dtype), (n_rows, *served.shape[1:])
+    if array.shape != shape or array.dtype != dtype:
+        raise ArtifactError(f"{where}: array '{name}' is {array.dtype} of shape {array.shape}, expected {dtype} of shape {shape} ({rows})")
+    if dtype == np.float32 and not np.isfinite(array).all():
+        raise ArtifactError(f"{where}: array '{name}' holds NaN or infinite values")
+    if dtype == np.int64:
+        _in_range(where, f"array '{name}'", array, cardinality)
 
 
 def check_items_table(root: Path, items: pd.DataFrame, item_ids: np.ndarray) -> None:

@@ -33,9 +33,9 @@ class Recommender(Protocol):
 
 def known_matrix(datamodule, split: str) -> sp.csr_matrix:
     """The (n_users, n_items) 0/1 matrix of the interactions known when evaluating ``split``."""
-    known = datamodule.known[split]
+    known = datamodule.prepared.known[split]
     indptr, indices = known.indptr.cpu().numpy(), known.indices.cpu().numpy()
-    shape = (len(datamodule.user_rows), len(datamodule.item_rows))
+    shape = (len(datamodule.prepared.user_rows), len(datamodule.prepared.item_rows))
     return sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr), shape=shape)
 
 
@@ -141,13 +141,13 @@ def evaluate(recommender: Recommender, datamodule, split: str, ks: Sequence[int]
     ``TwoTowerModule.rank``, so the numbers are comparable with the model's ``split/name@k``.
     """
     recommender.fit(known_matrix(datamodule, split))
-    num_items = len(datamodule.item_rows)
+    num_items = len(datamodule.prepared.item_rows)
     accuracy = RetrievalMetrics(ks)
     beyond = beyond_accuracy_for_split(datamodule, split, beyond_ks) if beyond_ks else None
     jitter = torch.from_numpy(np.random.default_rng(seed).random(num_items).astype(np.float32)) * TIE_BREAK
     k = max(list(ks) + list(beyond_ks))
-    for users in datamodule.eval_users[split].split(datamodule.eval_batch_size):
-        batch = datamodule.eval_batch(users.to(datamodule.users.device), split)
+    for users in datamodule.prepared.eval_users[split].split(datamodule.eval_batch_size):
+        batch = datamodule.eval_batch(users.to(datamodule.data.users.device), split)
         scores = torch.from_numpy(np.array(recommender.score(users.cpu().numpy()), dtype=np.float32)) + jitter  # (U, n_items)
         scores[batch.exclude[0].cpu(), batch.exclude[1].cpu()] = float("-inf")
         if batch.candidates is not None:

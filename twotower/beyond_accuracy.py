@@ -168,8 +168,8 @@ class BeyondAccuracyMetrics(Metric):
 def beyond_accuracy_for_split(datamodule, split: str, ks: Sequence[int]) -> BeyondAccuracyMetrics:
     """The metrics for one split of a set-up ``TwoTowerDataModule``: popularity, activity and item
     similarity all come from the split's known interactions (train for val, train + val for test)."""
-    known = datamodule.known[split]
-    num_users, num_items = len(datamodule.user_rows), len(datamodule.item_rows)
+    known = datamodule.prepared.known[split]
+    num_users, num_items = len(datamodule.prepared.user_rows), len(datamodule.prepared.item_rows)
     all_users = torch.arange(num_users, device=known.indptr.device)
     rows = torch.repeat_interleave(all_users, known.row_lengths(all_users))
     metrics = BeyondAccuracyMetrics(
@@ -179,5 +179,5 @@ def beyond_accuracy_for_split(datamodule, split: str, ks: Sequence[int]) -> Beyo
         num_users=num_users,
         ks=ks,
     )
-    metrics.set_activity_cuts(datamodule.eval_users[split])
+    metrics.set_activity_cuts(datamodule.prepared.eval_users[split])
     return metrics

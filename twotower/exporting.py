@@ -17,19 +17,19 @@ from omegaconf import DictConfig, OmegaConf
 
 import twotower
 from twotower.artifact import (
-    CANDIDATE_TOWER, INDEX, INDEX_INFOS, INDEX_PLOT, ITEM_EVENTS, ITEM_IDS, ITEM_VECTORS, ITEMS, QUERY_TORCHSCRIPT, QUERY_TOWER,
-    TOWER_CONFIG, TOWER_VOCAB, TOWER_WEIGHTS, USER_FEATURES, USER_IDS, USER_SEEN, MAX_ID_CHARS, ArtifactWriter,
+    CANDIDATE_TOWER, INDEX, INDEX_INFOS, INDEX_PLOT, ITEM_EVENTS, ITEM_FEATURES, ITEM_IDS, ITEM_VECTORS, ITEMS, MAX_ID_CHARS,
+    QUERY_TORCHSCRIPT, QUERY_TOWER, TOWER_CONFIG, USER_FEATURES, USER_HISTORIES, USER_IDS, USER_SEEN, ArtifactWriter,
 )
 from twotower.artifact_checks import tower_digest
 from twotower.config_check import ExportConfig, check_config
-from twotower.data.datamodule import TwoTowerDataModule
-from twotower.data.store import CSR, Features
-from twotower.data.tables import ITEM, TIME, USER
+from twotower.data.serving_data import ServingData
+from twotower.data.store import Features
 from twotower.index import IndexSpec, build_and_measure
 from twotower.model.towers import Tower
 from twotower.model.two_tower import TwoTower
 from twotower.plots import plot_recall_vs_latency
 from twotower.progress import progress
+from twotower.query_inputs import query_inputs
 from twotower.tracking import log_exported_artifact, wandb_logger_config
 
 log = logging.getLogger(__name__)
@@ -105,58 +105,48 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
     checkpoint_path = find_checkpoint(cfg.checkpoint)
     model, meta, checkpoint = load_checkpoint(checkpoint_path)
     log.info("exporting %s", checkpoint_path)
-    if meta["run_config"]["data"].get("_target_", "").endswith("ShardedDataModule"):
-        # Checked before the data is read: a sharded set-up streams every shard first.
-        raise ValueError(f"{checkpoint_path} was trained on parquet shards (data=shards): export is not supported for it yet "
-                         "(the artifact's serving histories, seen items and popularity are built from every interaction in memory)")
-    datamodule: TwoTowerDataModule = instantiate(meta["run_config"]["data"])
+    datamodule = instantiate(meta["run_config"]["data"])
     datamodule.setup("fit")
-    if datamodule.preprocessor.to_json() != meta["preprocessor"]:
+    if datamodule.prepared.preprocessor.to_json() != meta["preprocessor"]:
         raise ValueError(f"the data of {checkpoint_path}'s run config no longer gives the vocabularies it was trained with: the tables changed since training")
-    for table, ids in (("users", datamodule.user_rows), ("items", datamodule.item_rows)):
+    for table, ids in (("users", datamodule.prepared.user_rows), ("items", datamodule.prepared.item_rows)):
         longest = max(ids.astype(str), key=len, default="")
         if len(longest) > MAX_ID_CHARS:  # Retriever.load refuses wider ids: refuse before the work, not after
             raise ValueError(f"the {table} table has an id of {len(longest)} characters ({longest[:40]!r}...); an artifact's ids have at most {MAX_ID_CHARS}")
     device = resolve_device(cfg.device)
     model.to(device)
-    interactions = datamodule.tables.interactions
-    users = torch.from_numpy(datamodule.user_rows.get_indexer(interactions[USER]))
-    items = torch.from_numpy(datamodule.item_rows.get_indexer(interactions[ITEM]))
-    times = interactions[TIME].to_numpy(dtype=np.float64) if TIME in interactions else np.zeros(len(interactions))
-
-    user_features: Features = dict(datamodule.users.columns)
-    if datamodule.history_name:
-        # Serving reads every logged interaction, so histories use all splits, most recent first.
-        max_len = datamodule.preprocessor.query[datamodule.history_name].max_len
-        user_features[datamodule.history_name] = datamodule._history_table(users, items, times if TIME in interactions else None, max_len)
-    item_vectors = encode(model.candidate_tower, len(datamodule.items), datamodule.items.gather, device, cfg.chunk_size, "encoding the catalogue")  # (n_items, D)
-    sample = _sample(datamodule.eval_users["val"], cfg.eval_queries, datamodule.seed)
+    data: ServingData = datamodule.serving_data()
+    item_vectors = encode(model.candidate_tower, len(data.item_ids), lambda rows: {k: v[rows] for k, v in data.item_features.items()},
+                          device, cfg.chunk_size, "encoding the catalogue")  # (n_items, D)
+    sample = _sample(datamodule.prepared.eval_users["val"], cfg.eval_queries, datamodule.seed)
     queries = encode(model.query_tower, len(sample), lambda rows: datamodule.eval_batch(sample[rows], "val").query, device, cfg.chunk_size, "encoding queries")
     index, infos = build_and_measure(item_vectors, queries, IndexSpec.from_config(OmegaConf.to_container(cfg.index, resolve=True)))
     log.info("index %s: recall@10 %.4f, p99 %.2f ms", infos["key"], infos.get("recall@10", float("nan")), infos["latency_ms"]["p99"])
 
-    seen = CSR.from_pairs(users, items, len(datamodule.user_rows))
     model.cpu()
     with writer as out:  # waits for another export into the same output_dir to publish first
         faiss.write_index(index, str(out.file(INDEX)))
         out.json(INDEX_INFOS, infos)
         plot_recall_vs_latency(infos, out.file(INDEX_PLOT))
-        out.array(ITEM_IDS, np.asarray(datamodule.item_rows, dtype=str))
+        out.array(ITEM_IDS, data.item_ids)
         out.array(ITEM_VECTORS, item_vectors)
-        out.array(USER_IDS, np.asarray(datamodule.user_rows, dtype=str))
-        out.arrays(USER_FEATURES, {k: v.cpu().numpy() for k, v in user_features.items()})
-        out.arrays(USER_SEEN, {"indptr": seen.indptr.numpy(), "indices": seen.indices.numpy()})
-        out.arrays(ITEM_EVENTS, {"items": items.numpy(), "times": times})
-        _write_items_table(datamodule.tables.items, out.file(ITEMS))
+        out.arrays(ITEM_FEATURES, {k: v.numpy() for k, v in data.item_features.items()})
+        out.array(USER_IDS, data.user_ids)
+        out.arrays(USER_FEATURES, {k: v.numpy() for k, v in data.user_features.items()})
+        out.arrays(USER_HISTORIES, {k: v.numpy() for k, v in data.log.histories.items()})
+        out.arrays(USER_SEEN, {"indptr": data.log.seen.indptr.numpy(), "indices": data.log.seen.indices.numpy()})
+        out.arrays(ITEM_EVENTS, {"items": data.log.event_items, "times": data.log.event_times})
+        _write_items_table(data.items, out.file(ITEMS))
         preprocessor, digests = meta["preprocessor"], {}
         for name, tower, side, ids in ((QUERY_TOWER, model.query_tower, "query", "user_ids"), (CANDIDATE_TOWER, model.candidate_tower, "candidate", "item_ids")):
             vocab = {"features": preprocessor[side], "ids": preprocessor[ids]}
-            out.json(f"{name}/{TOWER_CONFIG}", tower.config)
-            out.tensors(f"{name}/{TOWER_WEIGHTS}", tower.state_dict())
-            out.json(f"{name}/{TOWER_VOCAB}", vocab)
-            digests[name] = tower_digest(tower.config, vocab, tower.state_dict())  # load refuses a tower whose files give another
+            tower.save(out.file(f"{name}/{TOWER_CONFIG}").parent, vocab)
+            digests[name] = tower_digest(tower.config, vocab, tower.weights())  # load refuses a tower whose files give another
         if cfg.torchscript:
-            example = {k: v[:2] for k, v in user_features.items()}
+            rows = torch.arange(min(2, len(data.user_ids)))
+            example = query_inputs(datamodule.prepared.preprocessor.query, {k: v[rows] for k, v in data.user_features.items()},
+                                   {k: v[rows] for k, v in data.log.histories.items()}, datamodule.prepared.item_vocab_index.cpu(),
+                                   lambda items: {k: v[items] for k, v in data.item_features.items()})
             _torchscript(model.query_tower, example).save(str(out.file(QUERY_TORCHSCRIPT)))
         path = out.commit({
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -165,7 +155,7 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
             "dim": int(index.d),
             "metric": "inner_product",
             "normalized": bool(model.query_tower.normalize and model.candidate_tower.normalize),
-            "counts": {"items": len(datamodule.item_rows), "users": len(datamodule.user_rows), "interactions": len(interactions), "indexed": int(index.ntotal)},
+            "counts": {"items": len(data.item_ids), "users": len(data.user_ids), "interactions": len(data.log.event_items), "indexed": int(index.ntotal)},
             "index": {"key": infos["key"], "search_params": infos["search_params"], "recall@10": infos.get("recall@10")},
             "towers": digests,
             "checkpoint": str(checkpoint_path),

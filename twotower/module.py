@@ -99,7 +99,7 @@ class TwoTowerModule(pl.LightningModule):
         """Everything export needs besides the weights: tower config, fitted features, run config."""
         checkpoint["twotower"] = {
             "model_config": self.model.config,
-            "preprocessor": self.trainer.datamodule.preprocessor.to_json(),
+            "preprocessor": self.trainer.datamodule.prepared.preprocessor.to_json(),
             "run_config": self.run_config,
         }
 

@@ -17,16 +17,18 @@ import pyarrow.parquet as pq
 import torch
 
 from twotower.artifact import (
-    CANDIDATE_TOWER, INDEX, INDEX_INFOS, ITEM_EVENTS, ITEM_IDS, ITEM_VECTORS, ITEMS, QUERY_TOWER, TOWER_CONFIG,
-    TOWER_VOCAB, TOWER_WEIGHTS, USER_FEATURES, USER_IDS, USER_SEEN, Artifact, ArtifactError,
+    CANDIDATE_TOWER, INDEX, INDEX_INFOS, ITEM_EVENTS, ITEM_FEATURES, ITEM_IDS, ITEM_VECTORS, ITEMS, QUERY_TOWER, TOWER_CONFIG,
+    TOWER_VOCAB, TOWER_WEIGHTS, USER_FEATURES, USER_HISTORIES, USER_IDS, USER_SEEN, Artifact, ArtifactError,
 )
 from twotower.artifact_checks import (
-    check_index, check_items_table, check_manifest, check_preprocessor_fits_towers, check_tower, check_users, ids_of, parse_vocab,
+    check_histories, check_index, check_item_features, check_items_table, check_manifest, check_preprocessor_fits_towers, check_tower,
+    check_users, ids_of, parse_vocab,
 )
-from twotower.data.preprocess import FittedFeature, Preprocessor
 from twotower.data.tables import ITEM, USER
+from twotower.features import FittedFeature, Preprocessor
 from twotower.index import apply_search_params, read_index_file
-from twotower.model.towers import Tower
+from twotower.model.saving import SavedTower, build_tower, load_weights
+from twotower.query_inputs import query_inputs
 from twotower.rerank import Rerank
 from twotower.retriever_arguments import (
     data_frame, flag, id_key, id_list, is_missing, is_sequence, positive_number, require_list, rerank_of, top_k,
@@ -55,10 +57,11 @@ class Retriever:
     and asking for more items than the catalogue holds returns all of them.
     """
 
-    def __init__(self, artifact: Artifact, index: faiss.Index, query_tower: Tower, candidate_tower: Tower, preprocessor: Preprocessor,
+    def __init__(self, artifact: Artifact, index: faiss.Index, query_tower: SavedTower, candidate_tower: SavedTower, preprocessor: Preprocessor,
                  item_ids: np.ndarray, item_vectors: np.ndarray, items: pd.DataFrame | None, user_ids: np.ndarray,
                  user_features: dict[str, np.ndarray], seen: dict[str, np.ndarray], events: dict[str, np.ndarray],
-                 search_params: dict[str, Any] | None = None):
+                 search_params: dict[str, Any] | None = None, item_features: dict[str, np.ndarray] | None = None,
+                 histories: dict[str, np.ndarray] | None = None):
         self.artifact, self.index = artifact, index
         self.query_tower, self.candidate_tower, self.preprocessor = query_tower.eval(), candidate_tower.eval(), preprocessor
         # Python strings, not a fixed-width unicode array: one long id added later would widen every entry to its length.
@@ -69,7 +72,10 @@ class Retriever:
         self._events = events
         self._add_lock = threading.Lock()
         self._search_params = search_params or {}  # re-applied to the index copies add_items makes
-        self.history_name = next((n for n, f in preprocessor.query.items() if f.spec.kind == "history"), None)
+        self.history_name = next((n for n, f in preprocessor.query.items() if f.kind.from_interactions), None)
+        # Catalogue rows -> candidate-tower inputs and id-vocabulary indices: what a history is read through (``query_inputs``).
+        self.item_features, self.histories = item_features or {}, histories or {}
+        self._item_vocab_index = torch.from_numpy(preprocessor.item_ids.lookup(self.item_ids.tolist()))
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -91,18 +97,20 @@ class Retriever:
         root, manifest = artifact.path, artifact.manifest
         check_manifest(root, manifest)
         towers, configs, fitted = {}, {}, {}
-        for name in (QUERY_TOWER, CANDIDATE_TOWER):
+        for name in (CANDIDATE_TOWER, QUERY_TOWER):  # the item tower first: a query tower may read through it
             config = artifact.json(f"{name}/{TOWER_CONFIG}")
+            if not isinstance(config, dict):
+                raise ArtifactError(f"{artifact.file(f'{name}/{TOWER_CONFIG}')} is not a tower config: a JSON {type(config).__name__}")
             try:
                 # On the meta device the config allocates nothing: sizes come from the weights file, and a
                 # config that does not match it (say a 10**12-row embedding) is refused, not allocated.
                 with torch.device("meta"):
-                    tower = Tower(**config)
+                    tower = build_tower(config, items=towers.get(CANDIDATE_TOWER))
             except Exception as err:  # noqa: BLE001 - an untrusted config: whatever building from it raises is the file's fault
                 raise ArtifactError(f"{artifact.file(f'{name}/{TOWER_CONFIG}')} is not a tower config: {err!r}") from None
             weights = artifact.tensors(f"{name}/{TOWER_WEIGHTS}")
             try:
-                tower.load_state_dict(weights, assign=True)
+                load_weights(tower, weights, assign=True)
             except RuntimeError as err:
                 raise ArtifactError(f"{artifact.file(f'{name}/{TOWER_WEIGHTS}')} does not fit {name}/{TOWER_CONFIG}: {err}") from None
             vocab = artifact.json(f"{name}/{TOWER_VOCAB}")
@@ -117,7 +125,7 @@ class Retriever:
             raise ArtifactError(str(err)) from None
         item_ids = ids_of(root, ITEM_IDS, artifact.array(ITEM_IDS, mmap=True), preprocessor.item_ids, f"{CANDIDATE_TOWER}/{TOWER_VOCAB}")
         item_vectors = artifact.array(ITEM_VECTORS, mmap=True)
-        search_params = check_index(root, manifest, artifact.json(INDEX_INFOS), index, {n: t.output_dim for n, t in towers.items()}, item_ids, item_vectors)
+        search_params = check_index(root, manifest, artifact.json(INDEX_INFOS), index, {n: towers[n].output_dim for n in (QUERY_TOWER, CANDIDATE_TOWER)}, item_ids, item_vectors)
         try:
             apply_search_params(index, search_params)
         except RuntimeError as err:  # a parameter this kind of index does not have
@@ -125,6 +133,9 @@ class Retriever:
         user_ids = ids_of(root, USER_IDS, artifact.array(USER_IDS, mmap=True), preprocessor.user_ids, f"{QUERY_TOWER}/{TOWER_VOCAB}")
         user_features, seen, events = artifact.arrays(USER_FEATURES), artifact.arrays(USER_SEEN), artifact.arrays(ITEM_EVENTS)
         check_users(root, preprocessor, configs, user_ids, user_features, seen, events, manifest["counts"], len(item_ids))
+        item_features, histories = artifact.arrays(ITEM_FEATURES), artifact.arrays(USER_HISTORIES)
+        check_item_features(root, preprocessor, configs, item_features, len(item_ids))
+        check_histories(root, preprocessor, histories, len(user_ids), len(item_ids))
         items = None
         if artifact.has(ITEMS):
             try:
@@ -135,7 +146,7 @@ class Retriever:
                 raise ArtifactError(f"{artifact.file(ITEMS)} is not a parquet table: {err}") from None
             check_items_table(root, items, item_ids)
         retriever = cls(artifact, index, towers[QUERY_TOWER], towers[CANDIDATE_TOWER], preprocessor, item_ids, item_vectors, items,
-                        user_ids, user_features, seen, events, search_params)
+                        user_ids, user_features, seen, events, search_params, item_features, histories)
         retriever._check_towers_encode()
         return retriever
 
@@ -159,7 +170,8 @@ class Retriever:
             features, seen = self._raw_user_features(users)
         else:
             rows = self._rows(id_list(users, "users"), self._user_row, "user", "users")
-            features = {name: torch.from_numpy(array[rows]) for name, array in self.user_features.items()}
+            features = self._query_inputs({name: torch.from_numpy(array[rows]) for name, array in self.user_features.items()},
+                                          {name: torch.from_numpy(array[rows]) for name, array in self.histories.items()})
             seen = [self._seen_of(r) for r in rows]
         return self._search(self.encode_queries(features), k, seen if exclude_seen else None, rerank)
 
@@ -175,12 +187,13 @@ class Retriever:
         rerank = rerank_of(rerank, k)
         if self.history_name is None:
             raise ValueError("the query tower has no history feature; recommend_from_history needs one")
-        features = self._visitor_features(len(histories))
-        history = self._history_tensor(histories)
-        features[self.history_name] = history
+        rows = self._history_rows(histories)
+        features = self._query_inputs(self._visitor_features(len(histories)), {self.history_name: rows})
         seen = [np.asarray([self._item_row[i] for i in h if i in self._item_row], dtype=np.int64) for h in histories]
         result = self._search(self.encode_queries(features), k, seen, rerank)
-        cold = (history == 0).all(1).numpy()
+        # A visitor the towers know nothing of: read by id, no viewed item in the vocabulary; read through the item tower, none in the catalogue.
+        read = rows if self.preprocessor.query[self.history_name].spec.through_item_tower else features[self.history_name]
+        cold = (read == 0).all(1).numpy()
         if cold.any():
             fallback = self.popular(k + max(len(s) for s in seen))
             for row in np.flatnonzero(cold):
@@ -250,6 +263,7 @@ class Retriever:
             return np.asarray(keys, dtype=object)
         table = table.assign(**{ITEM: keys})
         features = self.preprocessor.transform("candidate", table, "new items table")
+        vocab_index = torch.from_numpy(self.preprocessor.item_ids.lookup(keys))
         with torch.inference_mode():
             vectors = self.candidate_tower(features).numpy().astype(np.float32)  # (n_new, dim)
         # Queries keep running meanwhile: FAISS may not search an index while vectors are added to
@@ -260,6 +274,8 @@ class Retriever:
         index.add(vectors)
         start = len(self.item_ids)
         self.item_vectors = np.concatenate([self.item_vectors, vectors])
+        self.item_features = {name: np.concatenate([array, features[name].numpy()]) for name, array in self.item_features.items()}
+        self._item_vocab_index = torch.cat([self._item_vocab_index, vocab_index])
         self.item_ids = np.concatenate([self.item_ids, np.asarray(keys, dtype=object)])
         if self.items is not None:
             self.items = pd.concat([self.items, table[[c for c in table.columns if c in self.items.columns]]], ignore_index=True)
@@ -327,7 +343,9 @@ class Retriever:
         rows = np.arange(min(2, len(self.user_ids)))
         stored = {name: torch.from_numpy(array[rows]) for name, array in self.user_features.items()}
         visitor = self._visitor_features(1)
-        inputs = {QUERY_TOWER: {name: torch.cat([stored[name], visitor[name]]) for name in visitor},
+        table = {name: torch.cat([stored[name], visitor[name]]) for name in visitor}
+        histories = {name: torch.cat([torch.from_numpy(array[rows]), torch.zeros(1, array.shape[1], dtype=torch.long)]) for name, array in self.histories.items()}
+        inputs = {QUERY_TOWER: self._query_inputs(table, histories),
                   CANDIDATE_TOWER: self._empty_features(self.preprocessor.candidate, 1)}
         for name, tower in ((QUERY_TOWER, self.query_tower), (CANDIDATE_TOWER, self.candidate_tower)):
             n = len(next(iter(inputs[name].values())))
@@ -347,41 +365,42 @@ class Retriever:
     @staticmethod
     def _empty_features(features: dict[str, FittedFeature], n: int) -> dict[str, torch.Tensor]:
         """Inputs of ``n`` rows with every feature on its out-of-vocabulary / missing path."""
-        out = {}
-        for name, fitted in features.items():
-            kind = fitted.spec.kind
-            if kind in ("id", "categorical"):
-                out[name] = torch.zeros(n, dtype=torch.long)
-            elif kind in ("multi_hot", "text", "history"):
-                out[name] = torch.zeros(n, fitted.max_len, dtype=torch.long)
-            elif kind == "numeric":
-                out[name] = torch.zeros(n)  # standardised: the train mean
-            else:
-                out[name] = torch.zeros(n, fitted.dim)
+        return {name: fitted.kind.empty(fitted, n) for name, fitted in features.items()}
+
+    def _history_rows(self, histories: list[list[str]]) -> torch.Tensor:
+        """(U, max_len) catalogue rows + 1 of each history's first ``max_len`` items in the catalogue; 0 = empty slot."""
+        max_len = self.preprocessor.query[self.history_name].max_len
+        out = torch.zeros(len(histories), max_len, dtype=torch.long)
+        for row, history in enumerate(histories):
+            known = [self._item_row[i] + 1 for i in history if i in self._item_row][:max_len]
+            out[row, : len(known)] = torch.tensor(known, dtype=torch.long)
         return out
 
-    def _history_tensor(self, histories: list[list[str]]) -> torch.Tensor:
-        max_len = self.preprocessor.query[self.history_name].max_len
-        return torch.from_numpy(self.preprocessor.item_ids.lookup_lists(histories, max_len))  # (U, max_len)
+    def _query_inputs(self, table: dict[str, torch.Tensor], histories: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Table features and history rows of a batch -> every input the query tower reads (``twotower.query_inputs``)."""
+        # add_items grows these before it publishes the new ids' rows, so any row a history holds is in both.
+        item_features = self.item_features
+        return query_inputs(self.preprocessor.query, table, histories, self._item_vocab_index,
+                            lambda rows: {name: torch.from_numpy(array[rows.numpy()]) for name, array in item_features.items()})
 
     def _raw_user_features(self, users: pd.DataFrame) -> tuple[dict[str, torch.Tensor], list[np.ndarray]]:
         frame = data_frame(users, "users")
-        table_features = {n: f for n, f in self.preprocessor.query.items() if f.spec.kind != "history"}
-        features = {n: f.transform(frame, "users") for n, f in table_features.items()}
+        features = self.preprocessor.transform("query", frame, "users")
         known = np.full(len(frame), -1, dtype=np.int64)
         if USER in frame.columns:
             # Keys as the vocabulary made them (1.0 -> '1'); a missing id is an unknown user, never a match.
             keys = [id_key(v, f"users['{USER}'][{row}]") for row, v in enumerate(frame[USER].tolist())]
             known = np.asarray([self._user_row.get(key, -1) if key is not None else -1 for key in keys], dtype=np.int64)
         seen = [self._seen_of(r) if r >= 0 else np.zeros(0, dtype=np.int64) for r in known]
+        histories = {}
         if self.history_name:
-            if self.history_name in frame.columns:
-                name = self.history_name
-                histories = [[] if is_missing(cell) else [key for key in id_list(cell, f"users['{name}'][{row}]") if key is not None]
-                             for row, cell in enumerate(frame[name].tolist())]
-                features[self.history_name] = self._history_tensor(histories)
-                seen = [np.union1d(s, [self._item_row[i] for i in h if i in self._item_row]).astype(np.int64) for s, h in zip(seen, histories)]
+            name = self.history_name
+            if name in frame.columns:
+                lists = [[] if is_missing(cell) else [key for key in id_list(cell, f"users['{name}'][{row}]") if key is not None]
+                         for row, cell in enumerate(frame[name].tolist())]
+                histories[name] = self._history_rows(lists)
+                seen = [np.union1d(s, [self._item_row[i] for i in h if i in self._item_row]).astype(np.int64) for s, h in zip(seen, lists)]
             else:
-                stored = torch.from_numpy(self.user_features[self.history_name][np.maximum(known, 0)])
-                features[self.history_name] = stored.masked_fill(torch.from_numpy(known < 0).unsqueeze(1), 0)
-        return features, seen
+                stored = torch.from_numpy(self.histories[name][np.maximum(known, 0)])
+                histories[name] = stored.masked_fill(torch.from_numpy(known < 0).unsqueeze(1), 0)
+        return self._query_inputs(features, histories), seen

@@ -80,15 +80,15 @@ def data_fingerprint(datamodule: Any) -> dict[str, Any]:
     Tables in memory are hashed by content; interactions streamed from parquet shards by each file's
     name, size and modification time (hashing every shard's bytes would read them all again).
     """
-    tables = datamodule.tables
-    fingerprint: dict[str, Any] = {"tables": {}, "split": dict(datamodule.split_counts)}
+    tables = datamodule.prepared.tables
+    fingerprint: dict[str, Any] = {"tables": {}, "split": dict(datamodule.prepared.split_counts)}
     for name in ("interactions", "users", "items"):
         frame = getattr(tables, name)
         if isinstance(frame, pd.DataFrame):
             fingerprint["tables"][name] = _frame_hash(frame)
         else:
             fingerprint["tables"][name] = {str(f): [f.stat().st_size, f.stat().st_mtime_ns] for f in map(Path, frame.files)}
-    fitted = datamodule.preprocessor.to_json()
+    fitted = datamodule.prepared.preprocessor.to_json()
     for side in ("query", "candidate"):
         for feature, state in fitted[side].items():
             fingerprint[f"{side} feature {feature}"] = _json_hash(state)

@@ -51,7 +51,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         record.refuse_other_data(recorded, run_dir, hydra_dir)
     if rank_zero_only.rank == 0:
         record.save(run_dir)
-    model = instantiate(cfg.model)(preprocessor=datamodule.preprocessor)
+    model = instantiate(cfg.model)(preprocessor=datamodule.prepared.preprocessor)
     options = {**OmegaConf.to_container(cfg.loss, resolve=True), **OmegaConf.to_container(cfg.module, resolve=True)}
     table_optimizer = instantiate(cfg.table_optimizer) if cfg.get("table_optimizer") else None
     module = TwoTowerModule(model=model, optimizer=instantiate(cfg.optimizer), table_optimizer=table_optimizer, **options)

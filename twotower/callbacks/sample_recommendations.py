@@ -44,7 +44,7 @@ class SampleRecommendations(pl.Callback):
         """One row per (user, rank), best first; the user's known (train) items are never recommended."""
         was_training = pl_module.training
         pl_module.eval()
-        users = datamodule.eval_users["val"][: self.n_users].to(datamodule.items.device)
+        users = datamodule.prepared.eval_users["val"][: self.n_users].to(datamodule.data.items.device)
         batch = datamodule.eval_batch(users, "val")
         catalogue = pl_module.encode_catalogue()  # (n_items, D)
         scores = pl_module.model.encode_query(batch.query) @ catalogue.T  # (U, n_items)
@@ -53,15 +53,15 @@ class SampleRecommendations(pl.Callback):
         pl_module.train(was_training)
 
         heldout = set(zip(batch.targets[0].tolist(), batch.targets[1].tolist()))
-        items = datamodule.tables.items
+        items = datamodule.prepared.tables.items
         shown = [c for c in self.columns if c in items.columns and c != ITEM]
         rows = []
         for position, (user, item_rows, item_scores) in enumerate(zip(users.tolist(), top.indices.tolist(), top.values.tolist())):
             for rank, (row, score) in enumerate(zip(item_rows, item_scores), start=1):
                 rows.append({
-                    USER: datamodule.user_rows[user],
+                    USER: datamodule.prepared.user_rows[user],
                     "rank": rank,
-                    ITEM: datamodule.item_rows[row],
+                    ITEM: datamodule.prepared.item_rows[row],
                     "score": round(score, 4),
                     "held_out": (position, row) in heldout,
                     **{c: items[c].iat[row] for c in shown},

@@ -1,7 +1,16 @@
-"""Data: sources -> tables -> split -> fitted features -> FeatureStore -> Batch."""
-from twotower.data.datamodule import TwoTowerDataModule
-from twotower.data.sharded_datamodule import ShardedDataModule
-from twotower.data.schema import FeatureSpec, Schema
-from twotower.data.store import Batch, EvalBatch, FeatureStore
+"""Data: sources -> tables -> split -> fitted features -> ``Prepared`` -> batches (see ``twotower.data.datamodule``)."""
+from importlib import import_module
 
-__all__ = ["Batch", "EvalBatch", "FeatureSpec", "FeatureStore", "Schema", "ShardedDataModule", "TwoTowerDataModule"]
+# Name -> module, imported on first use. The feature kinds (``twotower.features``) read ``data.vocab``
+# and ``data.tables``, and ``data.schema`` and ``data.prepared`` read the kinds: importing the data
+# module (and so the schema) here would fail whenever ``twotower.features`` is imported first.
+_EXPORTS = {"Batch": "store", "EvalBatch": "store", "FeatureStore": "store", "Prepared": "prepared", "Schema": "schema",
+            "TwoTowerDataModule": "datamodule"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f"twotower.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'twotower.data' has no attribute {name!r}")

@@ -28,6 +28,10 @@ class FeatureStore:
     def gather(self, rows: torch.Tensor) -> Features:
         return {name: column[rows] for name, column in self.columns.items()}
 
+    def cpu_columns(self) -> Features:
+        """Every column on the CPU (copies only where the store sits on another device)."""
+        return {name: column.cpu() for name, column in self.columns.items()}
+
     def __len__(self) -> int:
         return self.num_rows
 

@@ -5,7 +5,8 @@ the item vectors are pooled by mean or additive attention. Other query features 
 embedding, as in LSTUR) are concatenated to the pooled vector before a small MLP. A user with no
 history gets a learned "no history" vector in place of the pooled one, so every user has a vector.
 
-Inputs, for a history feature named ``h`` (written by ``MindDataModule``):
+Inputs, for a history feature named ``h`` with ``through_item_tower: true`` (written by
+``twotower.features.history.history_inputs``, in training and at serving alike):
     ``h.<item feature>`` (U, ...): the candidate tower's features of the U distinct items in the
         batch's histories (each encoded once, however many users clicked it);
     ``h.index`` (B, L) int64: the row of ``h.<item feature>`` in each history slot;
@@ -13,19 +14,21 @@ Inputs, for a history feature named ``h`` (written by ``MindDataModule``):
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from twotower.data.store import Features
+from twotower.model.saving import SavedTower, tower_type
 from twotower.model.towers import Tower, build_encoders, build_mlp
 
 POOLINGS = ("mean", "attention")
 
 
-class ClickHistoryTower(nn.Module):
+@tower_type("click_history")
+class ClickHistoryTower(SavedTower):
     """Query tower: pooled item-tower vectors of the clicked items (+ other user features) -> unit vector.
 
     Args:
@@ -59,7 +62,7 @@ class ClickHistoryTower(nn.Module):
         if output_dim != items.output_dim:
             raise ValueError(f"click-history tower output_dim {output_dim} differs from the item tower's {items.output_dim}")
         self.config = {
-            "type": "click_history", "history": history, "features": [dict(f) for f in features], "pooling": pooling,
+            "type": self.type_name, "history": history, "features": [dict(f) for f in features], "pooling": pooling,
             "attention_dim": attention_dim, "hidden_dims": list(hidden_dims), "output_dim": output_dim, "dropout": dropout, "normalize": normalize,
         }
         self.items, self.history, self.pooling = items, history, pooling
@@ -70,6 +73,21 @@ class ClickHistoryTower(nn.Module):
         self.encoders = build_encoders(features)
         self.mlp = build_mlp(item_dim + sum(e.out_dim for e in self.encoders.values()), hidden_dims, output_dim, dropout)
         self.normalize, self.output_dim = normalize, output_dim
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], items: nn.Module | None = None) -> "ClickHistoryTower":
+        if items is None:
+            raise ValueError("a click-history tower reads through the item tower: build it with items=<the candidate tower>")
+        return cls(items, **{k: v for k, v in config.items() if k != "type"})
+
+    @classmethod
+    def features_read(cls, config: Mapping[str, Any]) -> list[str]:
+        """The other query features, and the history (read through the item tower, so no encoder of its own here)."""
+        return [*super().features_read(config), config.get("history")]
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """Without the item tower's tensors: they are the candidate tower's, saved (and loaded) with it."""
+        return {name: t for name, t in self.state_dict().items() if not name.startswith("items.")}
 
     def item_inputs(self, features: Features) -> Features:
         """The candidate-tower inputs of the distinct history items, (U, ...) each."""

@@ -8,15 +8,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from twotower.data.store import Features
-from twotower.model.features import build_encoder
+from twotower.features import build_encoder
+from twotower.model.saving import SavedTower, tower_type
 
 
-class Tower(nn.Module):
-    """Encodes a dict of feature tensors into unit vectors.
+@tower_type("profile")
+class Tower(SavedTower):
+    """Encodes a dict of feature tensors into unit vectors (a profile tower: every input a feature of the entity).
 
     Args:
         features: one dict per input feature: ``name``, ``kind`` and the encoder's arguments
-            (``cardinality``, ``dim``, ``in_dim``, ``options``), as ``build_two_tower`` writes them.
+            (``cardinality``, ``dim``, ``in_dim``, ``options``), as the kind's ``encoder_spec`` writes them.
         hidden_dims: widths of the hidden layers of the MLP.
         output_dim: size of the output vector.
         dropout: dropout after each hidden layer.
@@ -25,7 +27,7 @@ class Tower(nn.Module):
 
     def __init__(self, features: Sequence[dict[str, Any]], hidden_dims: Sequence[int] = (256,), output_dim: int = 64, dropout: float = 0.0, normalize: bool = True):
         super().__init__()
-        self.config = {"features": [dict(f) for f in features], "hidden_dims": list(hidden_dims), "output_dim": output_dim, "dropout": dropout, "normalize": normalize}
+        self.config = {"type": self.type_name, "features": [dict(f) for f in features], "hidden_dims": list(hidden_dims), "output_dim": output_dim, "dropout": dropout, "normalize": normalize}
         self.encoders = build_encoders(features)
         self.mlp = build_mlp(sum(e.out_dim for e in self.encoders.values()), hidden_dims, output_dim, dropout)
         self.normalize, self.output_dim = normalize, output_dim
@@ -40,11 +42,8 @@ class Tower(nn.Module):
 
 
 def build_encoders(features: Sequence[dict[str, Any]]) -> nn.ModuleDict:
-    """One encoder per feature dict (``name``, ``kind``, ``cardinality``, ``dim``, ``in_dim``, ``options``)."""
-    return nn.ModuleDict({
-        f["name"]: build_encoder(f["kind"], f.get("cardinality", 0), f.get("dim", 32), f.get("in_dim", 1), **f.get("options", {}))
-        for f in features
-    })
+    """One encoder per feature dict (``name``, ``kind`` and the kind's arguments, as its ``encoder_spec`` wrote them)."""
+    return nn.ModuleDict({f["name"]: build_encoder(f) for f in features})
 
 
 def build_mlp(width: int, hidden_dims: Sequence[int], output_dim: int, dropout: float) -> nn.Sequential:

@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from twotower.constraints import AT_LEAST_1, FRACTION
-from twotower.data.preprocess import Preprocessor
 from twotower.data.store import Features
+from twotower.features import Preprocessor, kind_of
 from twotower.model.history_tower import ClickHistoryTower
+from twotower.model.saving import build_tower
 from twotower.model.towers import Tower
 
 
@@ -31,14 +32,15 @@ class TwoTower(nn.Module):
             self._tie_history_to_item_ids()
 
     def _tie_history_to_item_ids(self) -> None:
-        ids = [f["name"] for f in self.candidate_tower.config["features"] if f["kind"] == "id"]
+        ids = [f["name"] for f in self.candidate_tower.config["features"] if kind_of(f["kind"]).identity]
         for f in self.query_tower.config["features"]:
-            if f["kind"] == "history" and ids:
+            if kind_of(f["kind"]).shares_item_ids and ids:
                 item_table = self.candidate_tower.encoders[ids[0]].embedding
-                history = self.query_tower.encoders[f["name"]]
-                if history.embedding.weight.shape != item_table.weight.shape:
-                    raise ValueError(f"history '{f['name']}' embedding {tuple(history.embedding.weight.shape)} cannot share the item-id table {tuple(item_table.weight.shape)}")
-                history.embedding = item_table
+                reader = self.query_tower.encoders[f["name"]]
+                if reader.embedding.weight.shape != item_table.weight.shape:
+                    raise ValueError(f"{f['kind']} '{f['name']}' embedding {tuple(reader.embedding.weight.shape)} cannot share the item-id table "
+                                     f"{tuple(item_table.weight.shape)}")
+                reader.embedding = item_table
 
     def encode_query(self, features: Features) -> torch.Tensor:
         return self.query_tower(features)
@@ -52,12 +54,8 @@ class TwoTower(nn.Module):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "TwoTower":
-        candidate = Tower(**config["candidate"])
-        if config["query"].get("type") == "click_history":
-            query = ClickHistoryTower(candidate, **{k: v for k, v in config["query"].items() if k != "type"})
-        else:
-            query = Tower(**config["query"])
-        return cls(query, candidate, config["share_item_embedding"])
+        candidate = build_tower(config["candidate"])
+        return cls(build_tower(config["query"], items=candidate), candidate, config["share_item_embedding"])
 
 
 def build_two_tower(
@@ -81,42 +79,35 @@ def build_two_tower(
         text: options of every text encoder (``pooling``, ``transformer_layers``, ``heads``).
         history: options of the history encoder (``pooling``, ``dropout``).
         query_hidden_dims / candidate_hidden_dims: per-tower MLP widths (default ``hidden_dims``).
-        click_history: when given, the query tower is a ``ClickHistoryTower`` with these options
-            (``pooling``, ``attention_dim``, ``hidden_dims``): the history feature is read by the
-            candidate tower itself (the data must write the history items' features, as
-            ``MindDataModule`` does); the other query features join after pooling.
+        click_history: options of the ``ClickHistoryTower`` (``pooling``, ``attention_dim``, ``hidden_dims``)
+            that is the query tower when the history feature says ``through_item_tower: true``: the
+            history is read by the candidate tower itself; the other query features join after pooling.
     """
     dims = dict(feature_dims or {})
+    options = {"text": text, "history": history}  # the model's encoder options, by kind
+    item_ids = next((name for name, fitted in preprocessor.candidate.items() if fitted.kind.identity), None)
 
     def specs(side: str) -> list[dict[str, Any]]:
         out = []
         for name, fitted in preprocessor.side(side).items():
-            kind = fitted.spec.kind
-            spec: dict[str, Any] = {"name": name, "kind": kind, "dim": dims.get(name, embedding_dim)}
-            if kind == "history":
-                spec["cardinality"] = len(preprocessor.item_ids)
-                spec["options"] = dict(history or {})
-                if share_item_embedding:
-                    item_ids = [n for n, f in preprocessor.candidate.items() if f.spec.kind == "id"]
-                    spec["dim"] = dims.get(item_ids[0], embedding_dim) if item_ids else spec["dim"]
-            elif kind == "text":
-                spec["cardinality"] = fitted.cardinality
-                spec["options"] = {**(text or {}), "max_len": fitted.max_len}
-            elif kind == "dense":
-                spec["in_dim"] = fitted.dim
-            else:
-                spec["cardinality"] = fitted.cardinality
-            out.append(spec)
+            kind = fitted.kind
+            # A feature reading the item-id table is as wide as that table.
+            shared = share_item_embedding and kind.shares_item_ids and item_ids is not None
+            dim = dims.get(item_ids if shared else name, embedding_dim)
+            out.append(kind.encoder_spec(fitted, preprocessor, dim, dict(options.get(kind.name) or {})))
         return out
 
     candidate = Tower(specs("candidate"), candidate_hidden_dims if candidate_hidden_dims is not None else hidden_dims, output_dim, dropout)
-    if click_history is not None:
-        query_specs = specs("query")
-        history_names = [f["name"] for f in query_specs if f["kind"] == "history"]
-        if len(history_names) != 1:
-            raise ValueError(f"a click-history user tower needs exactly one history feature on the query side (found {history_names})")
-        others = [f for f in query_specs if f["kind"] != "history"]
-        query = ClickHistoryTower(candidate, history_names[0], others, **{"dropout": dropout, **click_history})
+    query_specs = specs("query")
+    through = [name for name, fitted in preprocessor.query.items() if fitted.spec.through_item_tower]
+    if len(through) > 1:
+        raise ValueError(f"a click-history user tower reads one history through the item tower (found {through})")
+    if through:
+        others = [f for f in query_specs if f["name"] not in through]
+        query = ClickHistoryTower(candidate, through[0], others, **{"dropout": dropout, **(click_history or {})})
         return TwoTower(query, candidate, share_item_embedding)
-    query = Tower(specs("query"), query_hidden_dims if query_hidden_dims is not None else hidden_dims, output_dim, dropout)
+    if click_history is not None:
+        raise ValueError("model.click_history configures a click-history user tower, but no history feature is read through the item "
+                         "tower: set through_item_tower: true on the query side's history feature")
+    query = Tower(query_specs, query_hidden_dims if query_hidden_dims is not None else hidden_dims, output_dim, dropout)
     return TwoTower(query, candidate, share_item_embedding)

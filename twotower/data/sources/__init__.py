@@ -1,8 +1,10 @@
-"""Data sources: each returns validated ``Tables`` (interactions, users, items)."""
-from twotower.data.sources.movielens import MovieLens100K
-from twotower.data.sources.shards import ShardSource
+"""Data sources of any data set: each returns validated ``Tables`` (interactions, users, items).
+
+Public data sets (MovieLens, MIND) have their sources in ``twotower.datasets``; parquet shards in
+``twotower.data.streaming``.
+"""
 from twotower.data.sources.skewed import SkewedSource
 from twotower.data.sources.synthetic import SyntheticSource
 from twotower.data.sources.tables import TableSource
 
-__all__ = ["MovieLens100K", "ShardSource", "SkewedSource", "SyntheticSource", "TableSource"]
+__all__ = ["SkewedSource", "SyntheticSource", "TableSource"]

@@ -1,22 +1,16 @@
 """Interactions in a directory of parquet shards, with users and items tables small enough to load whole."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated, Callable
 
 import pandas as pd
 
-from twotower.data.shards import InteractionShards
+from twotower.constraints import AT_LEAST_1
+from twotower.data.prepared import Prepared
+from twotower.data.schema import Schema
+from twotower.data.streaming.prepare import prepare_shards
+from twotower.data.streaming.shards import InteractionShards, ShardedTables
 from twotower.data.tables import ITEM, USER, id_keys, read_table, require_columns
-
-
-@dataclass
-class ShardedTables:
-    """Users and items in memory; interactions as shards, streamed (never one DataFrame)."""
-
-    interactions: InteractionShards
-    users: pd.DataFrame
-    items: pd.DataFrame
-    names: dict[str, str]
 
 
 class ShardSource:
@@ -26,6 +20,10 @@ class ShardSource:
         every id in the shards must be in them.
     user_id, item_id, timestamp, split: column names in your files (renamed to the standard ones).
     read_rows: interaction rows per record batch read.
+    eval_users: validation and test rank the catalogue for at most this many users (a seeded sample of
+        ids, the same in every process); null evaluates every user, holding all their rows in memory.
+    shuffle_buffer: training pairs each process shuffles among (rows are drawn at random from the
+        buffer and replaced by the next rows read); row groups are read in a new random order each epoch.
     """
 
     def __init__(
@@ -38,11 +36,20 @@ class ShardSource:
         timestamp: str | None = None,
         split: str | None = None,
         read_rows: int = 65536,
+        eval_users: Annotated[int, AT_LEAST_1] | None = 10_000,
+        shuffle_buffer: Annotated[int, AT_LEAST_1] = 262_144,
     ):
         if not users or not items:
             raise ValueError("sharded interactions need 'users' and 'items' tables (every id in the shards listed once)")
         self.interactions, self.users, self.items = interactions, users, items
+        if eval_users is not None and eval_users < 1:
+            raise ValueError(f"eval_users={eval_users} must be >= 1 (or null: every user)")
         self.user_id, self.item_id, self.timestamp, self.split, self.read_rows = user_id, item_id, timestamp, split, read_rows
+        self.eval_users, self.shuffle_buffer = eval_users, shuffle_buffer
+
+    def prepare(self, schema: Schema, split: Callable, seed: int, candidates: str) -> Prepared:
+        """One streamed scan of the shards (``prepare_shards``); training then streams each process's share."""
+        return prepare_shards(self.load(), schema, split, seed, candidates, self.eval_users, self.shuffle_buffer)
 
     def load(self) -> ShardedTables:
         names = {"interactions": str(self.interactions), "users": str(self.users), "items": str(self.items)}

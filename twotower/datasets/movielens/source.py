@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from twotower.data.cache import default_cache_dir
 from twotower.data.tables import ITEM, TIME, USER, Tables, not_utf8
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,6 @@ GENRES = (
     "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
 )
 EXPECTED_COUNTS = {"ratings": 100_000, "users": 943, "items": 1_682}
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("TWOTOWER_CACHE", Path.home() / ".cache" / "twotower"))
 
 
 class MovieLens100K:

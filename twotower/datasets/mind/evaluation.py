@@ -9,30 +9,30 @@ from typing import Callable
 
 import torch
 
-from twotower.data.mind_datamodule import MindDataModule
+from twotower.data import TwoTowerDataModule
 from twotower.impression_metrics import impression_metrics
 from twotower.model.two_tower import TwoTower
 
 Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (users, items) -> scores
 
 
-def popularity_scorer(datamodule: MindDataModule) -> Scorer:
+def popularity_scorer(datamodule: TwoTowerDataModule) -> Scorer:
     """Scores every shown item by its number of training clicks, whoever the user."""
-    counts = datamodule.item_counts.double()
+    counts = datamodule.prepared.item_counts.double()
     return lambda users, items: counts[items]
 
 
 @torch.no_grad()
-def model_scorer(model: TwoTower, datamodule: MindDataModule, split: str, batch_size: int = 1024) -> Scorer:
+def model_scorer(model: TwoTower, datamodule: TwoTowerDataModule, split: str, batch_size: int = 1024) -> Scorer:
     """Scores by the towers: the dot product of the user's and the item's vectors."""
     model.eval()
     catalogue = torch.cat([model.encode_candidate(features) for features in datamodule.catalogue()])  # (n_items, D)
-    users = torch.arange(len(datamodule.user_rows))
+    users = torch.arange(len(datamodule.prepared.user_rows), device=catalogue.device)
     queries = torch.cat([model.encode_query(datamodule.query_features(chunk, split)) for chunk in users.split(batch_size)])  # (n_users, D)
     return lambda u, i: (queries[u] * catalogue[i]).sum(-1)
 
 
-def evaluate_impressions(datamodule: MindDataModule, split: str, scorer: Scorer, fresh_only: bool = False) -> dict[str, float]:
+def evaluate_impressions(datamodule: TwoTowerDataModule, split: str, scorer: Scorer, fresh_only: bool = False) -> dict[str, float]:
     """Mean impression AUC/MRR/nDCG of ``scorer`` over the ``split`` impressions.
 
     Args:
@@ -41,10 +41,10 @@ def evaluate_impressions(datamodule: MindDataModule, split: str, scorer: Scorer,
     Returns:
         the four metrics and ``impressions`` (how many were scored).
     """
-    item, impression, label = datamodule.impression_entries[split]
-    user = datamodule.impression_users[split]
+    item, impression, label = datamodule.prepared.impressions.entries[split]
+    user = datamodule.prepared.impressions.users[split]
     if fresh_only:
-        keep = ~datamodule.item_seen_in_train[item]
+        keep = ~datamodule.prepared.impressions.item_seen_in_train[item]
         item, impression, label, user = item[keep], impression[keep], label[keep], user[keep]
     values = impression_metrics(scorer(user, item), label, impression)
     out = {name: float(v.mean()) for name, v in values.items()}

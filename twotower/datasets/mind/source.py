@@ -12,39 +12,24 @@ validation and test (MIND-small publishes no test labels).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
+from twotower.data.cache import default_cache_dir
+from twotower.data.prepared import Prepared
+from twotower.data.schema import Schema
 from twotower.data.sentence_vectors import sentence_vectors
-from twotower.data.sources.movielens import default_cache_dir
-from twotower.data.tables import ITEM, SPLIT, TIME, USER, Tables, not_utf8
+from twotower.data.tables import ITEM, SPLIT, TIME, USER, not_utf8
+from twotower.datasets.mind.prepare import prepare_mind
+from twotower.datasets.mind.tables import IMPRESSION, IN_TRAIN, MindTables
 
 BEHAVIOR_COLUMNS = ("impression_id", "user_id", "time", "history", "impressions")
 NEWS_COLUMNS = ("news_id", "category", "subcategory", "title", "abstract", "url", "title_entities", "abstract_entities")
 TIME_FORMAT = "%m/%d/%Y %I:%M:%S %p"
 DIRECTORIES = ("train", "dev")
-IMPRESSION = "impression"
-IN_TRAIN = "in_train_news"  # items column: listed in train/news.tsv (False: fresh in dev)
-
-
-@dataclass
-class MindTables(Tables):
-    """``Tables`` (clicks as interactions, with an ``impression`` column; news as items, with
-    ``IN_TRAIN``) plus what MIND adds.
-
-    Attributes:
-        impressions: one row per shown news item: ``impression`` (index into ``impression_meta``),
-            ``item_id``, ``label`` (1 = clicked).
-        impression_meta: one row per impression: ``impression_id``, ``user_id``, ``timestamp``, ``split``.
-        histories: per directory (``train``, ``dev``), each user's click history, oldest first.
-    """
-
-    impressions: pd.DataFrame | None = None
-    impression_meta: pd.DataFrame | None = None
-    histories: dict[str, pd.Series] | None = None
 
 
 def _lines(path: Path, n_columns: int, columns: tuple[str, ...]) -> list[list[str]]:
@@ -151,9 +136,13 @@ class MindSource:
         self.sentence_model, self.sentence_columns = sentence_model, tuple(sentence_columns)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "sentence_vectors"
 
+    def prepare(self, schema: Schema, split: Callable, seed: int, candidates: str) -> Prepared:
+        """The in-memory preparation with the click histories and impressions (``prepare_mind``)."""
+        return prepare_mind(self.load(), schema, split, seed, candidates)
+
     def load(self) -> MindTables:
         if self.path is None:
-            raise ValueError("no MIND directory given: set data.path=<dir> (the directory holding train/ and dev/)")
+            raise ValueError("no MIND directory given: set data.source.path=<dir> (the directory holding train/ and dev/)")
         news = {d: read_news(self.path / d / "news.tsv") for d in DIRECTORIES}
         # A news item is usually listed in both directories' news.tsv, identically.
         items = pd.concat([news["train"], news["dev"]]).drop_duplicates("news_id").reset_index(drop=True)

@@ -1,7 +1,7 @@
 """Generated news-click data in the exact MIND layout, with planted structure, at any size.
 
 Writes ``<dir>/train/{behaviors,news}.tsv`` and ``<dir>/dev/{behaviors,news}.tsv`` as the official
-MIND release lays them out, so the one reader (``twotower.data.sources.mind``) serves both.
+MIND release lays them out, so the one reader (``twotower.datasets.mind.source``) serves both.
 
 The planted structure a model can learn and a popularity ranker cannot:
   * every user prefers one to three categories (the rest get a small background share);
@@ -14,7 +14,7 @@ The planted structure a model can learn and a popularity ranker cannot:
   * the dev period shows fresh news (``fresh_share`` of the shown items) that never appear in
     train: they can only be ranked from their text and category.
 
-    python -m twotower.data.sources.mind_generator /tmp/mind --users 2000 --news 3000
+    python -m twotower.datasets.mind.generator /tmp/mind --users 2000 --news 3000
 """
 from __future__ import annotations
 

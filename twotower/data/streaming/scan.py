@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from twotower.data.shards import Chunk, InteractionShards
+from twotower.data.streaming.shards import Chunk, InteractionShards
 from twotower.data.splits import mix64
 
 TRAIN, VAL, TEST = 0, 1, 2
@@ -24,6 +24,14 @@ class ShardScan:
     train_rows: np.ndarray  # (n_row_groups,) train rows per row group
     sample: dict[str, np.ndarray]  # "users", "items", "splits": every row of the sampled users
     history: dict[str, np.ndarray] | None  # "val" (train rows), "test" (train + val rows): (n_users, L) item rows, -1 = empty
+
+
+@dataclass
+class ServingScan:
+    users: np.ndarray  # (n,) user row of every interaction, all splits
+    items: np.ndarray  # (n,) item row
+    times: np.ndarray  # (n,) float64 timestamp (0 without a timestamp column)
+    history: np.ndarray | None  # (n_users, L) item rows of each user's latest interactions, -1 = empty
 
 
 class RecentItems:
@@ -83,6 +91,30 @@ class RecentItems:
         self.keys[owners] = all_keys[keep].reshape(-1, max_len)
 
 
+def recency_keys(chunk: Chunk, seed: int) -> np.ndarray:
+    """(n,) the order of a chunk's rows within their user's history: the timestamp, or without one a
+    seeded hash of the row's position, so each user's history is a random subset of their items."""
+    if chunk.times is not None:
+        return chunk.times
+    rows = np.arange(chunk.offset, chunk.offset + len(chunk.users), dtype=np.uint64)
+    return (mix64(rows ^ np.uint64(seed)) >> np.uint64(11)).astype(np.float64)
+
+
+def serving_scan(shards: InteractionShards, n_users: int, history_len: int | None, seed: int, read_rows: int = 1 << 20) -> ServingScan:
+    """One more streaming pass, for export: every interaction (all splits) and each user's latest items."""
+    users, items, times = [], [], []
+    recent = RecentItems(n_users, history_len) if history_len else None
+    for chunk in shards.chunks(read_rows=read_rows):
+        users.append(chunk.users.astype(np.int64))
+        items.append(chunk.items.astype(np.int64))
+        times.append(chunk.times.astype(np.float64) if chunk.times is not None else np.zeros(len(chunk.users)))
+        if recent:
+            recent.add(chunk.users, chunk.items, recency_keys(chunk, seed))
+    empty = [np.zeros(0, dtype=np.int64)]
+    return ServingScan(np.concatenate(users + empty), np.concatenate(items + empty), np.concatenate(times + [np.zeros(0)]),
+                       recent.table() if recent else None)
+
+
 def scan(
     shards: InteractionShards,
     labels: Callable[[Chunk], np.ndarray],
@@ -117,11 +149,7 @@ def scan(
         sampled = sample[chunk.users]
         kept.append((chunk.users[sampled].astype(np.int32), chunk.items[sampled].astype(np.int32), codes[sampled]))
         if recent:
-            if chunk.times is not None:
-                keys = chunk.times
-            else:  # a seeded random order: each user's history is a random subset of their items
-                rows = np.arange(chunk.offset, chunk.offset + len(codes), dtype=np.uint64)
-                keys = (mix64(rows ^ np.uint64(seed)) >> np.uint64(11)).astype(np.float64)
+            keys = recency_keys(chunk, seed)
             recent["val"].add(chunk.users[train], chunk.items[train], keys[train])
             known = codes != TEST
             recent["test"].add(chunk.users[known], chunk.items[known], keys[known])

@@ -231,3 +231,13 @@ def _no_nulls(column: pa.Array, path: Path, name: str, offset: int) -> None:
     if column.null_count:
         first = int(np.argmax(column.is_null().to_numpy(zero_copy_only=False)))
         raise ValueError(f"interaction shard {path}: column '{name}' has {column.null_count} missing value(s), first at row {offset + first} of the directory")
+
+
+@dataclass
+class ShardedTables:
+    """Users and items in memory; interactions as shards, streamed (never one DataFrame)."""
+
+    interactions: InteractionShards
+    users: pd.DataFrame
+    items: pd.DataFrame
+    names: dict[str, str]

@@ -1,0 +1,116 @@
+"""Each built-in feature kind: fit -> transform -> JSON -> transform, its empty input, its encoder, its serving input."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from twotower.data.vocab import Vocabulary
+from twotower.features import FeatureSpec, FittedFeature, Preprocessor, build_encoder, fit_feature, kind_of, registered_kinds
+from twotower.features.history import history_inputs
+
+ITEMS = pd.DataFrame({
+    "item_id": ["a", "b", "c", "d"],
+    "genre": ["rock", "jazz", "rock", None],
+    "tags": ["x|y", "y", None, "z|x|y"],
+    "title": ["Blue train", "Kind of blue", None, "Train 1984"],
+    "price": [1.0, 3.0, 7.0, np.nan],
+    "vector": [np.array([1.0, 0.0]), np.array([0.0, 1.0]), None, np.array([0.5, 0.5])],
+})
+# One spec per table kind, each with the settings it reads; fitted on ITEMS.
+SPECS = [
+    FeatureSpec("item_id", "id"),
+    FeatureSpec("genre", "categorical", prefix=2),
+    FeatureSpec("tags", "multi_hot", separator="|", max_len=2),
+    FeatureSpec("title", "text", max_len=3),
+    FeatureSpec("hashed", "text", column="title", hash_buckets=50),
+    FeatureSpec("price", "numeric", missing="mean", transform="log1p"),
+    FeatureSpec("vector", "dense", missing="zero"),
+]
+IDS = Vocabulary.fit(["a", "b", "c", "a"])  # d is an item unseen in training
+
+
+def fitted(spec: FeatureSpec) -> FittedFeature:
+    return fit_feature(spec, ITEMS, "items.csv", IDS)
+
+
+def test_the_built_in_kinds_are_registered_in_order():
+    assert registered_kinds() == ("id", "categorical", "multi_hot", "numeric", "text", "dense", "history")
+
+
+def test_each_kind_transforms_as_written():
+    out = {spec.name: fitted(spec).transform(ITEMS, "items.csv") for spec in SPECS}
+    assert out["item_id"].tolist() == [1, 2, 3, 0]  # a (twice in training) first; d unseen: out of vocabulary
+    assert out["genre"].tolist() == [1, 2, 1, 0]  # "ro" x2, "ja"; missing -> 0
+    assert out["tags"].tolist() == [[2, 1], [1, 0], [0, 0], [3, 2]]  # y=1 (x3), x=2, z=3; cut to max_len 2
+    assert out["title"].tolist() == [[1, 2, 0], [4, 5, 1], [0, 0, 0], [2, 3, 0]]  # blue=1, train=2 (twice each), 1984, kind, of
+    assert out["hashed"][2].tolist() == [0, 0, 0] and (out["hashed"][0, :2] > 0).all()
+    logs = np.log1p([1.0, 3.0, 7.0])
+    expected = (np.append(logs, logs.mean()) - logs.mean()) / logs.std()  # a missing price is the train mean
+    np.testing.assert_allclose(out["price"].numpy(), expected, rtol=1e-6)
+    assert out["vector"].tolist() == [[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.5, 0.5]]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_fitted_state_round_trips_through_json(spec):
+    before = fitted(spec)
+    after = FittedFeature.from_json(json.loads(json.dumps(before.to_json())))
+    assert after.spec == before.spec
+    torch.testing.assert_close(after.transform(ITEMS, "items.csv"), before.transform(ITEMS, "items.csv"))
+
+
+@pytest.mark.parametrize("spec", [*SPECS, FeatureSpec("history", "history", max_len=5)], ids=lambda s: s.name)
+def test_empty_transform_and_encoder_agree_with_the_serving_input(spec):
+    feature = fitted(spec)
+    kind, served = kind_of(spec.kind), kind_of(spec.kind).serving_input(feature)
+    assert served.name == spec.name and served.shape[0] is None and served.encoding
+    empty = kind.empty(feature, 3)
+    assert str(empty.dtype).removeprefix("torch.") == served.dtype and tuple(empty.shape) == (3, *served.shape[1:])
+    if not kind.from_interactions:
+        values = feature.transform(ITEMS, "items.csv")
+        assert str(values.dtype).removeprefix("torch.") == served.dtype and tuple(values.shape) == (len(ITEMS), *served.shape[1:])
+    preprocessor = Preprocessor({}, {}, Vocabulary(["u"]), IDS)
+    encoder = build_encoder(kind.encoder_spec(feature, preprocessor, 4, {}))
+    assert encoder(empty).shape == (3, encoder.out_dim)
+
+
+def test_history_is_built_from_interactions_not_a_column():
+    history = fitted(FeatureSpec("history", "history"))
+    assert history.max_len == 50  # the default length
+    with pytest.raises(ValueError, match="feature 'history' of kind history is not read from a table column"):
+        history.transform(ITEMS, "items.csv")
+    kind = kind_of("history")
+    assert kind.from_interactions and kind.query_only and kind.shares_item_ids and not kind.identity
+    assert kind_of("id").identity and not any(kind_of(k).identity for k in registered_kinds() if k != "id")
+
+
+def test_history_inputs_by_item_id_and_through_the_item_tower():
+    rows = torch.tensor([[3, 1, 0], [1, 4, 0]])  # catalogue rows + 1, 0 = empty slot
+    item_vocab_index = torch.tensor([2, 0, 1, 3])  # catalogue row 1 is not in the id vocabulary
+    titles = torch.tensor([[10, 11], [20, 21], [30, 31], [40, 41]])  # a candidate feature of each catalogue row
+    by_id = history_inputs("h", rows, False, item_vocab_index, None)
+    assert by_id.keys() == {"h"} and by_id["h"].tolist() == [[1, 2, 0], [2, 3, 0]]
+    through = history_inputs("h", rows, True, item_vocab_index, lambda r: {"title": titles[r]})
+    # Distinct rows + 1: 0 (padding), 1, 3, 4 -> catalogue rows 0 (clamped padding), 0, 2, 3.
+    assert through["h"].tolist() == [[1, 2, 0], [2, 3, 0]]
+    assert through["h.index"].tolist() == [[2, 1, 0], [1, 3, 0]]
+    assert through["h.present"].tolist() == [[True, True, False], [True, True, False]]
+    assert through["h.title"].tolist() == [[10, 11], [10, 11], [30, 31], [40, 41]]
+
+
+def test_settings_of_another_kind_are_refused_naming_the_kinds_that_read_them():
+    with pytest.raises(ValueError, match=r"feature 'age': separator='\|' needs kind multi_hot, not numeric"):
+        FeatureSpec("age", "numeric", separator="|")
+    with pytest.raises(ValueError, match=r"feature 'genre': max_len=3 needs kind multi_hot or text or history, not categorical"):
+        FeatureSpec("genre", "categorical", max_len=3)
+    with pytest.raises(ValueError, match=r"feature 'h': through_item_tower=True needs kind history, not text"):
+        FeatureSpec("h", "text", through_item_tower=True)
+    with pytest.raises(ValueError, match=r"feature 'price': transform='sqrt' is not one of null, log1p"):
+        FeatureSpec("price", "numeric", transform="sqrt")
+    with pytest.raises(ValueError, match=r"feature 'v': missing='drop' is not one of error, mean, zero"):
+        FeatureSpec("v", "dense", missing="drop")
+    with pytest.raises(ValueError, match=r"feature 't': hash_buckets=0 needs a positive count"):
+        FeatureSpec("t", "text", hash_buckets=0)
+    with pytest.raises(ValueError, match=r"unknown feature kind 'picture' \(kinds: id, categorical, multi_hot"):
+        kind_of("picture")

@@ -1,0 +1,58 @@
+"""``id``: the user's or item's own id, an embedding per id seen in training.
+
+Its vocabulary is the train-split id vocabulary itself, so an id unseen in training (a new user or
+item) takes the learned out-of-vocabulary row. Being the entity's identity, it is what content-only
+towers drop and what id dropout and new-user rows hide, so that content learns to stand in for it.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import pandas as pd
+import torch
+from torch import nn
+
+from twotower.data.vocab import Vocabulary
+from twotower.features.base import FeatureKind, FeatureSpec, FittedFeature, Preprocessor, ServingInput, register_kind
+from twotower.features.columns import column
+
+
+class EmbeddingEncoder(nn.Module):
+    """``id`` and ``categorical`` features: (B,) int64 -> (B, dim)."""
+
+    def __init__(self, cardinality: int, dim: int):
+        super().__init__()
+        self.embedding = nn.Embedding(cardinality, dim)
+        nn.init.normal_(self.embedding.weight, std=0.05)
+        self.out_dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding(x)
+
+
+class IdKind(FeatureKind):
+    name = "id"
+    identity = True
+
+    def fit(self, spec: FeatureSpec, frame: pd.DataFrame, table: str, ids: Vocabulary | None) -> FittedFeature:
+        if ids is None:
+            raise ValueError(f"feature '{spec.name}' of kind id needs the train-split id vocabulary of {table}")
+        return FittedFeature(spec, vocab=ids)
+
+    def transform(self, fitted: FittedFeature, frame: pd.DataFrame, table: str) -> torch.Tensor:
+        return torch.from_numpy(fitted.vocab.lookup(column(frame, fitted.spec, table).tolist()))  # (n,)
+
+    def encoder_spec(self, fitted: FittedFeature, preprocessor: Preprocessor, dim: int, options: Mapping[str, Any]) -> dict[str, Any]:
+        return {"name": fitted.spec.name, "kind": self.name, "dim": dim, "cardinality": fitted.cardinality}
+
+    def build_encoder(self, spec: Mapping[str, Any]) -> nn.Module:
+        return EmbeddingEncoder(spec["cardinality"], spec["dim"])
+
+    def empty(self, fitted: FittedFeature, n: int) -> torch.Tensor:
+        return torch.zeros(n, dtype=torch.long)  # the out-of-vocabulary row
+
+    def serving_input(self, fitted: FittedFeature) -> ServingInput:
+        return ServingInput(fitted.spec.name, "int64", (None,), "int64 id-vocabulary index, 0 = an id unseen in training")
+
+
+register_kind(IdKind())
