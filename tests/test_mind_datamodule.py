@@ -101,3 +101,20 @@ def test_train_data_mind_beats_popularity_and_ranks_fresh_news_from_text(mind_di
     assert towers["impression_auc"] > popularity["impression_auc"] + 0.15
     fresh = evaluate_impressions(dm, "val", model_scorer(model, dm, "val"), fresh_only=True)
     assert fresh["impressions"] > 50 and fresh["impression_auc"] > 0.7
+
+
+def test_every_batch_step_applies_to_mind_as_to_any_source(mind_dir):
+    """Sampled negatives, id dropout, new-user rows and known-positive masking work on MIND's click histories too."""
+    features = {"query": [{"name": "user_id", "kind": "id"}, *FEATURES["query"]], "candidate": [{"name": "item_id", "kind": "id"}, *FEATURES["candidate"]]}
+    dm = TwoTowerDataModule(MindSource(str(mind_dir), seed=0), features, PredefinedSplit(), batch_size=64, seed=0, impression_negatives=2,
+                            num_negatives=5, id_dropout=0.5, new_user_rate=0.5, mask_known_positives=True)
+    dm.setup("fit")
+    torch.manual_seed(0)
+    batch = dm.train_batch(torch.arange(64))
+    assert batch.negatives["title"].shape[0] == 5 and batch.row_negatives["title"].shape[:2] == (64, 2)
+    assert batch.known_items.shape[0] == 2 and batch.known_items.shape[1] > 0
+    new = ~batch.query["history.present"].any(1) & (dm.prepared.histories["train"][batch.query_ids] > 0).any(1)
+    assert new.any(), "some rows with a history are shown as first-time users"
+    assert (batch.query["user_id"][new] == 0).all() and (batch.query["history"][new] == 0).all()
+    dropped = (batch.candidate["item_id"] == 0).float().mean()
+    assert 0.3 < dropped < 0.7  # ids of the positives go out of vocabulary at the id_dropout rate

@@ -96,10 +96,7 @@ class NewUsers:
         new = torch.rand(len(batch), device=batch.candidate_ids.device) < self.rate  # (B,)
         for name, fitted in data.preprocessor.query.items():
             if fitted.kind.identity or fitted.kind.from_interactions:
-                values = batch.query[name]
-                batch.query[name] = values.masked_fill(new.view(-1, *[1] * (values.dim() - 1)), 0)
-                if f"{name}.present" in batch.query:
-                    batch.query[f"{name}.present"] = batch.query[f"{name}.present"] & ~new.unsqueeze(1)
+                fitted.kind.forget(batch.query, name, new)
 
 
 @dataclass

@@ -6,7 +6,7 @@ from typing import Mapping
 
 import torch
 
-Features = dict[str, torch.Tensor]
+from twotower.features.base import Features
 
 
 class FeatureStore:

@@ -25,6 +25,9 @@ from twotower.data.vocab import Vocabulary
 if TYPE_CHECKING:  # the schema module builds FeatureSpecs, so it imports this one
     from twotower.data.schema import Schema
 
+#: A batch's feature tensors by name, as towers read them.
+Features = dict[str, torch.Tensor]
+
 #: Spec fields every kind reads; any other field is read only by the kinds that list it in ``FeatureKind.fields``.
 COMMON_FIELDS = ("name", "kind", "column")
 
@@ -101,6 +104,11 @@ class FeatureKind(abc.ABC):
     @abc.abstractmethod
     def serving_input(self, fitted: FittedFeature) -> ServingInput:
         """What a serving client feeds the tower for this feature."""
+
+    def forget(self, features: dict[str, torch.Tensor], name: str, rows: torch.Tensor) -> None:
+        """Puts the feature of the ``rows`` (B,) bool of a batch on its out-of-vocabulary / missing path (a new user's rows)."""
+        values = features[name]
+        features[name] = values.masked_fill(rows.view(-1, *[1] * (values.dim() - 1)), 0)
 
 
 _KINDS: dict[str, FeatureKind] = {}

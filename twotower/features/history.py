@@ -124,6 +124,12 @@ class HistoryKind(FeatureKind):
     def empty(self, fitted: FittedFeature, n: int) -> torch.Tensor:
         return torch.zeros(n, fitted.max_len, dtype=torch.long)  # no past item: the zero vector
 
+    def forget(self, features: dict[str, torch.Tensor], name: str, rows: torch.Tensor) -> None:
+        super().forget(features, name, rows)
+        present = f"{name}.present"  # read through the item tower: no slot of these rows holds an item
+        if present in features:
+            features[present] = features[present] & ~rows.unsqueeze(1)
+
     def serving_input(self, fitted: FittedFeature) -> ServingInput:
         return ServingInput(fitted.spec.name, "int64", (None, fitted.max_len),
                             "int64 item id-vocabulary indices of the latest items, most recent first, 0 = empty slot or unknown item")

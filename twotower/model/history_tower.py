@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from twotower.data.store import Features
+from twotower.features.base import Features
 from twotower.model.saving import SavedTower, tower_type
 from twotower.model.towers import Tower, build_encoders, build_mlp
 

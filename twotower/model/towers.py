@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from twotower.data.store import Features
+from twotower.features.base import Features
 from twotower.features import build_encoder
 from twotower.model.saving import SavedTower, tower_type
 

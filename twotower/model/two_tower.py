@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from twotower.constraints import AT_LEAST_1, FRACTION
-from twotower.data.store import Features
+from twotower.features.base import Features
 from twotower.features import Preprocessor, kind_of
 from twotower.model.history_tower import ClickHistoryTower
 from twotower.model.saving import build_tower
