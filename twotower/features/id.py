@@ -30,7 +30,20 @@ class EmbeddingEncoder(nn.Module):
         return self.embedding(x)
 
 
-class IdKind(FeatureKind):
+class OneValueKind(FeatureKind):
+    """A kind with one vocabulary index per row, read by an embedding (``id``, ``categorical``)."""
+
+    def encoder_spec(self, fitted: FittedFeature, preprocessor: Preprocessor, dim: int, options: Mapping[str, Any]) -> dict[str, Any]:
+        return {"name": fitted.spec.name, "kind": self.name, "dim": dim, "cardinality": fitted.cardinality}
+
+    def build_encoder(self, spec: Mapping[str, Any]) -> nn.Module:
+        return EmbeddingEncoder(spec["cardinality"], spec["dim"])
+
+    def empty(self, fitted: FittedFeature, n: int) -> torch.Tensor:
+        return torch.zeros(n, dtype=torch.long)  # the out-of-vocabulary row
+
+
+class IdKind(OneValueKind):
     name = "id"
     identity = True
 
@@ -41,15 +54,6 @@ class IdKind(FeatureKind):
 
     def transform(self, fitted: FittedFeature, frame: pd.DataFrame, table: str) -> torch.Tensor:
         return torch.from_numpy(fitted.vocab.lookup(column(frame, fitted.spec, table).tolist()))  # (n,)
-
-    def encoder_spec(self, fitted: FittedFeature, preprocessor: Preprocessor, dim: int, options: Mapping[str, Any]) -> dict[str, Any]:
-        return {"name": fitted.spec.name, "kind": self.name, "dim": dim, "cardinality": fitted.cardinality}
-
-    def build_encoder(self, spec: Mapping[str, Any]) -> nn.Module:
-        return EmbeddingEncoder(spec["cardinality"], spec["dim"])
-
-    def empty(self, fitted: FittedFeature, n: int) -> torch.Tensor:
-        return torch.zeros(n, dtype=torch.long)  # the out-of-vocabulary row
 
     def serving_input(self, fitted: FittedFeature) -> ServingInput:
         return ServingInput(fitted.spec.name, "int64", (None,), "int64 id-vocabulary index, 0 = an id unseen in training")
