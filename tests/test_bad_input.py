@@ -2,8 +2,12 @@
 with an error naming the file, the column and the value.
 
 Each case states which of the two it expects. "Works" means more than "no exception": set-up
-succeeds, every float feature is finite, and the towers give a finite loss and finite query
-vectors for the validation users. The module counts what it tried and prints the count at the end.
+succeeds, every float feature is finite, the towers give a finite loss and finite query vectors
+for the validation users, and what was read is what was written (own tables: every user and item
+id once, every distinct interaction in exactly one split, nothing dropped or doubled). A case counts
+as correct only when its expected outcome was verified: refused naming the input, or worked and
+read faithfully. A result that is wrong but raised nothing fails its test and is not counted.
+The module prints the counts at the end.
 """
 from __future__ import annotations
 
@@ -27,18 +31,20 @@ from twotower.datasets.mind.source import MindSource
 from twotower.datasets.mind.generator import generate_mind
 from twotower.data.cache import default_cache_dir
 from twotower.data.splits import RandomSplit
+from twotower.data.tables import ITEM, USER
 from twotower.losses import in_batch_softmax_loss
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-BATTERY = {"tried": 0, "handled": 0}
+BATTERY = {"tried": 0, "correct": 0, "worked": 0, "refused": 0}
 REFUSALS = (ValueError, FileNotFoundError)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def battery_count(request):
-    """Prints 'bad-input battery: N inputs tried, M handled' when the module is done (shown without -s or -rA)."""
+    """Prints 'bad-input battery: N inputs tried, M correct (...)' when the module is done (shown without -s or -rA)."""
     yield
-    line = f"bad-input battery: {BATTERY['tried']} inputs tried, {BATTERY['handled']} handled"
+    line = (f"bad-input battery: {BATTERY['tried']} inputs tried, {BATTERY['correct']} correct "
+            f"({BATTERY['worked']} worked and read faithfully, {BATTERY['refused']} refused naming the input)")
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled():
@@ -51,24 +57,33 @@ def expect(run: Callable[[], None], *, refused_naming: tuple[str, ...] | None = 
     BATTERY["tried"] += 1
     if refused_naming is None:
         run()
-    else:
-        with pytest.raises(REFUSALS) as caught:
-            run()
-        message = str(caught.value)
-        missing = [f for f in refused_naming if f not in message]
-        assert not missing, f"error does not name {missing}: {message}"
-    BATTERY["handled"] += 1
+        _count("worked")
+        return
+    with pytest.raises(REFUSALS) as caught:
+        run()
+    message = str(caught.value)
+    missing = [f for f in refused_naming if f not in message]
+    assert not missing, f"error does not name {missing}: {message}"
+    _count("refused")
 
 
 def expect_handled(run: Callable[[], None], names: tuple[str, ...]) -> None:
-    """For generated inputs: either works, or is refused with an error naming every fragment of ``names``."""
+    """For generated inputs: either works (and reads faithfully), or is refused with an error naming every fragment of ``names``."""
     BATTERY["tried"] += 1
     try:
         run()
     except REFUSALS as err:
         missing = [f for f in names if f not in str(err)]
         assert not missing, f"error does not name {missing}: {err}"
-    BATTERY["handled"] += 1
+        _count("refused")
+        return
+    _count("worked")
+
+
+def _count(outcome: str) -> None:
+    """Reached only after the outcome was verified: every check of the run passed, or the refusal named the input."""
+    BATTERY[outcome] += 1
+    BATTERY["correct"] += 1
 
 
 def assert_trainable(dm: TwoTowerDataModule, cfg: DictConfig) -> None:
@@ -132,8 +147,9 @@ def tables_cfg() -> DictConfig:
         ])
 
 
-def tables_run(cfg: DictConfig, paths: dict[str, Path], **overrides) -> Callable[[], None]:
-    """A run of set-up plus one loss on the tables at ``paths``, with config overrides (dotted keys under data)."""
+def tables_run(cfg: DictConfig, paths: dict[str, Path], frames: dict[str, pd.DataFrame] | None = None, **overrides) -> Callable[[], None]:
+    """A run of set-up plus one loss on the tables at ``paths``, with config overrides (dotted keys under data);
+    given the ``frames`` written there, it also checks that set-up read them faithfully (``assert_faithful``)."""
     cfg = copy.deepcopy(cfg)
     OmegaConf.update(cfg, "data.source.interactions", str(paths["inter"]) if "inter" in paths else None)
     OmegaConf.update(cfg, "data.source.users", str(paths["users"]) if "users" in paths else None)
@@ -143,7 +159,35 @@ def tables_run(cfg: DictConfig, paths: dict[str, Path], **overrides) -> Callable
     def run() -> None:
         run.datamodule = instantiate(cfg.data)
         assert_trainable(run.datamodule, cfg)
+        if frames is not None:
+            assert_faithful(run.datamodule, frames)
     return run
+
+
+def assert_faithful(dm: TwoTowerDataModule, frames: dict[str, pd.DataFrame]) -> None:
+    """What set-up holds is what was written: each user and item once, each distinct interaction in exactly one split.
+
+    Ids are compared by count (the readers' key rules are tested in tests/test_table_fidelity.py), and
+    interactions as the pairs of the tables as read: a row lost, doubled or put in two splits fails.
+    """
+    data = dm.prepared
+    for table, column, rows in (("users", "uid", data.user_rows), ("items", "iid", data.item_rows)):
+        assert rows.is_unique, f"{table}: an id is held twice"
+        assert len(rows) == frames[table][column].nunique(dropna=False), f"{table}: {frames[table][column].nunique()} ids written, {len(rows)} held"
+    read = data.tables.interactions
+    written = frames["inter"][["uid", "iid"]].drop_duplicates()
+    assert len(read[[USER, ITEM]].drop_duplicates()) == len(read) == len(written), \
+        f"{len(written)} distinct interactions written, {len(read)} rows read (repeats must be merged, never split)"
+    held = torch.cat([data.train_pairs, *[torch.stack(_pairs(data.heldout[s])).T for s in ("val", "test")]])  # (n, 2) every split
+    assert len(held) == len(read), f"{len(read)} interactions read, {len(held)} in the splits"
+    pairs = {(data.user_rows[u], data.item_rows[i]) for u, i in held.tolist()}
+    assert pairs == set(zip(read[USER], read[ITEM])), "the splits hold other interactions than those read"
+
+
+def _pairs(csr) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, columns) of every nonzero of a CSR."""
+    rows = torch.repeat_interleave(torch.arange(len(csr.indptr) - 1), csr.indptr[1:] - csr.indptr[:-1])
+    return rows, csr.indices
 
 
 def edit(frames: dict[str, pd.DataFrame], table: str, change: Callable[[pd.DataFrame], pd.DataFrame | None]) -> dict[str, pd.DataFrame]:
@@ -215,7 +259,7 @@ def test_own_tables(case, fmt, tables_cfg, tmp_path):
         # csv ids are read exactly as written (issue 15: '007' stays '007'), so '0.0' is not user '0':
         # refused, naming both files and the id, where parquet floats 0.0 are the integer id '0'.
         names = ("inter.", "user_id", "'0.0'", "users.", "exactly as written")
-    expect(tables_run(tables_cfg, write(frames, tmp_path, fmt), **overrides), refused_naming=names)
+    expect(tables_run(tables_cfg, write(frames, tmp_path, fmt), frames, **overrides), refused_naming=names)
 
 
 def test_user_without_training_items_has_an_empty_history(tables_cfg, tmp_path):
@@ -295,7 +339,7 @@ def test_any_value_in_any_cell(tables_cfg, tmp_path_factory, table, row, value, 
     frames = edit(frames, table, set_cell(column, value, row))
     paths = write(frames, tmp_path_factory.mktemp("cell"))
     standard = {"uid": "user_id", "iid": "item_id", "ts": "timestamp"}.get(column, column)
-    expect_handled(tables_run(tables_cfg, paths), names=(f"{table}.csv", standard))
+    expect_handled(tables_run(tables_cfg, paths, frames), names=(f"{table}.csv", standard))
 
 
 @settings(max_examples=15, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
