@@ -16,3 +16,8 @@ def test_a_learning_rate_far_too_high_stops_the_run_naming_it(compose_cfg, fast_
 def test_a_healthy_run_is_not_stopped(compose_cfg, fast_synthetic):
     metrics, _ = train(compose_cfg(*fast_synthetic, "trainer.max_epochs=1", "test=false"))
     assert metrics["val/recall@20"] > 0
+
+
+def test_a_loss_that_does_not_fall_stops_the_run_naming_the_learning_rate(compose_cfg, fast_synthetic):
+    with pytest.raises(CollapsedModelError, match=r"not learning: 3 epochs after the first, the mean training loss is still .*optimizer\.lr=1e-12"):
+        train(compose_cfg(*fast_synthetic, "optimizer.lr=1e-12", "test=false"))
