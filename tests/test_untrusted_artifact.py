@@ -14,7 +14,9 @@ import os
 import shutil
 from pathlib import Path
 
+import faiss
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -123,6 +125,35 @@ def test_item_vectors_that_are_not_the_indexs_are_refused(artifact):
     rewrite_npy(artifact / "item_vectors.npy", lambda vectors: vectors[[1, 0, *range(2, len(vectors))]])  # two rows swapped
     resign(artifact)
     with pytest.raises(ArtifactError, match=r"item_vectors\.npy: row 0 differs from vector 0 of index\.faiss .*: the files are not of one export"):
+        Retriever.load(artifact)
+
+
+def _reorder_catalogue(artifact: Path, order: np.ndarray, features_too: bool) -> None:
+    """Rows of the catalogue permuted together: ids, vectors, a rebuilt index, the items table and (``features_too``) the item features."""
+    vectors = np.load(artifact / "item_vectors.npy")[order]
+    np.save(artifact / "item_vectors.npy", vectors, allow_pickle=False)
+    rewrite_npy(artifact / "item_ids.npy", lambda ids: ids[order])
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    faiss.write_index(index, str(artifact / "index.faiss"))
+    pd.read_parquet(artifact / "items.parquet").iloc[order].to_parquet(artifact / "items.parquet", index=False)
+    if features_too:
+        with np.load(artifact / "item_features.npz") as features:
+            edit_npz(artifact / "item_features.npz", **{name: features[name][order] for name in features.files})
+    resign(artifact)
+
+
+def test_item_vectors_reordered_against_their_features_are_refused(artifact):
+    order = np.r_[1, 0, 2:200]  # two items swapped in ids, vectors, index and table, not in the stored features
+    _reorder_catalogue(artifact, order, features_too=False)
+    with pytest.raises(ArtifactError, match=r"item_vectors\.npy: row 0 differs by .* from the candidate tower's vector of item_features\.npz row 0"):
+        Retriever.load(artifact)
+
+
+def test_a_catalogue_reordered_against_the_users_histories_is_refused(artifact):
+    """Everything about the items permuted consistently: what still points at rows (histories) would name other items."""
+    _reorder_catalogue(artifact, np.random.default_rng(0).permutation(200), features_too=True)
+    with pytest.raises(ArtifactError, match=r"user_histories\.npz: user row \d+'s 'history' names item rows .* the catalogue's rows were reordered"):
         Retriever.load(artifact)
 
 

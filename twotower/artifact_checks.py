@@ -33,6 +33,7 @@ COUNTS = ("items", "users", "interactions", "indexed")
 SEARCH_PARAM_LIMITS = {"nprobe": 1 << 16, "efSearch": 1 << 16, "k_factor_rf": 1 << 10}
 SPOT_CHECK_ROWS = 32  # item vectors searched in the index at load
 SPOT_CHECK_SHARE = 0.9  # of them must find themselves (or an item as close): approximate indexes may miss a few
+VECTOR_TOLERANCE = 1e-4  # an item re-encoded at load against its exported vector (batch sizes change the float sums)
 CHUNK_ROWS = 65_536  # item vectors compared per step, so the checks of a memory-mapped catalogue stay bounded
 
 
@@ -259,14 +260,43 @@ def check_users(root: Path, preprocessor: Preprocessor, configs: Mapping[str, An
     _expect(root / ITEM_EVENTS, "holds times:", len(events["times"]), "and items:", len(events["items"]))
 
 
-def check_item_features(root: Path, preprocessor: Preprocessor, configs: Mapping[str, Any], item_features: Mapping[str, np.ndarray], n_items: int) -> None:
-    """The stored candidate-tower inputs of every catalogue row: one array per candidate feature, as training made them."""
-    where = root / ITEM_FEATURES
+def check_item_features(root: Path, preprocessor: Preprocessor, configs: Mapping[str, Any], item_features: Mapping[str, np.ndarray],
+                        item_ids: np.ndarray) -> None:
+    """The stored candidate-tower inputs of every catalogue row: one array per candidate feature, as training made them,
+    an identity feature (the item id) holding each row's own id: rows reordered against ``item_ids`` are refused."""
+    where, n_items = root / ITEM_FEATURES, len(item_ids)
     if set(item_features) != set(preprocessor.candidate):
         raise ArtifactError(f"{where} holds arrays {sorted(item_features)}, the candidate features are {sorted(preprocessor.candidate)}")
     tables = {f["name"]: f for f in configs[CANDIDATE_TOWER]["features"]}
     for name, fitted in preprocessor.candidate.items():
         _check_feature_array(where, name, fitted, item_features[name], n_items, f"{n_items} items in {ITEM_IDS}", tables[name].get("cardinality"))
+        if fitted.kind.identity:
+            expected = preprocessor.item_ids.lookup(item_ids.tolist())
+            differs = np.flatnonzero(item_features[name] != expected)
+            if len(differs):
+                row = int(differs[0])
+                raise ArtifactError(f"{where}: array '{name}' row {row} holds id index {item_features[name][row]}, but {ITEM_IDS} row {row} "
+                                    f"is {item_ids[row]!r} (index {expected[row]}): the rows are not of one catalogue order")
+
+
+def check_item_vectors_encode(root: Path, candidate_tower: torch.nn.Module, item_features: Mapping[str, np.ndarray], item_vectors: np.ndarray) -> None:
+    """A sample of items encoded again from their stored features by the candidate tower gives their stored vectors:
+    vectors, features and tower are of one export and one row order."""
+    n = len(item_vectors)
+    if not n:
+        return
+    rows = np.unique(np.linspace(0, n - 1, min(n, SPOT_CHECK_ROWS)).astype(np.int64))
+    try:
+        with torch.inference_mode():
+            encoded = candidate_tower.eval()({name: torch.from_numpy(np.asarray(array[rows])) for name, array in item_features.items()}).numpy()
+    except Exception as err:  # noqa: BLE001 - whatever a tower built from untrusted files raises, the files are at fault
+        raise ArtifactError(f"{root / CANDIDATE_TOWER / TOWER_CONFIG}: the tower cannot encode {ITEM_FEATURES}: {err!r}") from None
+    stored = np.asarray(item_vectors[rows], dtype=np.float32)
+    worst = np.abs(encoded - stored).max(axis=1)  # (S,)
+    if (worst > VECTOR_TOLERANCE).any():
+        row = int(rows[np.argmax(worst)])
+        raise ArtifactError(f"{root / ITEM_VECTORS}: row {row} differs by {worst.max():.3g} from the candidate tower's vector of "
+                            f"{ITEM_FEATURES} row {row}: the vectors are not this tower's encoding of these items")
 
 
 def check_histories(root: Path, preprocessor: Preprocessor, histories: Mapping[str, np.ndarray], n_users: int, n_items: int) -> None:
@@ -280,6 +310,19 @@ def check_histories(root: Path, preprocessor: Preprocessor, histories: Mapping[s
         if array.shape != shape or array.dtype != np.int64:
             raise ArtifactError(f"{where}: array '{name}' is {array.dtype} of shape {array.shape}, expected int64 of shape {shape}")
         _in_range(where, f"array '{name}'", array, n_items + 1)
+
+
+def check_histories_match_users(root: Path, histories: Mapping[str, np.ndarray], user_features: Mapping[str, np.ndarray], item_vocab_index: np.ndarray) -> None:
+    """Each stored history (catalogue rows) names the items the users' stored history feature (id indices) names:
+    histories, user features and the catalogue's row order are of one export."""
+    padded = np.concatenate([[0], item_vocab_index])  # row + 1 -> id index, 0 -> 0
+    for name, rows in histories.items():
+        differs = np.flatnonzero((padded[rows] != user_features[name]).any(axis=1))
+        if len(differs):
+            user = int(differs[0])
+            raise ArtifactError(f"{root / USER_HISTORIES}: user row {user}'s '{name}' names item rows {rows[user][:5].tolist()}, whose id indices "
+                                f"{padded[rows[user][:5]].tolist()} are not {USER_FEATURES}'s {user_features[name][user][:5].tolist()}: "
+                                f"the catalogue's rows were reordered")
 
 
 def _check_feature_array(where: Path, name: str, fitted: FittedFeature, array: np.ndarray, n_rows: int, rows: str, cardinality: int | None) -> None:

@@ -21,7 +21,7 @@ from twotower.artifact import (
     TOWER_VOCAB, TOWER_WEIGHTS, USER_FEATURES, USER_HISTORIES, USER_IDS, USER_SEEN, Artifact, ArtifactError,
 )
 from twotower.artifact_checks import (
-    check_histories, check_index, check_item_features, check_items_table, check_manifest, check_preprocessor_fits_towers, check_tower,
+    check_histories, check_histories_match_users, check_index, check_item_features, check_item_vectors_encode, check_items_table, check_manifest, check_preprocessor_fits_towers, check_tower,
     check_users, ids_of, parse_vocab,
 )
 from twotower.data.tables import ITEM, USER
@@ -134,8 +134,10 @@ class Retriever:
         user_features, seen, events = artifact.arrays(USER_FEATURES), artifact.arrays(USER_SEEN), artifact.arrays(ITEM_EVENTS)
         check_users(root, preprocessor, configs, user_ids, user_features, seen, events, manifest["counts"], len(item_ids))
         item_features, histories = artifact.arrays(ITEM_FEATURES), artifact.arrays(USER_HISTORIES)
-        check_item_features(root, preprocessor, configs, item_features, len(item_ids))
+        check_item_features(root, preprocessor, configs, item_features, item_ids)
+        check_item_vectors_encode(root, towers[CANDIDATE_TOWER], item_features, item_vectors)
         check_histories(root, preprocessor, histories, len(user_ids), len(item_ids))
+        check_histories_match_users(root, histories, user_features, preprocessor.item_ids.lookup(item_ids.tolist()))
         items = None
         if artifact.has(ITEMS):
             try:
