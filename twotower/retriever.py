@@ -225,7 +225,7 @@ class Retriever:
         """The k items with the most interactions, each weighted ``0.5 ** (age / half_life)``.
 
         ``age`` is counted back from the log's last timestamp, in the log's time unit (seconds for
-        MovieLens); ``half_life`` is a finite number > 0.
+        the bundled data sets); ``half_life`` is a finite number > 0.
         """
         item_ids = self.item_ids
         k, half_life = top_k(k, len(item_ids)), positive_number(half_life, "half_life")

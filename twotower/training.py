@@ -152,7 +152,7 @@ def _report(metrics: dict[str, float], ks: list[int], best: str | None, best_epo
     if rows:
         print("split  k     " + " ".join(f"{n:>9s}" for n in names))
         print("\n".join(rows))
-    for split in ("val", "test"):  # MIND's impression metrics, where the data has impressions
+    for split in ("val", "test"):  # impression metrics, where the data records impressions
         values = {n.removeprefix("impression_"): metrics[f"{split}/{n}"] for n in IMPRESSION_NAMES if f"{split}/{n}" in metrics}
         if values:
             print(f"{split:5s} impressions  " + "  ".join(f"{n}={v:.4f}" for n, v in values.items()))

@@ -53,8 +53,8 @@ class IndexBatches(IterableDataset):
 class TwoTowerDataModule(pl.LightningDataModule):
     """Prepares a source once (split, fit on train, stores), then serves training and evaluation batches.
 
-    Every source goes through this one class: in-memory tables (MovieLens, own tables, synthetic data)
-    through ``prepare_tables``; a source with more to prepare (MIND's impressions and click histories,
+    Every source goes through this one class: in-memory tables (public data sets, own tables, synthetic data)
+    through ``prepare_tables``; a source with more to prepare (impressions and recorded click histories,
     parquet shards streamed per process) through its own ``prepare`` returning the same ``Prepared``.
     The per-batch behaviours below are steps (``twotower.data.steps``) that work with every source, or
     are refused at set-up naming why.

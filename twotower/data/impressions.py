@@ -1,4 +1,4 @@
-"""Impressions: what each user was shown and what they clicked, where a source records it (MIND's behaviors).
+"""Impressions: what each user was shown and what they clicked, where a source records it.
 
 Training reads the items shown with a click but skipped (impression negatives); evaluation scores every
 shown item of the evaluation impressions (impression AUC, MRR, nDCG).

@@ -53,7 +53,7 @@ class ImpressionNegatives:
 
     def check(self, data: Prepared) -> None:
         if data.impressions is None or data.train_pairs is None:
-            raise ValueError(f"impression_negatives={self.count}: the source records no impressions (MIND-layout data does); set it to 0")
+            raise ValueError(f"impression_negatives={self.count}: the source records no impressions (see twotower.data.impressions); set it to 0")
 
     def __call__(self, batch: Batch, data: Prepared, rows: torch.Tensor | None) -> None:
         negatives, padding = data.impressions.skipped_items(data.impressions.of_train_pair[rows], self.count)  # (B, M)

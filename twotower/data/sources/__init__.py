@@ -1,6 +1,6 @@
 """Data sources of any data set: each returns validated ``Tables`` (interactions, users, items).
 
-Public data sets (MovieLens, MIND) have their sources in ``twotower.datasets``; parquet shards in
+Public data sets have their sources in ``twotower.datasets``; parquet shards in
 ``twotower.data.streaming``.
 """
 from twotower.data.sources.skewed import SkewedSource
