@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 from twotower.datasets.mind.generator import generate_mind
 from twotower.module import TwoTowerModule
+from twotower.task.retrieval import encode_catalogue
 
 ROOT = Path(__file__).resolve().parents[1]
 MIND_SMALL = {"users": 50_000, "news": 51_282, "train_impressions": 156_965, "dev_impressions": 73_152}
@@ -93,16 +94,16 @@ def main() -> None:
         users = users if args.eval_users == 0 else users[: args.eval_users]
         start = time.perf_counter()
         with torch.no_grad():
-            module._catalogue = torch.cat([model.encode_candidate(f) for f in datamodule.catalogue()])  # (n_items, D)
+            module._catalogue = encode_catalogue(model.encode_candidate, datamodule.catalogue())  # (n_items, D)
             for chunk in users.split(datamodule.eval_batch_size):
-                module._evaluate(datamodule.eval_batch(chunk, "val"), module.val_metrics, module.val_impression_metrics)
+                module._evaluate(datamodule.eval_batch(chunk, "val"), "val")
         if device.type == "cuda":
             torch.cuda.synchronize()
         eval_seconds = time.perf_counter() - start
         results["eval_users_timed"] = len(users)
         results["eval_seconds"] = round(eval_seconds, 1)
         results["eval_all_val_users_minutes_extrapolated"] = round(eval_seconds * len(datamodule.prepared.eval_users["val"]) / len(users) / 60, 1)
-        results["val_impression_auc_untrained_or_partial"] = round(float(module.val_impression_metrics.compute()["impression_auc"]), 4)
+        results["val_impression_auc_untrained_or_partial"] = round(float(module.task.impression_metrics["val"].compute()["impression_auc"]), 4)
         results["peak_rss_gib"] = round(peak_rss_gib(), 2)
         if device.type == "cuda":
             results["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)

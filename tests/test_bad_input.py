@@ -32,7 +32,7 @@ from twotower.datasets.mind.generator import generate_mind
 from twotower.data.cache import default_cache_dir
 from twotower.data.splits import RandomSplit
 from twotower.data.tables import ITEM, USER
-from twotower.losses import in_batch_softmax_loss
+from twotower.task.losses import Columns, RetrievalLoss
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 BATTERY = {"tried": 0, "correct": 0, "worked": 0, "refused": 0}
@@ -96,8 +96,8 @@ def assert_trainable(dm: TwoTowerDataModule, cfg: DictConfig) -> None:
     torch.manual_seed(0)
     model = instantiate(cfg.model)(preprocessor=dm.prepared.preprocessor)
     batch = dm.train_batch(torch.arange(min(len(dm.prepared.train_pairs), 8)))
-    loss = in_batch_softmax_loss(model.encode_query(batch.query), model.encode_candidate(batch.candidate), 0.05,
-                                 log_q=batch.log_q, candidate_ids=batch.candidate_ids, query_ids=batch.query_ids)
+    columns = Columns(model.encode_candidate(batch.candidate), batch.candidate_ids, batch.log_q, batch.query_ids)
+    loss = RetrievalLoss()(model.encode_query(batch.query), columns, 0.05)
     assert torch.isfinite(loss), loss
     evaluated = dm.eval_batch(dm.prepared.eval_users["val"], "val")
     assert torch.isfinite(model.encode_query(evaluated.query)).all()

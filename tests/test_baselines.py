@@ -8,7 +8,7 @@ from twotower.baselines import ALS, BPR, EASE, ItemKNN, Popularity, evaluate, kn
 from twotower.data import TwoTowerDataModule
 from twotower.data.sources import SyntheticSource
 from twotower.data.splits import RandomSplit
-from twotower.metrics import RetrievalMetrics
+from twotower.task.metrics import RetrievalMetrics
 
 FEATURES = {"query": [{"name": "user_id", "kind": "id"}], "candidate": [{"name": "item_id", "kind": "id"}]}
 

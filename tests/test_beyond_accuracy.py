@@ -6,7 +6,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from twotower.beyond_accuracy import BeyondAccuracyMetrics, gini, intra_list_diversity, item_vectors_from_interactions, log_volume
+from twotower.task.beyond_accuracy import BeyondAccuracyMetrics, gini, intra_list_diversity, item_vectors_from_interactions, log_volume
 from twotower.training import train
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")

@@ -9,6 +9,7 @@ from twotower.data.sources import SyntheticSource
 from twotower.data.splits import ColdStartItems, ColdStartUsers
 from twotower.model import build_two_tower
 from twotower.module import TwoTowerModule
+from twotower.task.retrieval import encode_catalogue, rank
 
 FEATURES = {
     "query": [{"name": "user_id", "kind": "id"}, {"name": "segment", "kind": "categorical"}],
@@ -54,12 +55,24 @@ def test_cold_items_rank_only_the_held_out_items():
     assert torch.equal(dm.prepared.candidates["test"].nonzero().squeeze(1), test_items)
     assert not set(test_items.tolist()) & set(dm.prepared.train_pairs[:, 1].tolist())
     module = TwoTowerModule(build_two_tower(dm.prepared.preprocessor, embedding_dim=8, hidden_dims=[], output_dim=8), optimizer=torch.optim.Adam)
-    module._catalogue = torch.cat([module.model.encode_candidate(f) for f in dm.catalogue()])
+    catalogue = encode_catalogue(module.model.encode_candidate, dm.catalogue())
     batch = dm.eval_batch(dm.prepared.eval_users["test"], "test")
-    top = module.rank(batch, k=5)
+    top = rank(module.model.encode_query(batch.query), catalogue, 5, batch.exclude, batch.candidates).indices
     assert set(top.flatten().tolist()) <= set(test_items.tolist())
 
 
 def test_candidates_must_be_all_or_heldout():
     with pytest.raises(ValueError, match="candidates='some'"):
         TwoTowerDataModule(SyntheticSource(), FEATURES, ColdStartItems(), candidates="some")
+
+
+def test_sample_recommendations_rank_only_the_candidates_as_the_evaluation_does(tmp_path):
+    """Under the cold-start-items protocol the callback's table lists only the split's held-out (cold) items."""
+    from twotower.callbacks.sample_recommendations import SampleRecommendations
+
+    dm = TwoTowerDataModule(SyntheticSource(n_users=80, n_items=60, interactions_per_user=10, seed=2), FEATURES, ColdStartItems(seed=2), candidates="heldout", batch_size=64)
+    dm.setup("fit")
+    module = TwoTowerModule(build_two_tower(dm.prepared.preprocessor, embedding_dim=8, hidden_dims=[], output_dim=8), optimizer=torch.optim.Adam)
+    table = SampleRecommendations(tmp_path, n_users=5, k=10).recommendations(module, dm)
+    val_items = {dm.prepared.item_rows[i] for i in torch.unique(dm.prepared.heldout["val"].indices).tolist()}
+    assert len(table) and set(table["item_id"]) <= val_items

@@ -16,6 +16,7 @@ from twotower import Retriever
 from twotower.datasets.mind.generator import generate_mind
 from twotower.exporting import export, find_checkpoint, load_checkpoint
 from twotower.query_inputs import query_inputs
+from twotower.task.retrieval import encode_catalogue, rank
 from twotower.training import train
 
 K = 10
@@ -68,7 +69,7 @@ def test_trained_model_exports_and_serves_its_own_ranking(name, tmp_path, compos
     gather_items = lambda rows: {k: v[rows] for k, v in data.item_features.items()}  # noqa: E731
 
     with torch.no_grad():
-        items = model.encode_candidate(data.item_features)  # (n_items, D), the data module's tensors, not the artifact's
+        items = encode_catalogue(model.encode_candidate, [data.item_features])  # (n_items, D), the data module's tensors, not the artifact's
         rows = torch.arange(0, len(data.user_ids), max(1, len(data.user_ids) // 7))
         inputs = query_inputs(datamodule.prepared.preprocessor.query, {k: v[rows] for k, v in data.user_features.items()},
                               {k: v[rows] for k, v in data.log.histories.items()}, item_vocab_index, gather_items)
@@ -92,13 +93,6 @@ def test_trained_model_exports_and_serves_its_own_ranking(name, tmp_path, compos
         _assert_same_top_k(served, expected_scores.numpy(), data.item_ids[expected_rows.numpy()], rows=np.flatnonzero(has_history))
         for row, visit in enumerate(visits):
             assert not set(visit) & set(served.item_ids[row]), "a viewed item was recommended back"
-
-
-def rank(query, items, k, exclude):  # TEMP until twotower.task.retrieval.rank lands
-    scores = query @ items.T
-    scores[exclude[0], exclude[1]] = float("-inf")
-    top = scores.topk(k, dim=1)
-    return top.values, top.indices
 
 
 def _assert_same_top_k(served, expected_scores: np.ndarray, expected_ids: np.ndarray, rows=None) -> None:

@@ -18,6 +18,7 @@ from tests.export_fixtures import export_config, trained_and_exported
 from twotower import Retriever
 from twotower.artifact import INDEX, MANIFEST, MAX_ID_CHARS, ArtifactError, sha256_of
 from twotower.data.tables import ITEM, TIME, USER
+from twotower.task.retrieval import rank
 from twotower.training import train
 from twotower.exporting import export, find_checkpoint, load_checkpoint
 
@@ -56,11 +57,9 @@ def brute_force_top_k(model, datamodule, users: list[str], k: int):
         histories = [log.loc[log[USER] == u, ITEM].tolist() for u in users]
         # History: item-vocabulary indices, most recent first (unknown items dropped, as the vocabulary does).
         features["history"] = torch.from_numpy(pre.item_ids.lookup_lists(histories, max_len))
-        scores = model.encode_query(features) @ items.T  # (U, n_items)
-    item_ids = tables.items[ITEM].tolist()
-    for row, history in enumerate(histories):
-        scores[row, [item_ids.index(i) for i in history]] = float("-inf")
-    top = scores.topk(k, dim=1)
+        item_ids = tables.items[ITEM].tolist()
+        seen = torch.tensor([(row, item_ids.index(i)) for row, history in enumerate(histories) for i in history]).T  # (2, nnz)
+        top = rank(model.encode_query(features), items, k, exclude=seen)
     return top.values.numpy(), np.asarray(item_ids)[top.indices.numpy()]
 
 

@@ -18,6 +18,7 @@ from twotower.exporting import export, find_checkpoint, load_checkpoint
 from twotower.features import FeatureKind, FeatureSpec, FittedFeature, Preprocessor, ServingInput, register_kind, unregister_kind
 from twotower.features.columns import as_float, column
 from twotower.features.id import EmbeddingEncoder
+from twotower.task.retrieval import rank
 from twotower.training import train
 
 BUCKETS = 4
@@ -77,13 +78,13 @@ def brute_force(run_dir, prepared, users: pd.DataFrame, k: int, exclude_seen: bo
     tables, pre = prepared.tables, prepared.preprocessor
     with torch.no_grad():
         items = model.encode_candidate(pre.transform("candidate", tables.items, "items"))  # (n_items, D)
-        scores = model.encode_query(pre.transform("query", users, "users")) @ items.T  # (U, n_items)
+        query = model.encode_query(pre.transform("query", users, "users"))  # (U, D)
     item_ids = tables.items[ITEM].astype(str).tolist()
+    seen = []
     if exclude_seen:
         for row, user in enumerate(users[USER].astype(str)):
-            seen = tables.interactions.loc[tables.interactions[USER].astype(str) == user, ITEM].astype(str)
-            scores[row, [item_ids.index(i) for i in seen]] = float("-inf")
-    top = scores.topk(k, dim=1)
+            seen += [(row, item_ids.index(i)) for i in tables.interactions.loc[tables.interactions[USER].astype(str) == user, ITEM].astype(str)]
+    top = rank(query, items, k, exclude=torch.tensor(seen, dtype=torch.long).reshape(-1, 2).T)
     return top.values.numpy(), np.asarray(item_ids)[top.indices.numpy()]
 
 

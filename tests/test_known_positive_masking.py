@@ -8,6 +8,7 @@ from twotower.data.sources import SyntheticSource
 from twotower.data.splits import RandomSplit
 from twotower.model import build_two_tower
 from twotower.module import TwoTowerModule
+from twotower.task.losses import Columns, Softmax, exclude_known_items, softmax_logits
 
 IDS_ONLY = {"query": [{"name": "user_id", "kind": "id"}], "candidate": [{"name": "item_id", "kind": "id"}]}
 
@@ -19,7 +20,11 @@ def test_mask_covers_in_batch_and_sampled_columns_as_brute_force():
     torch.manual_seed(0)
     batch = datamodule.train_batch(torch.arange(16))
     candidate = module.model.encode_candidate(batch.candidate)
-    mask = module._mask(batch, module._extra_negatives(batch, candidate))  # (16, 16 + 6)
+    columns = Columns(candidate, batch.candidate_ids, batch.log_q, batch.query_ids) + module._extra_negatives(batch, candidate)
+    logits, excluded = softmax_logits(module.model.encode_query(batch.query), columns, 1.0)
+    softmax = Softmax(module.model.encode_query(batch.query), columns, 1.0, logits, excluded, known_items=batch.known_items)
+    exclude_known_items(softmax)
+    mask = softmax.excluded  # (16, 16 + 6)
     pairs = set(map(tuple, datamodule.prepared.train_pairs.tolist()))
     columns = torch.cat([batch.candidate_ids, batch.negative_ids]).tolist()
     expected = [[(user, item) in pairs for item in columns] for user in batch.query_ids.tolist()]

@@ -1,71 +1,83 @@
+"""The retrieval loss, tweak by tweak, on 2x2 / 2x3 examples whose logits and values are written out."""
 import math
 
 import pytest
 import torch
 
-from twotower.losses import in_batch_softmax_loss, known_item_mask
+from twotower.task.losses import Columns, RetrievalLoss, known_item_mask
 
 Q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
 C = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
 NEG = torch.tensor([[1.0, 1.0]])
+PLAIN = RetrievalLoss(logq_weight=0.0, mask_accidental_hits=False, mask_same_user=False)
+
+
+def columns(vectors, ids=None, log_q=None, users=None) -> Columns:
+    """Columns with distinct ids and users and log_q 0 unless given."""
+    n = len(vectors)
+    ids = torch.arange(100, 100 + n) if ids is None else torch.tensor(ids)
+    users = torch.arange(200, 200 + n) if users is None else torch.tensor(users)
+    return Columns(vectors, ids, torch.zeros(n) if log_q is None else log_q, users)
+
+
+def sampled(vectors, ids, log_q=None) -> Columns:
+    """Extra negatives shared by the batch: nobody's positive (user -1)."""
+    return columns(vectors, ids, log_q, [-1] * len(vectors))
 
 
 def test_in_batch_with_one_extra_negative_hand_computed():
     # logits (B=2, B+N=3): row 0 = [1, 0, 1], row 1 = [0, 1, 1]; each row: log(2e + 1) - 1.
-    loss = in_batch_softmax_loss(Q, C, temperature=1.0, negatives=NEG)
+    loss = PLAIN(Q, columns(C) + sampled(NEG, [9]), temperature=1.0)
     assert loss.item() == pytest.approx(math.log(2 * math.e + 1) - 1, abs=1e-6)
 
 
 def test_temperature_scales_logits():
     # t = 0.5 doubles the logits: row 0 = [2, 0, 2] -> log(2e^2 + 1) - 2.
-    loss = in_batch_softmax_loss(Q, C, temperature=0.5, negatives=NEG)
+    loss = PLAIN(Q, columns(C) + sampled(NEG, [9]), temperature=0.5)
     assert loss.item() == pytest.approx(math.log(2 * math.e**2 + 1) - 2, abs=1e-6)
 
 
 def test_logq_correction_subtracts_log_probability_of_each_column():
-    log_q = torch.log(torch.tensor([0.5, 0.25]))
-    neg_log_q = torch.log(torch.tensor([0.25]))
-    loss = in_batch_softmax_loss(Q, C, 1.0, log_q=log_q, negatives=NEG, negatives_log_q=neg_log_q, negative_ids=torch.tensor([9]), candidate_ids=torch.tensor([0, 1]))
+    log_q, neg_log_q = torch.log(torch.tensor([0.5, 0.25])), torch.log(torch.tensor([0.25]))
+    cols = columns(C, [0, 1], log_q) + sampled(NEG, [9], neg_log_q)
+    loss = RetrievalLoss(logq_weight=1.0, mask_accidental_hits=True, mask_same_user=False)(Q, cols, 1.0)
     # row 0 logits: [1 - ln .5, 0 - ln .25, 1 - ln .25]; row 1: [0 - ln .5, 1 - ln .25, 1 - ln .25]
     l, q4 = math.log(0.5), math.log(0.25)
     row0 = math.log(math.exp(1 - l) + math.exp(-q4) + math.exp(1 - q4)) - (1 - l)
     row1 = math.log(math.exp(-l) + math.exp(1 - q4) + math.exp(1 - q4)) - (1 - q4)
     assert loss.item() == pytest.approx((row0 + row1) / 2, abs=1e-6)
-    half = in_batch_softmax_loss(Q, C, 1.0, log_q=log_q, negatives=NEG, negatives_log_q=neg_log_q, negative_ids=torch.tensor([9]), candidate_ids=torch.tensor([0, 1]), logq_weight=0.0)
-    assert half.item() == pytest.approx(math.log(2 * math.e + 1) - 1, abs=1e-6)
+    off = RetrievalLoss(logq_weight=0.0, mask_accidental_hits=True, mask_same_user=False)(Q, cols, 1.0)
+    assert off.item() == pytest.approx(math.log(2 * math.e + 1) - 1, abs=1e-6)
 
 
 def test_accidental_hit_is_not_a_negative():
+    hits = RetrievalLoss(logq_weight=0.0, mask_accidental_hits=True, mask_same_user=False)
     # Both rows have the same positive item: each row's only other column is masked -> loss 0.
-    loss = in_batch_softmax_loss(Q, C, 1.0, candidate_ids=torch.tensor([5, 5]))
-    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    assert hits(Q, columns(C, [5, 5]), 1.0).item() == pytest.approx(0.0, abs=1e-6)
     # An extra negative that is row 0's positive is masked for row 0 only.
-    loss = in_batch_softmax_loss(Q, C, 1.0, candidate_ids=torch.tensor([5, 6]), negatives=NEG, negative_ids=torch.tensor([5]))
+    loss = hits(Q, columns(C, [5, 6]) + sampled(NEG, [5]), 1.0)
     row0 = math.log(math.e + 1) - 1  # [1, 0, masked]
     row1 = math.log(2 * math.e + 1) - 1  # [0, 1, 1]
     assert loss.item() == pytest.approx((row0 + row1) / 2, abs=1e-6)
+    assert PLAIN(Q, columns(C, [5, 5]), 1.0).item() == pytest.approx(math.log(math.e + 1) - 1, abs=1e-6)  # switched off
 
 
 def test_same_user_other_positive_is_not_a_negative():
-    loss = in_batch_softmax_loss(Q, C, 1.0, query_ids=torch.tensor([3, 3]))
-    assert loss.item() == pytest.approx(0.0, abs=1e-6)
-    unmasked = in_batch_softmax_loss(Q, C, 1.0, query_ids=torch.tensor([3, 4]))
-    assert unmasked.item() == pytest.approx(math.log(math.e + 1) - 1, abs=1e-6)
+    same_user = RetrievalLoss(logq_weight=0.0, mask_accidental_hits=False, mask_same_user=True)
+    assert same_user(Q, columns(C, users=[3, 3]), 1.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert same_user(Q, columns(C, users=[3, 4]), 1.0).item() == pytest.approx(math.log(math.e + 1) - 1, abs=1e-6)
+    # A sampled column (user -1) is nobody's positive.
+    assert same_user(Q, columns(C, users=[3, 4]) + sampled(NEG, [9]), 1.0).item() == pytest.approx(math.log(2 * math.e + 1) - 1, abs=1e-6)
 
 
-def test_explicit_mask_never_masks_the_positive():
-    mask = torch.ones(2, 2, dtype=torch.bool)
-    assert in_batch_softmax_loss(Q, C, 1.0, mask=mask).item() == pytest.approx(0.0, abs=1e-6)
-
-
-def test_extra_negatives_need_their_log_q():
-    with pytest.raises(ValueError, match="negatives_log_q is required"):
-        in_batch_softmax_loss(Q, C, 1.0, log_q=torch.zeros(2), negatives=NEG)
+def test_known_items_never_mask_the_positive():
+    every = torch.tensor([[0, 0, 1, 1], [100, 101, 100, 101]])  # each row knows both columns' items
+    assert PLAIN(Q, columns(C), 1.0, known_items=every).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_gradient_flows_to_learnable_temperature():
     t = torch.tensor(0.5, requires_grad=True)
-    in_batch_softmax_loss(Q, C, t).backward()
+    PLAIN(Q, columns(C), t).backward()
     assert t.grad is not None and t.grad.item() != 0
 
 
@@ -76,8 +88,13 @@ def test_known_item_mask_hand_computed():
     assert mask.tolist() == [[True, False, True, False], [False, False, False, True], [False, False, False, False]]
 
 
-def test_known_item_mask_removes_other_positives_from_the_softmax():
-    # Row 0's user also likes item 1 (column 1): its logits become [1] alone, loss 0.
-    loss = in_batch_softmax_loss(Q, C, temperature=1.0, mask=known_item_mask(torch.tensor([[0, 0], [10, 11]]), torch.tensor([10, 11]), rows=2))
+def test_known_items_are_removed_from_the_softmax():
+    # Row 0's user also likes item 11 (column 1): its logits become [1] alone, loss 0.
+    loss = PLAIN(Q, columns(C, [10, 11]), temperature=1.0, known_items=torch.tensor([[0], [11]]))
     # Row 1 keeps [0, 1]: log(1 + e) - 1; the mean of the two rows.
     assert loss.item() == pytest.approx((math.log(1 + math.e) - 1) / 2, abs=1e-6)
+
+
+def test_the_config_chooses_the_tweaks_once():
+    names = [getattr(t, "__qualname__", "") for t in RetrievalLoss(logq_weight=1.0, mask_accidental_hits=False, mask_same_user=True).tweaks]
+    assert names == ["add_row_negatives", "logq_correction.<locals>.correct", "exclude_same_user", "exclude_known_items"]

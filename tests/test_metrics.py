@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from twotower.metrics import RetrievalMetrics, metrics_at_k, retrieval_hits
+from twotower.task.metrics import RetrievalMetrics, metrics_at_k, retrieval_hits
 
 
 def test_hits_without_dense_matrix():

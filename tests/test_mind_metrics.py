@@ -4,7 +4,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from twotower.impression_metrics import ImpressionMetrics, impression_metrics
+from twotower.task.impression_metrics import ImpressionMetrics, impression_metrics
 
 
 # --- the MIND competition's evaluate.py, verbatim in substance

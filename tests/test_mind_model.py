@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from twotower.losses import in_batch_softmax_loss
 from twotower.model.history_tower import ClickHistoryTower
 from twotower.model.towers import Tower
 from twotower.model.two_tower import TwoTower
+from twotower.task.losses import Columns, RetrievalLoss, RowNegatives
 
 
 def test_row_negatives_join_each_rows_softmax():
@@ -17,33 +17,42 @@ def test_row_negatives_join_each_rows_softmax():
     #   loss1 = log(1 + e + e + 1) - 1 = log(7.436564) - 1 = 1.006409
     query = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     candidate = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    row_negatives = torch.tensor([[[0.5, 0.0], [9.0, 9.0]], [[0.0, 1.0], [1.0, 0.0]]])  # (B=2, M=2, D=2)
+    vectors = torch.tensor([[[0.5, 0.0], [9.0, 9.0]], [[0.0, 1.0], [1.0, 0.0]]])  # (B=2, M=2, D=2)
     padding = torch.tensor([[False, True], [False, False]])
-    loss = in_batch_softmax_loss(query, candidate, temperature=1.0, row_negatives=row_negatives, row_negatives_mask=padding)
+    loss = PLAIN(query, _columns(candidate), 1.0, row_negatives=RowNegatives(vectors, padding, torch.zeros(2, 2)))
     assert loss.item() == pytest.approx((0.680270 + 1.006409) / 2, abs=1e-6)
 
 
 def test_row_negatives_get_their_items_log_q_correction_and_all_padding_is_plain_in_batch():
     query = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     candidate = torch.tensor([[0.6, 0.8], [0.8, 0.6]])
-    log_q = torch.tensor([-1.0, -2.0])
-    plain = in_batch_softmax_loss(query, candidate, 1.0, log_q=log_q)
-    padded = in_batch_softmax_loss(
-        query, candidate, 1.0, log_q=log_q, row_negatives=torch.ones(2, 3, 2), row_negatives_mask=torch.ones(2, 3, dtype=torch.bool), row_negatives_log_q=torch.zeros(2, 3)
-    )
+    logq = RetrievalLoss(logq_weight=1.0, mask_accidental_hits=False, mask_same_user=False)
+    cols = _columns(candidate, log_q=torch.tensor([-1.0, -2.0]))
+    plain = logq(query, cols, 1.0)
+    padded = logq(query, cols, 1.0, row_negatives=RowNegatives(torch.ones(2, 3, 2), torch.ones(2, 3, dtype=torch.bool), torch.zeros(2, 3)))
     assert padded.item() == pytest.approx(plain.item())
     # Temperature 0.5; in-batch logits 1.2 / 1.6 plus 1 or 2 (-log_q); one row negative each with
     # raw logit 0.5 / 0.5 = 1.0, plus 3 (row 0) or 0.5 (row 1) from its own log_q.
-    one = in_batch_softmax_loss(
-        query, candidate, 0.5, log_q=log_q, row_negatives=torch.tensor([[[0.5, 0.0]], [[0.0, 0.5]]]), row_negatives_log_q=torch.tensor([[-3.0], [-0.5]])
-    )
+    one = logq(query, cols, 0.5, row_negatives=RowNegatives(torch.tensor([[[0.5, 0.0]], [[0.0, 0.5]]]), torch.zeros(2, 1, dtype=torch.bool),
+                                                            torch.tensor([[-3.0], [-0.5]])))
     rows = [
         -math.log(math.exp(1.2 + 1) / (math.exp(1.2 + 1) + math.exp(1.6 + 2) + math.exp(1.0 + 3))),
         -math.log(math.exp(1.2 + 2) / (math.exp(1.6 + 1) + math.exp(1.2 + 2) + math.exp(1.0 + 0.5))),
     ]
     assert one.item() == pytest.approx(sum(rows) / 2, abs=1e-6)
-    with pytest.raises(ValueError, match="row_negatives_log_q is required"):
-        in_batch_softmax_loss(query, candidate, 0.5, log_q=log_q, row_negatives=torch.ones(2, 1, 2))
+    # Without the logQ tweak, row negatives are not corrected either.
+    uncorrected = PLAIN(query, cols, 0.5, row_negatives=RowNegatives(torch.tensor([[[0.5, 0.0]], [[0.0, 0.5]]]), torch.zeros(2, 1, dtype=torch.bool),
+                                                                     torch.tensor([[-3.0], [-0.5]])))
+    rows = [-math.log(math.exp(1.2) / (math.exp(1.2) + math.exp(1.6) + math.exp(1.0))), -math.log(math.exp(1.2) / (math.exp(1.6) + math.exp(1.2) + math.exp(1.0)))]
+    assert uncorrected.item() == pytest.approx(sum(rows) / 2, abs=1e-6)
+
+
+PLAIN = RetrievalLoss(logq_weight=0.0, mask_accidental_hits=False, mask_same_user=False)
+
+
+def _columns(candidate, log_q=None):
+    n = len(candidate)
+    return Columns(candidate, torch.arange(n), torch.zeros(n) if log_q is None else log_q, torch.arange(n))
 
 
 def _towers(pooling="mean", user_features=()):

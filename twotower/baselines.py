@@ -13,8 +13,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from twotower.beyond_accuracy import beyond_accuracy_for_split
-from twotower.metrics import RetrievalMetrics
+from twotower.task.beyond_accuracy import beyond_accuracy_for_split
+from twotower.task.metrics import RetrievalMetrics
+from twotower.task.retrieval import top_k
 
 # Exact ties (items no user touched, cold users with no history) are broken by a seeded random
 # order far below any real score difference, not by item row (which follows release date).
@@ -137,8 +138,8 @@ class EASE:
 def evaluate(recommender: Recommender, datamodule, split: str, ks: Sequence[int] = (10, 20, 50, 100), beyond_ks: Sequence[int] = (10, 20), seed: int = 0) -> dict[str, float]:
     """Fit on the split's known interactions, rank for every evaluated user, and return ``{"recall@20": ...}``.
 
-    Ranking goes through ``datamodule.eval_batch`` and the same exclusion and candidate rules as
-    ``TwoTowerModule.rank``, so the numbers are comparable with the model's ``split/name@k``.
+    Ranking goes through ``datamodule.eval_batch`` and ``twotower.task.retrieval.top_k`` (the same
+    exclusion and candidate rules as the model's evaluation), so the numbers are comparable with its ``split/name@k``.
     """
     recommender.fit(known_matrix(datamodule, split))
     num_items = len(datamodule.prepared.item_rows)
@@ -149,10 +150,7 @@ def evaluate(recommender: Recommender, datamodule, split: str, ks: Sequence[int]
     for users in datamodule.prepared.eval_users[split].split(datamodule.eval_batch_size):
         batch = datamodule.eval_batch(users.to(datamodule.data.users.device), split)
         scores = torch.from_numpy(np.array(recommender.score(users.cpu().numpy()), dtype=np.float32)) + jitter  # (U, n_items)
-        scores[batch.exclude[0].cpu(), batch.exclude[1].cpu()] = float("-inf")
-        if batch.candidates is not None:
-            scores[:, ~batch.candidates.cpu()] = float("-inf")
-        top = scores.topk(min(k, num_items), dim=1).indices
+        top = top_k(scores, k, batch.exclude.cpu(), None if batch.candidates is None else batch.candidates.cpu()).indices
         targets = batch.targets.cpu()
         accuracy.update(top, targets, num_items)
         if beyond is not None:

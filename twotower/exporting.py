@@ -25,11 +25,12 @@ from twotower.config_check import ExportConfig, check_config
 from twotower.data.serving_data import ServingData
 from twotower.data.store import Features
 from twotower.index import IndexSpec, build_and_measure
-from twotower.model.towers import Tower
+from twotower.model.saving import SavedTower
 from twotower.model.two_tower import TwoTower
 from twotower.plots import plot_recall_vs_latency
 from twotower.progress import progress
 from twotower.query_inputs import query_inputs
+from twotower.task.retrieval import encode_catalogue
 from twotower.tracking import log_exported_artifact, wandb_logger_config
 
 log = logging.getLogger(__name__)
@@ -83,14 +84,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 @torch.inference_mode()
-def encode(tower: Tower, rows: int, gather, device: torch.device, chunk: int, desc: str = "encoding") -> np.ndarray:
-    """(rows, dim) float32 vectors, ``chunk`` rows on the device at a time (memory bounded by the chunk)."""
-    out = np.empty((rows, tower.output_dim), dtype=np.float32)
-    for start in progress(range(0, rows, chunk), desc=desc, unit="chunk"):
-        idx = torch.arange(start, min(rows, start + chunk))
-        features = {k: v.to(device) for k, v in gather(idx).items()}
-        out[start : start + len(idx)] = tower(features).float().cpu().numpy()
-    return out
+def encode(tower: SavedTower, rows: int, gather, device: torch.device, chunk: int, desc: str = "encoding") -> np.ndarray:
+    """(rows, dim) float32 vectors, ``chunk`` rows on the device at a time (``encode_catalogue``)."""
+    starts = progress(range(0, rows, chunk), desc=desc, unit="chunk")
+    chunks = ({k: v.to(device) for k, v in gather(torch.arange(start, min(rows, start + chunk))).items()} for start in starts)
+    return encode_catalogue(lambda features: tower(features).float().cpu(), chunks).numpy()
 
 
 def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
@@ -176,7 +174,7 @@ def _sample(users: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return users[torch.randperm(len(users), generator=generator)[:n]].sort().values
 
 
-def _torchscript(tower: Tower, example: Features) -> torch.jit.ScriptModule:
+def _torchscript(tower: SavedTower, example: Features) -> torch.jit.ScriptModule:
     """The query tower traced for a batch of feature tensors (batch size stays free)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export, which still lacks dict inputs with free batch sizes

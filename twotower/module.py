@@ -9,13 +9,12 @@ import torch
 from torch import nn
 
 from twotower.constraints import ABOVE_0, AT_LEAST_0, AT_LEAST_1
-from twotower.beyond_accuracy import BeyondAccuracyMetrics, beyond_accuracy_for_split
 from twotower.data.store import Batch, EvalBatch
-from twotower.distributed import RemoteCandidates, gather_remote_candidates, world
-from twotower.impression_metrics import ImpressionMetrics
-from twotower.losses import in_batch_softmax_loss, known_item_mask
-from twotower.metrics import RetrievalMetrics
+from twotower.distributed import gather_remote_candidates, world
 from twotower.model.two_tower import TwoTower
+from twotower.task.beyond_accuracy import BeyondAccuracyMetrics, beyond_accuracy_for_split
+from twotower.task.losses import Columns, RetrievalLoss, RowNegatives
+from twotower.task.retrieval import RetrievalTask, encode_catalogue, rank
 from twotower.optim import build_optimizer
 
 
@@ -36,7 +35,7 @@ class TwoTowerModule(pl.LightningModule):
         lr_schedule: ``constant`` or ``cosine`` (per step, to 0 at the end of training).
         warmup_steps: linear learning-rate warm-up steps.
         catalogue_chunk: items encoded at once when encoding the catalogue.
-        beyond_accuracy_ks: cut-offs of coverage, diversity, novelty, ... (``twotower.beyond_accuracy``),
+        beyond_accuracy_ks: cut-offs of coverage, diversity, novelty, ... (``twotower.task.beyond_accuracy``),
             logged as ``val/coverage@20`` etc.; empty = not computed.
         table_optimizer: ``partial(twotower.optim.RowWiseAdagrad, lr=...)`` or ``partial(torch.optim.SparseAdam, ...)``:
             embedding tables get sparse gradients and this optimizer, the rest ``optimizer``
@@ -79,11 +78,7 @@ class TwoTowerModule(pl.LightningModule):
             model.query_tower.compile()
             model.candidate_tower.compile()
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)), requires_grad=learn_temperature)
-        self.val_metrics = RetrievalMetrics(ks)
-        self.test_metrics = RetrievalMetrics(ks)
-        # Only updated (and logged) when evaluation batches carry impressions (MIND data).
-        self.val_impression_metrics = ImpressionMetrics()
-        self.test_impression_metrics = ImpressionMetrics()
+        self.task = RetrievalTask(RetrievalLoss(logq_weight, mask_accidental_hits, mask_same_user), ks)
         self._catalogue: torch.Tensor | None = None
         # Built from the datamodule's split when an evaluation starts (they need its popularity and activity).
         self._beyond: dict[str, BeyondAccuracyMetrics] = {}
@@ -111,57 +106,29 @@ class TwoTowerModule(pl.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         query = self.model.encode_query(batch.query)  # (B, D)
         candidate = self.model.encode_candidate(batch.candidate)  # (B, D)
-        negatives = self._extra_negatives(batch, candidate)
+        columns = Columns(candidate, batch.candidate_ids, batch.log_q, batch.query_ids) + self._extra_negatives(batch, candidate)
         row_negatives = None
         if batch.row_negatives is not None:
             flat = {name: x.flatten(0, 1) for name, x in batch.row_negatives.items()}
-            row_negatives = self.model.encode_candidate(flat).view(len(batch), -1, candidate.shape[-1])  # (B, M, D)
-        loss = in_batch_softmax_loss(
-            query,
-            candidate,
-            self.temperature,
-            log_q=batch.log_q if self.hparams.logq_weight else None,
-            candidate_ids=batch.candidate_ids if self.hparams.mask_accidental_hits else None,
-            query_ids=batch.query_ids if self.hparams.mask_same_user else None,
-            negatives=negatives.vectors if negatives else None,
-            negatives_log_q=negatives.log_q if negatives else None,
-            negative_ids=negatives.ids if negatives else None,
-            mask=self._mask(batch, negatives),
-            logq_weight=self.hparams.logq_weight,
-            row_negatives=row_negatives,
-            row_negatives_mask=batch.row_negatives_mask,
-            row_negatives_log_q=batch.row_negatives_log_q,
-        )  # logits (B, B + N + M); diagonal = positives
+            vectors = self.model.encode_candidate(flat).view(len(batch), -1, candidate.shape[-1])  # (B, M, D)
+            row_negatives = RowNegatives(vectors, batch.row_negatives_mask, batch.row_negatives_log_q)
+        loss = self.task.loss(query, columns, self.temperature, batch.known_items, row_negatives)  # logits (B, B + N + M); diagonal = positives
         self.log("train/loss", loss, prog_bar=self.hparams.progress_bar_loss, on_step=True, on_epoch=True, batch_size=len(batch))
         if self.hparams.learn_temperature:
             self.log("train/temperature", self.temperature, on_step=False, on_epoch=True, batch_size=len(batch))
         return loss
 
-    def _mask(self, batch: Batch, negatives: RemoteCandidates | None) -> torch.Tensor | None:
-        """(B, B + N) True where a column is another known positive of the row's user (beyond the in-batch same-user rows the loss masks)."""
-        mask = _pad_left(negatives.same_user_mask(batch.query_ids), len(batch)) if negatives and self.hparams.mask_same_user else None
-        if batch.known_items is not None:
-            column_ids = batch.candidate_ids if negatives is None else torch.cat([batch.candidate_ids, negatives.ids])
-            known = known_item_mask(batch.known_items, column_ids, len(batch))
-            mask = known if mask is None else mask | known
-        return mask
-
-    def _extra_negatives(self, batch: Batch, candidate: torch.Tensor) -> RemoteCandidates | None:
-        """Negatives beyond the local batch: other ranks' candidates (DDP) and sampled corpus items.
-
-        Returned as one block of columns; ``query_ids`` of sampled items are -1 (nobody's positive).
-        """
-        blocks = []
+    def _extra_negatives(self, batch: Batch, candidate: torch.Tensor) -> Columns:
+        """Columns beyond the local batch: other ranks' candidates (DDP) and sampled corpus items (nobody's positive: user -1)."""
+        none = batch.candidate_ids[:0]
+        extra = Columns(candidate[:0], none, batch.log_q[:0], none)
         if self.hparams.cross_device_negatives and world()[1] > 1:
-            blocks.append(gather_remote_candidates(candidate, batch.candidate_ids, batch.log_q, batch.query_ids))  # (N = (W-1)B, D)
+            remote = gather_remote_candidates(candidate, batch.candidate_ids, batch.log_q, batch.query_ids)  # (N = (W-1)B, D)
+            extra = extra + Columns(remote.vectors, remote.ids, remote.log_q, remote.query_ids)
         if batch.negatives is not None:
             sampled = self.model.encode_candidate(batch.negatives)  # (S, D)
-            blocks.append(RemoteCandidates(sampled, batch.negative_ids, batch.negative_log_q, torch.full_like(batch.negative_ids, -1)))
-        if not blocks:
-            return None
-        if len(blocks) == 1:
-            return blocks[0]
-        return RemoteCandidates(*(torch.cat([getattr(b, f) for b in blocks]) for f in ("vectors", "ids", "log_q", "query_ids")))
+            extra = extra + Columns(sampled, batch.negative_ids, batch.negative_log_q, torch.full_like(batch.negative_ids, -1))
+        return extra
 
     def configure_optimizers(self) -> Any:
         optimizer = build_optimizer(self, self.optimizer_factory, self.table_optimizer_factory)
@@ -183,25 +150,10 @@ class TwoTowerModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ full-catalogue evaluation
-    @torch.no_grad()
-    def encode_catalogue(self) -> torch.Tensor:
-        """(n_items, D) vectors of every item in the datamodule's catalogue."""
-        chunks = [self.model.encode_candidate(features) for features in self.trainer.datamodule.catalogue(self.hparams.catalogue_chunk)]
-        return torch.cat(chunks)
-
     @property
     def catalogue_vectors(self) -> torch.Tensor | None:
         """(n_items, D) item vectors of the evaluation under way (None outside one)."""
         return self._catalogue
-
-    def rank(self, batch: EvalBatch, k: int, query: torch.Tensor | None = None) -> torch.Tensor:
-        """Top-k item rows per user (U, k) over the whole catalogue, the user's known items excluded."""
-        query = self.model.encode_query(batch.query) if query is None else query
-        scores = query @ self._catalogue.T  # (U, n_items)
-        scores[batch.exclude[0], batch.exclude[1]] = float("-inf")
-        if batch.candidates is not None:
-            scores[:, ~batch.candidates] = float("-inf")
-        return scores.topk(min(k, scores.shape[1]), dim=1).indices
 
     def on_validation_epoch_start(self) -> None:
         self._start_evaluation("val")
@@ -210,34 +162,36 @@ class TwoTowerModule(pl.LightningModule):
         self._start_evaluation("test")
 
     def _start_evaluation(self, split: str) -> None:
-        self._catalogue = self.encode_catalogue()
+        self._catalogue = encode_catalogue(self.model.encode_candidate, self.trainer.datamodule.catalogue(self.hparams.catalogue_chunk))
         if self.hparams.beyond_accuracy_ks and split not in self._beyond:
             self._beyond[split] = beyond_accuracy_for_split(self.trainer.datamodule, split, self.hparams.beyond_accuracy_ks).to(self.device)
 
     def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_metrics, self.val_impression_metrics)
+        self._evaluate(batch, "val")
 
     def test_step(self, batch: EvalBatch, batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_metrics, self.test_impression_metrics)
+        self._evaluate(batch, "test")
 
-    def _evaluate(self, batch: EvalBatch, split: str, metrics: RetrievalMetrics, impression_metrics: ImpressionMetrics) -> None:
+    def _evaluate(self, batch: EvalBatch, split: str) -> None:
+        metrics = self.task.metrics[split]
         query = self.model.encode_query(batch.query)  # (U, D)
-        top = self.rank(batch, max(metrics.ks + list(self.hparams.beyond_accuracy_ks)), query)  # (U, k)
+        top = rank(query, self._catalogue, max(metrics.ks + list(self.hparams.beyond_accuracy_ks)), batch.exclude, batch.candidates).indices  # (U, k)
         metrics.update(top, batch.targets, self._catalogue.shape[0])
         if split in self._beyond:
             self._beyond[split].update(top, batch.targets, batch.users, self._catalogue.shape[0], batch.candidates)
         if batch.impressions is not None:
             position, item, impression, label = batch.impressions
             scores = (query[position] * self._catalogue[item]).sum(-1)  # (n,) one per shown item
-            impression_metrics.update(scores, label, impression)
+            self.task.impression_metrics[split].update(scores, label, impression)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val", self.val_metrics, self.val_impression_metrics)
+        self._log_metrics("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics("test", self.test_metrics, self.test_impression_metrics)
+        self._log_metrics("test")
 
-    def _log_metrics(self, split: str, metrics: RetrievalMetrics, impression_metrics: ImpressionMetrics) -> None:
+    def _log_metrics(self, split: str) -> None:
+        metrics, impression_metrics = self.task.metrics[split], self.task.impression_metrics[split]
         values = metrics.compute()  # already reduced across processes
         metrics.reset()
         if split in self._beyond:
@@ -249,8 +203,3 @@ class TwoTowerModule(pl.LightningModule):
         self._catalogue = None
         for name, value in values.items():
             self.log(f"{split}/{name}", value, prog_bar=name in ("recall@20", "ndcg@10", "impression_auc"))
-
-
-def _pad_left(mask: torch.Tensor, columns: int) -> torch.Tensor:
-    """(B, N) -> (B, columns + N) with ``columns`` False columns in front (the local candidates)."""
-    return torch.cat([mask.new_zeros(mask.shape[0], columns), mask], dim=1)

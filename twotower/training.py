@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from twotower.config_check import TrainConfig, check_config
-from twotower.impression_metrics import NAMES as IMPRESSION_NAMES
+from twotower.task.impression_metrics import NAMES as IMPRESSION_NAMES
 from twotower.module import TwoTowerModule
 from twotower.run_record import RunRecord, data_fingerprint
 from twotower.sweep_summary import METRICS_FILE

@@ -10,6 +10,7 @@ import torch
 
 from twotower.data.tables import ITEM, USER
 from twotower.tracking import log_table
+from twotower.task.retrieval import encode_catalogue, rank
 
 FILE = "sample_recommendations.csv"
 
@@ -41,15 +42,14 @@ class SampleRecommendations(pl.Callback):
 
     @torch.no_grad()
     def recommendations(self, pl_module: pl.LightningModule, datamodule: pl.LightningDataModule) -> pd.DataFrame:
-        """One row per (user, rank), best first; the user's known (train) items are never recommended."""
+        """One row per (user, rank), best first, ranked as the validation ranks: known (train) items never, and only candidate items."""
         was_training = pl_module.training
         pl_module.eval()
         users = datamodule.prepared.eval_users["val"][: self.n_users].to(datamodule.data.items.device)
         batch = datamodule.eval_batch(users, "val")
-        catalogue = pl_module.encode_catalogue()  # (n_items, D)
-        scores = pl_module.model.encode_query(batch.query) @ catalogue.T  # (U, n_items)
-        scores[batch.exclude[0], batch.exclude[1]] = float("-inf")
-        top = scores.topk(min(self.k, scores.shape[1]), dim=1)
+        catalogue = encode_catalogue(pl_module.model.encode_candidate, datamodule.catalogue())  # (n_items, D)
+        # The evaluation's ranking: known items excluded, and only the split's candidates (cold-start protocols).
+        top = rank(pl_module.model.encode_query(batch.query), catalogue, self.k, batch.exclude, batch.candidates)
         pl_module.train(was_training)
 
         heldout = set(zip(batch.targets[0].tolist(), batch.targets[1].tolist()))
@@ -57,10 +57,11 @@ class SampleRecommendations(pl.Callback):
         shown = [c for c in self.columns if c in items.columns and c != ITEM]
         rows = []
         for position, (user, item_rows, item_scores) in enumerate(zip(users.tolist(), top.indices.tolist(), top.values.tolist())):
-            for rank, (row, score) in enumerate(zip(item_rows, item_scores), start=1):
+            ranked = [(row, score) for row, score in zip(item_rows, item_scores) if score > float("-inf")]  # fewer candidates than k
+            for place, (row, score) in enumerate(ranked, start=1):
                 rows.append({
                     USER: datamodule.prepared.user_rows[user],
-                    "rank": rank,
+                    "rank": place,
                     ITEM: datamodule.prepared.item_rows[row],
                     "score": round(score, 4),
                     "held_out": (position, row) in heldout,

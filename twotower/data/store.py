@@ -93,7 +93,7 @@ class Batch(_Movable):
     items shown but not clicked in the impression of the row's click), with ``row_negatives_mask``
     (B, M) True where a slot is padding, and ``row_negatives_log_q`` (B, M) their items' ``log_q``.
     ``known_items`` (2, nnz) lists (row in batch, item row) pairs of items known to be positives
-    of each row's user; none of them is a negative of that row (``twotower.losses.known_item_mask``).
+    of each row's user; none of them is a negative of that row (``twotower.task.losses.exclude_known_items``).
     """
 
     query: Features

@@ -10,8 +10,9 @@ from typing import Callable
 import torch
 
 from twotower.data import TwoTowerDataModule
-from twotower.impression_metrics import impression_metrics
+from twotower.task.impression_metrics import impression_metrics
 from twotower.model.two_tower import TwoTower
+from twotower.task.retrieval import encode_catalogue
 
 Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (users, items) -> scores
 
@@ -26,7 +27,7 @@ def popularity_scorer(datamodule: TwoTowerDataModule) -> Scorer:
 def model_scorer(model: TwoTower, datamodule: TwoTowerDataModule, split: str, batch_size: int = 1024) -> Scorer:
     """Scores by the towers: the dot product of the user's and the item's vectors."""
     model.eval()
-    catalogue = torch.cat([model.encode_candidate(features) for features in datamodule.catalogue()])  # (n_items, D)
+    catalogue = encode_catalogue(model.encode_candidate, datamodule.catalogue())  # (n_items, D)
     users = torch.arange(len(datamodule.prepared.user_rows), device=catalogue.device)
     queries = torch.cat([model.encode_query(datamodule.query_features(chunk, split)) for chunk in users.split(batch_size)])  # (n_users, D)
     return lambda u, i: (queries[u] * catalogue[i]).sum(-1)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
-from twotower.metrics import metrics_at_k, retrieval_hits
+from twotower.task.metrics import metrics_at_k, retrieval_hits
 
 ACTIVITY_GROUPS = ("light", "medium", "heavy")
 # Items outside the most popular 20% of the catalogue are the long tail (Abdollahpouri et al.).
