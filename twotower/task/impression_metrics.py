@@ -1,11 +1,11 @@
-"""MIND's impression-level metrics: AUC, MRR, nDCG@5 and nDCG@10, per impression, averaged.
+"""Impression-level metrics: AUC, MRR, nDCG@5 and nDCG@10, per impression, averaged.
 
-The definitions are those of the MIND paper's evaluation script (``evaluate.py`` of the MIND
-competition): within one impression, AUC is the ROC AUC of the scores against the click labels
+The definitions are those of the news-click benchmark's evaluation script (``evaluate.py`` of the
+competition of the data set in ``twotower.datasets.mind``): within one impression, AUC is the ROC AUC of the scores against the click labels
 (ties count one half), MRR is ``sum(label_i / rank_i) / sum(label_i)``, nDCG@k has gains
 ``2**label - 1`` and discounts ``log2(rank + 1)`` over the top k, divided by the ideal DCG@k.
 Each is averaged over impressions with equal weight. Impressions without both a click and a
-skip have no AUC and are left out of every mean (MIND's impressions all have both).
+skip have no AUC and are left out of every mean (the benchmark's impressions all have both).
 """
 from __future__ import annotations
 

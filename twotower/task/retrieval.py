@@ -1,6 +1,6 @@
 """The retrieval task: the loss, the metrics, and the one ``encode_catalogue`` and ``rank`` everything ranks with.
 
-Training, evaluation, the baselines, the sample-recommendations callback, MIND's impression scoring,
+Training, evaluation, the baselines, the sample-recommendations callback, impression scoring,
 export and the tests all encode a catalogue with ``encode_catalogue`` and take the top K with ``rank``:
 "score every item, drop the known ones and those outside the candidate set, take the best K" is
 written once (``top_k`` ranks a score matrix, for recommenders that score without vectors).
