@@ -53,7 +53,18 @@ def _shards(root):
             "data.batch_size=128", "data.source.shuffle_buffer=512", "data.source.eval_users=50"]
 
 
-CONFIGS = {"movielens": _movielens, "tables": _tables, "synthetic": _synthetic, "mind": _mind, "mind_text": _mind_text, "shards": _shards}
+def _mind_with_user_ids(root):
+    """LSTUR-style: a user-id embedding next to the click history read through the item tower."""
+    return [*_mind(root), "data.features.query=[{name: user_id, kind: id}, {name: history, kind: history, max_len: 50, through_item_tower: true}]"]
+
+
+def _tables_through_the_item_tower(root):
+    """Any source's history can be read through the item tower (not only MIND's)."""
+    return [*_tables(root), "+data.features.query.3.through_item_tower=true", "+model.click_history={pooling: mean}"]
+
+
+CONFIGS = {"movielens": _movielens, "tables": _tables, "synthetic": _synthetic, "mind": _mind, "mind_text": _mind_text, "shards": _shards,
+           "mind_with_user_ids": _mind_with_user_ids, "tables_through_the_item_tower": _tables_through_the_item_tower}
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -77,6 +88,11 @@ def test_trained_model_exports_and_serves_its_own_ranking(name, tmp_path, compos
         expected_scores, expected_rows = rank(model.encode_query(inputs), items, K, exclude=seen)
     served = retriever.recommend(data.user_ids[rows].tolist(), k=K)
     _assert_same_top_k(served, expected_scores.numpy(), data.item_ids[expected_rows.numpy()])
+
+    # The same users given as raw rows of the users table: the same features, stored histories and seen items.
+    frame = datamodule.prepared.tables.users.iloc[rows.numpy()].reset_index(drop=True)
+    as_rows = retriever.recommend(frame, k=K)
+    np.testing.assert_allclose(as_rows.scores, served.scores, atol=1e-5)
 
     history = next(iter(data.log.histories), None)
     if history is not None:  # a visitor who clicked what a known user did is served through the same history path
