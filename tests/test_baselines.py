@@ -2,13 +2,11 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
-import torch
 
 from twotower.baselines import ALS, BPR, EASE, ItemKNN, Popularity, evaluate, known_matrix
 from twotower.data import TwoTowerDataModule
 from twotower.data.sources import SyntheticSource
 from twotower.data.splits import RandomSplit
-from twotower.task.metrics import RetrievalMetrics
 
 FEATURES = {"query": [{"name": "user_id", "kind": "id"}], "candidate": [{"name": "item_id", "kind": "id"}]}
 

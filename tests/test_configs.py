@@ -1,5 +1,4 @@
 """Every config group composes and instantiates."""
-from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
