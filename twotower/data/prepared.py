@@ -19,13 +19,10 @@ from twotower.data.impressions import Impressions
 from twotower.data.schema import Schema
 from twotower.data.serving_data import ServingLog
 from twotower.data.store import CSR, FeatureStore
-from twotower.data.tables import ITEM, SPLIT, TIME, USER, Tables
+from twotower.data.tables import ITEM, SPLIT, SPLITS, TIME, USER, Tables
 from twotower.features import Preprocessor
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
-
 
 class TrainStream(Protocol):
     """Training pairs too many to hold: each process streams its own share (``twotower.data.streaming``)."""

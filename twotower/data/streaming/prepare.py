@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from twotower.data.prepared import SPLITS, Prepared, log_q_of
+from twotower.data.prepared import Prepared, log_q_of
 from twotower.data.schema import Schema
 from twotower.data.serving_data import ServingLog
 from twotower.data.splits import HashSplit, PredefinedSplit, mix64
@@ -22,7 +22,7 @@ from twotower.data.streaming.scan import TEST, TRAIN, VAL, scan, serving_scan
 from twotower.data.streaming.shards import Chunk, InteractionShards
 from twotower.data.streaming.shards import ShardedTables
 from twotower.data.streaming.stream import ShardStream
-from twotower.data.tables import ITEM, USER
+from twotower.data.tables import ITEM, SPLITS, USER
 from twotower.data.vocab import Vocabulary
 from twotower.features import Preprocessor
 from twotower.features.history import history_length
