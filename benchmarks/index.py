@@ -42,7 +42,7 @@ def trained_model(workdir: Path, users: int, epochs: int):
         cfg = compose(config_name="train", overrides=[
             "data=synthetic", "data.use_ids=false", f"data.source.n_users={users}", "data.source.n_items=2000",
             f"trainer.max_epochs={epochs}", "logger=none", "callbacks=none", "test=false", f"paths.output_dir={workdir}",
-            "+trainer.enable_progress_bar=false", "+trainer.enable_checkpointing=false",
+            "trainer.enable_progress_bar=false", "+trainer.enable_checkpointing=false",
         ])
         index_cfgs = {name: compose(config_name="export", overrides=[f"index={name}", "checkpoint=x", "output_dir=x"]).index for name in (*INDEXES, "auto")}
     metrics, objects = train(cfg)

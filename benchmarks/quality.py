@@ -74,7 +74,7 @@ def run_two_tower(protocol: str, seed: int, name: str, epochs: int | None) -> di
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         # Checkpointing (the best validation epoch is tested) and early stopping stay; plots and resume points go.
-        drop = ["~callbacks.run_plots", "~callbacks.sample_recommendations", "~callbacks.step_checkpoint", "+trainer.enable_progress_bar=false"]
+        drop = ["~callbacks.run_plots", "~callbacks.sample_recommendations", "~callbacks.step_checkpoint", "trainer.enable_progress_bar=false"]
         overrides = [f"paths.output_dir={out}", *drop, *([f"trainer.max_epochs={epochs}"] if epochs else [])]
         metrics, _ = train(config(protocol, seed, TWO_TOWER[name], overrides))
     return {k.removeprefix("test/"): v for k, v in metrics.items() if k.startswith("test/")} | {"seconds": time.perf_counter() - start}

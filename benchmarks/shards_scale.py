@@ -117,7 +117,7 @@ def train_child(paths: tuple[str, str, str], steps: int, eval_users: int) -> dic
     overrides = [
         "data=shards", f"data.source.interactions={paths[0]}", f"data.source.users={paths[1]}", f"data.source.items={paths[2]}",
         "data.source.timestamp=timestamp", f"data.batch_size={BATCH}", f"data.source.eval_users={eval_users}", "trainer.max_epochs=1", f"+trainer.limit_train_batches={steps}",
-        "test=false", "logger=none", "callbacks=none", "+module.beyond_accuracy_ks=[]", "+trainer.enable_progress_bar=false", "paths.output_dir=/tmp/shards_scale_run", "ckpt_path=null",
+        "test=false", "logger=none", "callbacks=none", "+module.beyond_accuracy_ks=[]", "trainer.enable_progress_bar=false", "paths.output_dir=/tmp/shards_scale_run", "ckpt_path=null",
     ]  # fmt: skip
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         cfg = compose("train", overrides=overrides)

@@ -31,6 +31,6 @@ def fast_synthetic():
         "data=synthetic",
         "logger=none",
         "trainer.max_epochs=4",
-        "+trainer.enable_progress_bar=false",
+        "trainer.enable_progress_bar=false",
         "callbacks.early_stopping.patience=10",
     ]

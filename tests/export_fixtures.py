@@ -25,7 +25,7 @@ def train_config(run_dir: Path):
     return compose_config("train", [
         "data=synthetic", "data.use_ids=false", "data.source.n_users=300", "data.source.n_items=200", "logger=csv", "trainer.max_epochs=2", "test=false", "callbacks=default",
         "callbacks.early_stopping.patience=10", f"paths.output_dir={run_dir}",
-        "+trainer.enable_progress_bar=false",
+        "trainer.enable_progress_bar=false",
     ])
 
 

@@ -1,4 +1,5 @@
 """Console scripts: ``twotower-train``/``twotower-export`` are train.py/export.py with the same configs, from a checkout and from a wheel."""
+import re
 import shutil
 import subprocess
 import sys
@@ -21,10 +22,11 @@ def test_package_configs_are_the_repository_configs():
 
 def test_console_scripts_train_then_export(tmp_path):
     run_dir = tmp_path / "run"
-    overrides = ["data=synthetic", "data.source.n_users=200", "trainer.max_epochs=1", "test=false", "logger=csv",
-                 "+trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"]
+    overrides = ["data=synthetic", "data.source.n_users=200", "trainer.max_epochs=1", "test=false", "logger=csv", f"hydra.run.dir={run_dir}"]
     done = subprocess.run([sys.executable, "-c", SCRIPT, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    # Output to a pipe, as in a batch job: no bar, one line per epoch with throughput, without any override.
+    assert re.search(r"epoch 1/1  train/loss \d+\.\d{4} .*[\d,]+ samples/s  elapsed", done.stdout + done.stderr)
     assert "epoch 1/1  train/loss" in (run_dir / "train.log").read_text()
     assert "- data.source.n_users=200" in (run_dir / ".hydra" / "overrides.yaml").read_text()
     assert (run_dir / "plots" / "learning_curves.png").exists() and list((run_dir / "checkpoints").glob("epoch*.ckpt"))
@@ -34,6 +36,7 @@ def test_console_scripts_train_then_export(tmp_path):
     done = subprocess.run([sys.executable, *export], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"artifact: {tmp_path / 'artifact'}" in done.stdout and (tmp_path / "artifact" / "manifest.json").exists()
+    assert "faiss.loader" not in done.stdout + done.stderr and "Could not load library" not in done.stdout + done.stderr
 
 
 def test_train_console_script_refuses_an_unknown_group_option(tmp_path):

@@ -91,7 +91,7 @@ def test_every_problem_is_listed_at_once(compose_cfg):
 
 
 def test_settings_that_reach_their_receiver_are_accepted(compose_cfg):
-    check_config(compose_cfg("+trainer.enable_progress_bar=false", "+trainer.limit_train_batches=0.5", "loss.temperature=1",
+    check_config(compose_cfg("trainer.enable_progress_bar=false", "+trainer.limit_train_batches=0.5", "loss.temperature=1",
                              "optimizer.lr=1e-3", "data.split=temporal", "ckpt_path=null", "+model.query_hidden_dims=[32]"), TrainConfig)
 
 

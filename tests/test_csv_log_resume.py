@@ -10,7 +10,7 @@ def validated(log: pd.DataFrame) -> set:
 
 
 def test_resuming_a_run_appends_to_its_metrics_csv(compose_cfg, tmp_path):
-    overrides = ["data=synthetic", "data.source.n_users=100", "data.source.n_items=80", "logger=csv", "+trainer.enable_progress_bar=false"]
+    overrides = ["data=synthetic", "data.source.n_users=100", "data.source.n_items=80", "logger=csv", "trainer.enable_progress_bar=false"]
     train(compose_cfg(*overrides, "trainer.max_epochs=1", "test=false"))
     log = tmp_path / "csv" / "metrics.csv"  # compose_cfg's run directory is tmp_path
     first = pd.read_csv(log)

@@ -20,7 +20,7 @@ from twotower.task.retrieval import encode_catalogue, rank
 from twotower.training import train
 
 K = 10
-TINY = ["logger=none", "trainer.max_epochs=1", "test=false", "+trainer.enable_progress_bar=false", "callbacks=none"]
+TINY = ["logger=none", "trainer.max_epochs=1", "test=false", "trainer.enable_progress_bar=false", "callbacks=none"]
 
 
 def _movielens(root):

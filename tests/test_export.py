@@ -184,7 +184,7 @@ def test_an_id_longer_than_an_artifact_holds_is_refused_before_the_work(compose_
     pd.DataFrame(rows, columns=["uid", "iid", "ts"]).to_csv(clicks, index=False)
     ids_only = ["data.features.query=[{name: user_id, kind: id}]", "data.features.candidate=[{name: item_id, kind: id}]"]
     train(compose_cfg("data=tables", f"data.source.interactions={clicks}", "data.batch_size=64", *ids_only, "logger=none",
-                      "trainer.max_epochs=1", "test=false", "+trainer.enable_progress_bar=false"))
+                      "trainer.max_epochs=1", "test=false", "trainer.enable_progress_bar=false"))
     with pytest.raises(ValueError, match=rf"the items table has an id of {MAX_ID_CHARS + 1} characters \('iiii"):
         export(export_config(tmp_path, tmp_path / "artifact"))
     assert not (tmp_path / "artifact").exists()

@@ -64,7 +64,7 @@ def trained_and_exported(tmp_path, bucketized):
     run_dir, artifact = tmp_path / "run", tmp_path / "artifact"
     _, objects = train(compose_config("train", [
         "data=synthetic", "data.source.n_users=120", "data.source.n_items=80", "logger=csv", "trainer.max_epochs=2", "test=false",
-        "callbacks=default", "callbacks.early_stopping.patience=10", f"paths.output_dir={run_dir}", "+trainer.enable_progress_bar=false",
+        "callbacks=default", "callbacks.early_stopping.patience=10", f"paths.output_dir={run_dir}", "trainer.enable_progress_bar=false",
         "data.features.query=[{name: user_id, kind: id}, {name: segment, kind: categorical}, {name: age, kind: bucketized}]",
         "data.features.candidate=[{name: item_id, kind: id}, {name: genres, kind: multi_hot, separator: '|'}, {name: price, kind: bucketized}]",
     ]))

@@ -86,7 +86,7 @@ def test_train_data_mind_beats_popularity_and_ranks_fresh_news_from_text(mind_di
     overrides = [
         "experiment=mind_text", f"data.source.path={mind_dir}", "data.features.query.0.max_len=10", "data.batch_size=128",
         "trainer.max_epochs=4", "logger=none", "callbacks=none", "test=false", "+trainer.enable_checkpointing=false",
-        "+trainer.enable_progress_bar=false", "model.embedding_dim=32", "model.hidden_dims=[64]", "model.output_dim=32",
+        "trainer.enable_progress_bar=false", "model.embedding_dim=32", "model.hidden_dims=[64]", "model.output_dim=32",
         "model.click_history.attention_dim=32", "paths.output_dir=/tmp/unused",
     ]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

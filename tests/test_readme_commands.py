@@ -161,7 +161,7 @@ RUN = {
     "data.source.items=/data/items.parquet data.source.user_id=uid data.source.item_id=iid data.source.timestamp=ts":
         Run(METRICS, (CHECKPOINT,), data=lambda root: readme_data.write_shards(root / "data")),
     # Quiet mode: one line per epoch.
-    "python train.py +trainer.enable_progress_bar=false": Run(r"epoch 1/1 +train/loss \d+\.\d{4} +val/recall@20 0\.\d{4}", (CHECKPOINT,)),
+    "python train.py trainer.enable_progress_bar=false": Run(r"epoch 1/1 +train/loss \d+\.\d{4} +val/recall@20 0\.\d{4} .*[\d,]+ samples/s", (CHECKPOINT,)),
 }
 NEEDED = {need for run in RUN.values() for need in run.needs}
 

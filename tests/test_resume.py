@@ -32,7 +32,7 @@ def steps_per_epoch() -> int:
 def train_command(run_dir: Path, log_version: str) -> list[str]:
     return [
         sys.executable, "train.py", *DATA, f"hydra.run.dir={run_dir}", "test=false",
-        f"trainer.max_epochs={EPOCHS}", "trainer.log_every_n_steps=1", "+trainer.enable_progress_bar=false",
+        f"trainer.max_epochs={EPOCHS}", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
         f"callbacks.step_checkpoint.every_n_train_steps={EVERY}", f"logger.csv.version={log_version}",
     ]  # fmt: skip
 

@@ -23,7 +23,7 @@ def run(tmp_path_factory):
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         cfg = compose("train", overrides=[
             f"paths.output_dir={out}", "data=synthetic", "logger=tensorboard", f"trainer.max_epochs={EPOCHS}",
-            "+trainer.enable_progress_bar=false", "callbacks.early_stopping.patience=10",
+            "trainer.enable_progress_bar=false", "callbacks.early_stopping.patience=10",
         ])
     with open_dict(cfg.logger):
         cfg.logger.csv = OmegaConf.load(CONF / "logger" / "csv.yaml").csv

@@ -13,7 +13,7 @@ from twotower.run_record import RECORD, ResumeRefused, RunRecord
 from twotower.training import train
 
 ROOT = CONF.parent
-FAST = ["logger=none", "trainer.max_epochs=1", "+trainer.enable_progress_bar=false", "test=false"]
+FAST = ["logger=none", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "test=false"]
 
 
 @pytest.fixture

@@ -187,7 +187,7 @@ def test_train_on_shards_end_to_end(tables, compose_cfg):
         "data=shards", f"data.source.interactions={root / 'shards'}", f"data.source.users={root / 'users.parquet'}",
         f"data.source.items={root / 'items.csv'}", "data.source.user_id=uid", "data.source.item_id=iid", "data.source.timestamp=ts",
         "data.batch_size=64", "data.source.shuffle_buffer=512", "data.source.eval_users=30", "logger=none", "trainer.max_epochs=2",
-        "+trainer.enable_progress_bar=false",
+        "trainer.enable_progress_bar=false",
     )
     metrics, objects = train(cfg)
     assert objects["trainer"].global_step == 2 * objects["datamodule"].prepared.stream.steps(1, 64) > 0
@@ -206,7 +206,7 @@ def test_two_gloo_processes_train_on_shards_in_step(tables, tmp_path):
         sys.executable, "train.py", "data=shards", "trainer=ddp_cpu", f"hydra.run.dir={run_dir}", "trainer.max_epochs=2",
         f"data.source.interactions={root / 'shards'}", f"data.source.users={root / 'users.parquet'}", f"data.source.items={root / 'items.csv'}",
         "data.source.user_id=uid", "data.source.item_id=iid", "data.source.timestamp=ts", "data.batch_size=64", "data.source.shuffle_buffer=512",
-        "data.source.eval_users=30", "+trainer.enable_progress_bar=false", "logger.csv.version=ddp",
+        "data.source.eval_users=30", "trainer.enable_progress_bar=false", "logger.csv.version=ddp",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -15,7 +15,7 @@ ROOT = CONF.parent
 def test_a_sweep_prints_and_writes_its_jobs(tmp_path):
     sweep_dir = tmp_path / "sweep"
     command = [sys.executable, "train.py", "-m", "data=synthetic", "data.source.n_users=100", "logger=none", "test=false",
-               "trainer.max_epochs=1", "+trainer.enable_progress_bar=false", "loss.temperature=0.05,0.2", f"hydra.sweep.dir={sweep_dir}"]
+               "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "loss.temperature=0.05,0.2", f"hydra.sweep.dir={sweep_dir}"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     with open(sweep_dir / SUMMARY_FILE) as f:

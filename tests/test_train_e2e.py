@@ -43,6 +43,6 @@ def test_content_only_towers_are_one_override_away(compose_cfg, fast_synthetic):
 @pytest.mark.slow
 def test_movielens_default_config_meets_targets(compose_cfg):
     """The README's quality claim: random per-user 80/20 split, seed 42, full-catalogue ranking."""
-    metrics, _ = train(compose_cfg("logger=none", "+trainer.enable_progress_bar=false"))
+    metrics, _ = train(compose_cfg("logger=none", "trainer.enable_progress_bar=false"))
     assert metrics["test/recall@20"] >= 0.30
     assert metrics["test/ndcg@10"] >= 0.33

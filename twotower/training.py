@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if any("Wandb" in str(c.get("_target_", "")) for c in (cfg.get("logger") or {}).values()):
         wandb_offline_unless_logged_in()
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # A live bar where someone watches (a terminal), EpochLog's one line per epoch where output goes to a file.
+    progress = {"enable_progress_bar": sys.stdout.isatty()} if cfg.trainer.get("enable_progress_bar") is None else {}
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **progress)
     log_config(loggers, module.run_config)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
