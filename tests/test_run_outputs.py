@@ -82,7 +82,7 @@ def test_tensorboard_log_holds_metrics_and_plots(run):
 
 def test_quiet_mode_logs_one_line_per_epoch(run):
     number = r"\d+\.\d{4}"
-    pattern = rf"epoch (\d)/{EPOCHS}  train/loss {number}  val/recall@20 {number}  val/ndcg@10 {number}  elapsed \d+\.\ds"
+    pattern = rf"epoch (\d)/{EPOCHS}  train/loss {number}  val/recall@20 {number}  val/ndcg@10 {number}  [\d,]+ samples/s  elapsed \d+\.\ds"
     epochs = [re.fullmatch(pattern, line) for line in run["lines"]]
     assert all(epochs) and [int(m.group(1)) for m in epochs] == list(range(1, EPOCHS + 1)), run["lines"]
     assert f"val/recall@20 {run['metrics']['val/recall@20']:.4f}" in run["lines"][-1]
