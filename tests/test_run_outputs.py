@@ -78,6 +78,8 @@ def test_tensorboard_log_holds_metrics_and_plots(run):
     assert len(events.Scalars("val/recall@20")) == EPOCHS
     assert events.Scalars("test/recall@20")[0].value == pytest.approx(run["metrics"]["test/recall@20"], abs=1e-6)
     assert {"plots/learning_curves", "plots/metrics_at_k"} <= set(events.Tags()["images"])
+    # The HParams tab's metric is the run's best monitored value, not Lightning's placeholder -1.
+    assert [e.value for e in events.Scalars("hp_metric")] == [pytest.approx(run["metrics"]["val/recall@20"], abs=1e-6)]
 
 
 def test_quiet_mode_logs_one_line_per_epoch(run):

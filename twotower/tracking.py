@@ -71,6 +71,15 @@ def log_config(loggers: Sequence[Logger], config: Mapping[str, Any]) -> None:
         logger.log_hyperparams(dict(config))
 
 
+def log_best_score(loggers: Sequence[Logger], config: Mapping[str, Any], monitor: str, score: float) -> None:
+    """The run's hyperparameters with its best ``monitor`` value, for TensorBoard's HParams tab (``hp_metric``),
+    so runs compare by what they were selected on; other loggers keep the config ``log_config`` gave them."""
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(dict(config), metrics={"hp_metric": score})
+            logger.experiment.add_text("hp_metric", f"best {monitor}", 0)
+
+
 def log_images(loggers: Sequence[Logger], figures: Mapping[str, Figure], step: int | None = None) -> None:
     """Figures as images in the loggers that hold images (W&B, TensorBoard); others keep the PNG files only."""
     targets = [logger for logger in loggers if isinstance(logger, (WandbLogger, TensorBoardLogger))]

@@ -19,7 +19,7 @@ from twotower.task.impression_metrics import NAMES as IMPRESSION_NAMES
 from twotower.module import TwoTowerModule
 from twotower.run_record import RunRecord, data_fingerprint
 from twotower.sweep_summary import METRICS_FILE
-from twotower.tracking import finish_runs, log_config, wandb_offline_unless_logged_in
+from twotower.tracking import finish_runs, log_best_score, log_config, wandb_offline_unless_logged_in
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         best_epoch = module.checkpoint_epoch
     if cfg.test:
         metrics.update(_evaluate(trainer.test, module, datamodule, best or None, "test/", logged=True))
+    if cfg.monitor.metric in metrics:
+        log_best_score(loggers, module.run_config, cfg.monitor.metric, metrics[cfg.monitor.metric])
     finish_runs(loggers)
     _report(metrics, cfg.module.ks, best, best_epoch)
     _write_metrics(run_dir, metrics, cfg.monitor.metric, best, best_epoch)
