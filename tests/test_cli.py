@@ -67,3 +67,25 @@ def test_wheel_ships_the_configs_and_composes_them_outside_the_checkout(tmp_path
     assert done.stdout.splitlines()[0] == str(site / "twotower" / "conf")
     assert "SyntheticSource" in done.stdout
 
+
+
+@pytest.mark.parametrize("entry, groups", [
+    ("train.py", ["data", "data/split", "model", "loss", "trainer", "logger", "callbacks", "table_optimizer", "protocol", "experiment",
+                  "hparams_search", "hydra/launcher"]),
+    ("export.py", ["index"]),
+])
+def test_help_shows_the_entry_points_own_groups_with_every_option(entry, groups):
+    done = subprocess.run([sys.executable, entry, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert len(lines) < 50, f"{entry} --help is {len(lines)} lines"
+    listed = {}
+    for line in lines[lines.index("Groups (group=option):") + 1 :]:
+        if not line.strip():
+            break
+        name, options = line.split(maxsplit=1)
+        listed[name] = {o.split(" (")[0].strip() for o in re.sub(r"\((default: none|for -m sweeps)\)", "", options).split(",")}
+    assert list(listed) == groups
+    for name, options in listed.items():
+        assert options == {p.stem for p in (CONF / name).glob("*.yaml")}, name
+    assert "Keys" in done.stdout and "=" in done.stdout.split("Keys", 1)[1]
