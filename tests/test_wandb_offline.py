@@ -43,11 +43,12 @@ def test_wandb_run_and_its_export_are_recorded_offline(compose_cfg, fast_synthet
     assert table["columns"] == ["user_id", "rank", "item_id", "score", "held_out", "title", "genres"]
     assert len(table["data"]) == 5 * 10
 
-    # Exporting a checkpoint of a W&B-tracked run records the artifact in an export run next to it.
+    # Exporting a checkpoint of a W&B-tracked run records the artifact in that run (resumed by id: lineage), next to the artifact.
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         export_cfg = compose("export", overrides=[f"checkpoint={tmp_path}", f"output_dir={tmp_path / 'artifacts' / 'demo'}"])
     export(export_cfg)
     (export_file,) = (tmp_path / "artifacts" / "wandb").glob("offline-run-*/run-*.wandb")
+    assert export_file.name == run_file.name, "the artifact is logged into the training run (the same run id)"
     (record,) = [r.artifact for r in finished_records(export_file) if r.WhichOneof("record_type") == "artifact"]
     assert (record.name, record.type) == ("twotower-demo", "model")
     assert "manifest.json" in {entry.path for entry in record.manifest.contents}

@@ -163,7 +163,9 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
     log.info("artifact written to %s", path)
     wandb_logger = wandb_logger_config(meta["run_config"])
     if wandb_logger is not None:
-        log_exported_artifact(path, project=wandb_logger.get("project") or "twotower", metadata={"index": infos["key"], "dim": int(index.d), "items": int(index.ntotal)})
+        trained_in = meta.get("wandb_run") or {}
+        log_exported_artifact(path, project=trained_in.get("project") or wandb_logger.get("project") or "twotower",
+                              metadata={"index": infos["key"], "dim": int(index.d), "items": int(index.ntotal)}, run_id=trained_in.get("id"))
     return path
 
 

@@ -84,6 +84,8 @@ class TwoTowerModule(pl.LightningModule):
         self._beyond: dict[str, BeyondAccuracyMetrics] = {}
         # The resolved run config, stored in checkpoints so export can rebuild data and towers.
         self.run_config: dict[str, Any] | None = None
+        # The W&B run that tracks training (id, project), when one does: export logs its artifact into it.
+        self.wandb_run: dict[str, str] | None = None
         self.checkpoint_epoch: int | None = None  # set when weights are restored from a checkpoint
 
     @property
@@ -91,11 +93,12 @@ class TwoTowerModule(pl.LightningModule):
         return self.log_temperature.exp().clamp(min=self.hparams.min_temperature)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Everything export needs besides the weights: tower config, fitted features, run config."""
+        """Everything export needs besides the weights: tower config, fitted features, run config, the tracking run."""
         checkpoint["twotower"] = {
             "model_config": self.model.config,
             "preprocessor": self.trainer.datamodule.prepared.preprocessor.to_json(),
             "run_config": self.run_config,
+            "wandb_run": self.wandb_run,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

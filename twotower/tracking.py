@@ -117,21 +117,34 @@ def wandb_logger_config(run_config: Mapping[str, Any] | None) -> Mapping[str, An
     return None
 
 
-def log_exported_artifact(path: str | Path, project: str = "twotower", save_dir: str | Path | None = None, metadata: Mapping[str, Any] | None = None) -> None:
-    """Records an exported artifact directory as a W&B Artifact (type ``model``) in an ``export`` run.
+def wandb_run_of(loggers: Sequence[Logger]) -> dict[str, str] | None:
+    """The id and project of the W&B run among ``loggers`` (None without one), for export to log into."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            return {"id": logger.experiment.id, "project": logger.experiment.project}
+    return None
 
-    Offline unless credentials are present, like training; ``wandb sync`` uploads it later.
+
+def log_exported_artifact(path: str | Path, project: str = "twotower", save_dir: str | Path | None = None, metadata: Mapping[str, Any] | None = None,
+                          run_id: str | None = None) -> None:
+    """Records an exported artifact directory as a W&B Artifact (type ``model``).
+
+    Into the training run ``run_id`` when given (resumed, so the artifact's lineage is the run that made
+    the checkpoint), else into an ``export`` run of its own. Offline unless credentials are present, like
+    training; ``wandb sync`` uploads it later (an offline resume syncs into the same run).
 
     Args:
         path: the artifact directory (every file is added).
         save_dir: where the run's ``wandb/`` folder goes (default: next to the artifact).
         metadata: shown with the artifact (e.g. the manifest's index key, dims and counts).
+        run_id: the W&B run that trained the checkpoint.
     """
     import wandb
 
     path = Path(path)
     wandb_offline_unless_logged_in()
-    run = wandb.init(project=project, dir=str(save_dir or path.parent), job_type="export", name=f"export-{path.name}")
+    where = {"id": run_id, "resume": "allow"} if run_id else {"job_type": "export", "name": f"export-{path.name}"}
+    run = wandb.init(project=project, dir=str(save_dir or path.parent), **where)
     try:
         artifact = wandb.Artifact(f"twotower-{path.name}", type="model", metadata=dict(metadata or {}))
         artifact.add_dir(str(path))

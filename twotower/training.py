@@ -19,7 +19,7 @@ from twotower.task.impression_metrics import NAMES as IMPRESSION_NAMES
 from twotower.module import TwoTowerModule
 from twotower.run_record import RunRecord, data_fingerprint
 from twotower.sweep_summary import METRICS_FILE
-from twotower.tracking import finish_runs, log_best_score, log_config, wandb_offline_unless_logged_in
+from twotower.tracking import finish_runs, log_best_score, log_config, wandb_offline_unless_logged_in, wandb_run_of
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     progress = {"enable_progress_bar": sys.stdout.isatty()} if cfg.trainer.get("enable_progress_bar") is None else {}
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **progress)
     log_config(loggers, module.run_config)
+    module.wandb_run = wandb_run_of(loggers)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
