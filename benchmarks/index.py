@@ -82,7 +82,7 @@ def main() -> None:
     t0 = time.perf_counter()
     items = SyntheticSource(n_users=1, n_items=args.items, interactions_per_user=1, seed=1).load().items
     features = datamodule.prepared.preprocessor.transform("candidate", items, "synthetic catalogue")
-    vectors = encode(model.candidate_tower, args.items, lambda rows: {k: v[rows] for k, v in features.items()}, torch.device("cpu"), 65536)
+    vectors = encode(model.candidate_tower, args.items, lambda rows, features=features: {k: v[rows] for k, v in features.items()}, torch.device("cpu"), 65536)
     del features
     users = datamodule.prepared.eval_users["val"]
     queries = encode(model.query_tower, len(users), lambda rows: datamodule.eval_batch(users[rows], "val").query, torch.device("cpu"), 4096)
@@ -115,7 +115,7 @@ def main() -> None:
         size = _size_mb(index)
         row = {"index": name, "key": spec.key, "build_s": build_s, "size_mb": size, "recall@10": recall, "params": params, "qps": qps(index, eval_q)}
         faiss.omp_set_num_threads(1)
-        row["single_query"] = single_latency(lambda i: index.search(eval_q[i % len(eval_q)][None], 10), 500)
+        row["single_query"] = single_latency(lambda i, index=index: index.search(eval_q[i % len(eval_q)][None], 10), 500)
         faiss.omp_set_num_threads(threads)
         rows.append(row)
         built[spec.key] = index

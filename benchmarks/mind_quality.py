@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from twotower.datasets.mind.generator import generate_mind
 from twotower.datasets.mind.evaluation import evaluate_impressions, model_scorer, popularity_scorer
+from twotower.datasets.mind.generator import generate_mind
 from twotower.training import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 import platform
 import resource
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch

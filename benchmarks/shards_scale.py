@@ -82,12 +82,11 @@ def child(mode: str, directory: Path, train_steps: int, eval_users: int) -> dict
     torch.set_num_threads(1)
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
+    import twotower.training  # noqa: F401  (what every run imports: torch, Lightning, pandas, pyarrow)
     from twotower.data import TwoTowerDataModule
     from twotower.data.sources import TableSource
-    from twotower.data.streaming import ShardSource
     from twotower.data.splits import HashSplit
-
-    import twotower.training  # noqa: F401  (what every run imports: torch, Lightning, pandas, pyarrow)
+    from twotower.data.streaming import ShardSource
 
     if mode == "imports":
         return {"peak_mb": peak_rss_mb()}

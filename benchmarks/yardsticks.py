@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -90,7 +90,7 @@ class Clock:
         _sync(self.device)
         self._wall, self._cpu = time.perf_counter(), time.process_time()
 
-    def stop(self) -> "Clock":
+    def stop(self) -> Clock:
         _sync(self.device)
         self.wall, self.cpu = time.perf_counter() - self._wall, time.process_time() - self._cpu
         return self

@@ -13,7 +13,17 @@ import torch
 
 from tests.tamper import declare_shape, npy_bytes, resign, write_archive
 from twotower.artifact import (
-    FORMAT_VERSION, INDEX, ITEM_IDS, ITEM_VECTORS, MANIFEST, REQUIRED, STAGING_MARKER, Artifact, ArtifactError, ArtifactWriter, sha256_of,
+    FORMAT_VERSION,
+    INDEX,
+    ITEM_IDS,
+    ITEM_VECTORS,
+    MANIFEST,
+    REQUIRED,
+    STAGING_MARKER,
+    Artifact,
+    ArtifactError,
+    ArtifactWriter,
+    sha256_of,
 )
 from twotower.file_lock import LockTimeout, exclusive_lock
 

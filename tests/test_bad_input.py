@@ -12,8 +12,8 @@ The module prints the counts at the end.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -25,13 +25,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import DictConfig, OmegaConf
 
-from twotower.data.datamodule import TwoTowerDataModule
-from twotower.datasets.movielens import MovieLens100K
-from twotower.datasets.mind.source import MindSource
-from twotower.datasets.mind.generator import generate_mind
 from twotower.data.cache import default_cache_dir
+from twotower.data.datamodule import TwoTowerDataModule
 from twotower.data.splits import RandomSplit
 from twotower.data.tables import ITEM, USER
+from twotower.datasets.mind.generator import generate_mind
+from twotower.datasets.mind.source import MindSource
+from twotower.datasets.movielens import MovieLens100K
 from twotower.task.losses import Columns, RetrievalLoss
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

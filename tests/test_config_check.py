@@ -1,7 +1,8 @@
 """A composed config is checked against what reads it: unknown keys and wrongly typed values are refused by name."""
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence
+from collections.abc import Sequence
+from typing import Literal, Optional
 
 import pytest
 from hydra import compose, initialize_config_dir

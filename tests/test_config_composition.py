@@ -7,8 +7,9 @@ compares every leaf the file writes with what the composed config holds.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml

@@ -5,8 +5,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from twotower.data.datamodule import TwoTowerDataModule
-from twotower.data.splits import PredefinedSplit
 from twotower.data.sources import TableSource
+from twotower.data.splits import PredefinedSplit
 from twotower.data.tables import ITEM, USER
 
 

@@ -18,9 +18,9 @@ from tests.export_fixtures import export_config, trained_and_exported
 from twotower import Retriever
 from twotower.artifact import INDEX, MANIFEST, MAX_ID_CHARS, ArtifactError, sha256_of
 from twotower.data.tables import ITEM, TIME, USER
+from twotower.exporting import export, find_checkpoint, load_checkpoint
 from twotower.task.retrieval import rank
 from twotower.training import train
-from twotower.exporting import export, find_checkpoint, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,8 @@
 defined here, trains, exports and serves with no other file changed."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -9,9 +9,9 @@ from hydra import compose, initialize_config_dir
 from twotower.data import TwoTowerDataModule
 from twotower.data.splits import PredefinedSplit
 from twotower.datasets.mind import MindSource
-from twotower.datasets.mind.tables import IMPRESSION
-from twotower.datasets.mind.generator import generate_mind
 from twotower.datasets.mind.evaluation import evaluate_impressions, model_scorer, popularity_scorer
+from twotower.datasets.mind.generator import generate_mind
+from twotower.datasets.mind.tables import IMPRESSION
 from twotower.training import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -9,8 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from twotower.data.sentence_vectors import model_directory, sentence_vectors
-from twotower.datasets.mind.generator import generate_mind
 from twotower.datasets.mind.evaluation import evaluate_impressions, model_scorer, popularity_scorer
+from twotower.datasets.mind.generator import generate_mind
 from twotower.training import train
 
 pytest.importorskip("sentence_transformers")

@@ -5,10 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from twotower.data.tables import ITEM, SPLIT, TIME, USER
+from twotower.datasets.mind.generator import generate_mind, main
 from twotower.datasets.mind.source import MindSource, read_behaviors, read_news
 from twotower.datasets.mind.tables import IMPRESSION, IN_TRAIN
-from twotower.datasets.mind.generator import generate_mind, main
-from twotower.data.tables import ITEM, SPLIT, TIME, USER
 
 NEWS = (
     "N1\tsports\tfootball_nfl\tTeam wins the game\tA long abstract\thttps://x/N1.html\t[]\t[]\n"

@@ -7,7 +7,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from twotower.cli import train_main
+from twotower.cli import train_job
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def test_sweep_in_a_database_resumes_its_study(tmp_path):
 def test_the_sweep_objective_is_the_best_validation_value_not_the_last(compose_cfg, fast_synthetic, tmp_path):
     # A learning rate that overfits the planted data within a few epochs: the last epoch is not the best.
     cfg = compose_cfg(*fast_synthetic, "logger=csv", "trainer.max_epochs=8", "optimizer.lr=0.1", "module.lr_schedule=constant", "test=false")
-    objective = train_main(cfg)
+    objective = train_job(cfg)
     metrics = pd.read_csv(next(tmp_path.glob("**/metrics.csv")))
     per_epoch = metrics["val/recall@20"].dropna()
     assert objective == pytest.approx(per_epoch.max())

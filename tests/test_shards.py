@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from twotower.data import TwoTowerDataModule
+from twotower.data.sources import TableSource
+from twotower.data.splits import HashSplit, PredefinedSplit
+from twotower.data.streaming import ShardSource
 from twotower.data.streaming.scan import RecentItems
 from twotower.data.streaming.stream import ShardStream
-from twotower.data.sources import TableSource
-from twotower.data.streaming import ShardSource
-from twotower.data.splits import HashSplit, PredefinedSplit
 from twotower.training import train
 
 FEATURES = {
@@ -154,7 +154,7 @@ def _source(root, **kwargs):
     ],
 )
 def test_a_bad_shard_is_named_with_its_column(tmp_path, damage, message):
-    frame = write_tables(tmp_path)
+    write_tables(tmp_path)
     bad = tmp_path / "shards" / "part-01.parquet"
     pq.write_table(pa.Table.from_pandas(damage(pd.read_parquet(bad)), preserve_index=False), bad)
     with pytest.raises(ValueError, match=message):

@@ -32,7 +32,7 @@ def test_temporal_split_cuts_time_globally(interactions):
 
 def test_leave_last_out(interactions):
     labels = LeaveLastOut()(interactions)
-    for user, group in interactions.groupby("user_id"):
+    for _, group in interactions.groupby("user_id"):
         lab = labels[group.index]
         latest = group["timestamp"].idxmax()
         if len(group) >= 2:

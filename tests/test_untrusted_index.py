@@ -97,7 +97,7 @@ def test_inverted_lists_holding_a_row_twice_are_refused(tmp_path):
     second = next(l for l in range(4) if l != first and lists.list_size(l))
     lists.update_entry(second, 0, int(duplicate), faiss.swig_ptr(vectors[duplicate].view(np.uint8)))
     faiss.write_index(index, str(tmp_path / "index.faiss"))
-    with pytest.raises(ValueError, match=rf"index\.faiss: the inverted lists hold row \d+ (0|2) times"):
+    with pytest.raises(ValueError, match=r"index\.faiss: the inverted lists hold row \d+ (0|2) times"):
         read_index_file(tmp_path / "index.faiss")
 
 

@@ -3,7 +3,6 @@ import json
 import os
 
 import pytest
-
 from hydra import compose, initialize_config_dir
 
 from tests.conftest import CONF

@@ -34,9 +34,10 @@ import secrets
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -128,7 +129,7 @@ class ArtifactWriter:
         refuse_unless_replaceable(self.path)  # before an export's work; checked again under the lock in commit
         self._held = ExitStack()
 
-    def __enter__(self) -> "ArtifactWriter":
+    def __enter__(self) -> ArtifactWriter:
         self._held.enter_context(exclusive_lock(self.path, self.wait_s))
         try:
             self.staging = Path(tempfile.mkdtemp(prefix=f"{self.path.name}{STAGING_INFIX}{os.getpid()}-", dir=self.path.parent))
@@ -353,7 +354,7 @@ class Artifact:
         self.path, self.manifest = path, manifest
 
     @classmethod
-    def open(cls, path: str | Path, verify: bool = True) -> "Artifact":
+    def open(cls, path: str | Path, verify: bool = True) -> Artifact:
         path = Path(path)
         if UNFINISHED.fullmatch(path.name):
             raise ArtifactError(f"{path} is an unfinished export (a staging directory); export again")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import faiss
 import numpy as np
@@ -19,8 +20,27 @@ import pandas as pd
 import torch
 
 from twotower.artifact import (
-    CANDIDATE_TOWER, INDEX, INDEX_INFOS, ITEM_EVENTS, ITEM_FEATURES, ITEM_IDS, ITEM_VECTORS, ITEMS, MANIFEST, MAX_ID_CHARS, QUERY_TOWER, TOWER_CONFIG,
-    TOWER_VOCAB, TOWER_WEIGHTS, USER_FEATURES, USER_HISTORIES, USER_IDS, USER_SEEN, ArtifactError, _plain, _short,
+    CANDIDATE_TOWER,
+    INDEX,
+    INDEX_INFOS,
+    ITEM_EVENTS,
+    ITEM_FEATURES,
+    ITEM_IDS,
+    ITEM_VECTORS,
+    ITEMS,
+    MANIFEST,
+    MAX_ID_CHARS,
+    QUERY_TOWER,
+    TOWER_CONFIG,
+    TOWER_VOCAB,
+    TOWER_WEIGHTS,
+    USER_FEATURES,
+    USER_HISTORIES,
+    USER_IDS,
+    USER_SEEN,
+    ArtifactError,
+    _plain,
+    _short,
 )
 from twotower.data.tables import ITEM
 from twotower.data.vocab import Vocabulary, _key

@@ -7,7 +7,8 @@ candidates restricted as the protocol says) into ``RetrievalMetrics`` and ``Beyo
 """
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -25,7 +26,7 @@ TIE_BREAK = 1e-6
 class Recommender(Protocol):
     name: str
 
-    def fit(self, user_items: sp.csr_matrix) -> "Recommender": ...
+    def fit(self, user_items: sp.csr_matrix) -> Recommender: ...
 
     def score(self, users: np.ndarray) -> np.ndarray:
         """(len(users), n_items) scores; higher is better."""
@@ -45,7 +46,7 @@ class Popularity:
 
     name = "popularity"
 
-    def fit(self, user_items: sp.csr_matrix) -> "Popularity":
+    def fit(self, user_items: sp.csr_matrix) -> Popularity:
         self.counts = np.asarray(user_items.sum(0)).ravel().astype(np.float32)
         return self
 
@@ -61,7 +62,7 @@ class ItemKNN:
     def __init__(self, neighbours: int = 100):
         self.neighbours = neighbours
 
-    def fit(self, user_items: sp.csr_matrix) -> "ItemKNN":
+    def fit(self, user_items: sp.csr_matrix) -> ItemKNN:
         from implicit.nearest_neighbours import CosineRecommender
 
         model = CosineRecommender(K=self.neighbours, num_threads=1)
@@ -79,7 +80,7 @@ class _Factors:
     def score(self, users: np.ndarray) -> np.ndarray:
         return self.user_factors[users] @ self.item_factors.T
 
-    def fit(self, user_items: sp.csr_matrix) -> "_Factors":
+    def fit(self, user_items: sp.csr_matrix) -> _Factors:
         model = self._model()
         model.fit(user_items, show_progress=False)
         self.user_factors, self.item_factors = model.user_factors, model.item_factors
@@ -122,7 +123,7 @@ class EASE:
     def __init__(self, l2: float = 300.0):
         self.l2 = l2
 
-    def fit(self, user_items: sp.csr_matrix) -> "EASE":
+    def fit(self, user_items: sp.csr_matrix) -> EASE:
         gram = (user_items.T @ user_items).toarray().astype(np.float64)  # (n_items, n_items)
         gram[np.diag_indices_from(gram)] += self.l2
         precision = np.linalg.inv(gram)

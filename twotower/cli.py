@@ -7,18 +7,33 @@ copy), which a wheel ships as package data. Add your own config groups with Hydr
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+
+from twotower.extras import MissingExtra, check_choices, choices_in
 
 CONF_DIR = str(Path(__file__).parent / "conf")
 
 
+def train_main() -> None:
+    """``twotower-train [overrides]`` (``python train.py``)."""
+    _exit_on_missing_extra(choices_in(sys.argv[1:]))  # a launcher or sweeper Hydra would fail to load before the job
+    train_job()
+
+
+def export_main() -> None:
+    """``twotower-export checkpoint=<ckpt or run dir> output_dir=<dir> [index=...]`` (``python export.py``)."""
+    export_job()
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def train_main(cfg: DictConfig) -> float | None:
-    """``twotower-train [overrides]``: ``twotower.training.train``; returns the monitored metric for sweepers:
+def train_job(cfg: DictConfig) -> float | None:
+    """The Hydra job behind ``twotower-train``: ``twotower.training.train``; returns the monitored metric for sweepers:
     the validation value of the best checkpoint (the one that is tested and exported), else of the last epoch."""
     from twotower.training import train  # imported here so ``--help`` answers without loading torch
 
@@ -27,8 +42,8 @@ def train_main(cfg: DictConfig) -> float | None:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
-def export_main(cfg: DictConfig) -> str:
-    """``twotower-export checkpoint=<ckpt or run dir> output_dir=<dir> [index=...]``: ``twotower.exporting.export``."""
+def export_job(cfg: DictConfig) -> str:
+    """The Hydra job behind ``twotower-export``: ``twotower.exporting.export``."""
     from twotower.exporting import export
 
     path = _exit_on_refusal(export, cfg)
@@ -41,8 +56,18 @@ def _exit_on_refusal(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     from twotower.config_check import ConfigError
     from twotower.run_record import ResumeRefused
 
+    if HydraConfig.initialized():
+        _exit_on_missing_extra(HydraConfig.get().runtime.choices)  # as composed, experiment files included
     try:
         return job(cfg)
     except (ConfigError, ResumeRefused) as refusal:
         print(f"error: {refusal}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _exit_on_missing_extra(choices: Mapping[str, str | None]) -> None:
+    try:
+        check_choices(choices)
+    except MissingExtra as missing:
+        print(f"error: {missing}", file=sys.stderr)
         sys.exit(1)

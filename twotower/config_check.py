@@ -18,9 +18,10 @@ import inspect
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Annotated, Any, Callable, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Union
 
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
@@ -71,18 +72,18 @@ class TrainConfig:
 
     seed: int
     test: bool
-    ckpt_path: Optional[str]
+    ckpt_path: str | None
     monitor: Monitor
     paths: Paths
     optimizer: Callable
-    table_optimizer: Optional[Callable]
+    table_optimizer: Callable | None
     loss: ModuleArguments
     module: ModuleArguments
     data: Callable
     model: Callable
     trainer: Callable
-    logger: Optional[dict[str, Callable]]
-    callbacks: Optional[dict[str, Callable]]
+    logger: dict[str, Callable] | None
+    callbacks: dict[str, Callable] | None
 
 
 @dataclass

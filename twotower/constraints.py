@@ -6,8 +6,8 @@ otherwise train, collapsed, and exit 0.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Looking at what a trained model learned: a 2-D map of the items, what its main axes mean, titled tables."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd

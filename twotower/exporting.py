@@ -4,8 +4,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import faiss
 import numpy as np
@@ -17,8 +18,24 @@ from omegaconf import DictConfig, OmegaConf
 
 import twotower
 from twotower.artifact import (
-    CANDIDATE_TOWER, INDEX, INDEX_INFOS, INDEX_PLOT, ITEM_EVENTS, ITEM_FEATURES, ITEM_IDS, ITEM_VECTORS, ITEMS, MAX_ID_CHARS,
-    QUERY_TORCHSCRIPT, QUERY_TOWER, TOWER_CONFIG, USER_FEATURES, USER_HISTORIES, USER_IDS, USER_SEEN, ArtifactWriter,
+    CANDIDATE_TOWER,
+    INDEX,
+    INDEX_INFOS,
+    INDEX_PLOT,
+    ITEM_EVENTS,
+    ITEM_FEATURES,
+    ITEM_IDS,
+    ITEM_VECTORS,
+    ITEMS,
+    MAX_ID_CHARS,
+    QUERY_TORCHSCRIPT,
+    QUERY_TOWER,
+    TOWER_CONFIG,
+    USER_FEATURES,
+    USER_HISTORIES,
+    USER_IDS,
+    USER_SEEN,
+    ArtifactWriter,
 )
 from twotower.artifact_checks import tower_digest
 from twotower.config_check import ExportConfig, check_config

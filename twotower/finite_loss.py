@@ -1,7 +1,8 @@
 """Stopping a run whose training loss turned NaN or inf, before a checkpoint of the broken weights is written."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pytorch_lightning as pl
 import torch

@@ -14,9 +14,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 import faiss
 import numpy as np
@@ -60,13 +61,13 @@ class IndexSpec:
     seed: int = 0
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "IndexSpec":
+    def from_config(cls, config: Mapping[str, Any]) -> IndexSpec:
         unknown = set(config) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"index config has unknown key(s) {sorted(unknown)} (known: {sorted(cls.__dataclass_fields__)})")
         return cls(**{k: (dict(v) if isinstance(v, Mapping) else v) for k, v in config.items()})
 
-    def resolve(self, n: int, dim: int) -> "IndexSpec":
+    def resolve(self, n: int, dim: int) -> IndexSpec:
         """The concrete spec for ``n`` vectors of ``dim``: ``auto`` chosen, ``{nlist}``/``{pq_m}`` filled in."""
         if self.key == "auto":
             if n < EXACT_BELOW or not self.large:

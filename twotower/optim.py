@@ -9,7 +9,8 @@ Lightning's automatic optimization and learning-rate schedulers expect.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn

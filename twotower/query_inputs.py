@@ -6,7 +6,7 @@ catalogue rows + 1 everywhere, and the history feature says how its tower reads 
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 

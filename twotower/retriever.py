@@ -6,9 +6,10 @@ mean together); every query checks its arguments (``twotower.retriever_arguments
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import faiss
 import numpy as np
@@ -17,12 +18,38 @@ import pyarrow.parquet as pq
 import torch
 
 from twotower.artifact import (
-    CANDIDATE_TOWER, INDEX, INDEX_INFOS, ITEM_EVENTS, ITEM_FEATURES, ITEM_IDS, ITEM_VECTORS, ITEMS, QUERY_TOWER, TOWER_CONFIG,
-    TOWER_VOCAB, TOWER_WEIGHTS, USER_FEATURES, USER_HISTORIES, USER_IDS, USER_SEEN, Artifact, ArtifactError,
+    CANDIDATE_TOWER,
+    INDEX,
+    INDEX_INFOS,
+    ITEM_EVENTS,
+    ITEM_FEATURES,
+    ITEM_IDS,
+    ITEM_VECTORS,
+    ITEMS,
+    QUERY_TOWER,
+    TOWER_CONFIG,
+    TOWER_VOCAB,
+    TOWER_WEIGHTS,
+    USER_FEATURES,
+    USER_HISTORIES,
+    USER_IDS,
+    USER_SEEN,
+    Artifact,
+    ArtifactError,
 )
 from twotower.artifact_checks import (
-    check_histories, check_histories_match_users, check_index, check_item_features, check_item_vectors_encode, check_items_table, check_manifest, check_preprocessor_fits_towers, check_tower,
-    check_users, ids_of, parse_vocab,
+    check_histories,
+    check_histories_match_users,
+    check_index,
+    check_item_features,
+    check_item_vectors_encode,
+    check_items_table,
+    check_manifest,
+    check_preprocessor_fits_towers,
+    check_tower,
+    check_users,
+    ids_of,
+    parse_vocab,
 )
 from twotower.data.tables import ITEM, USER
 from twotower.features import FittedFeature, Preprocessor
@@ -31,7 +58,16 @@ from twotower.model.saving import SavedTower, build_tower, load_weights
 from twotower.query_inputs import query_inputs
 from twotower.rerank import Rerank
 from twotower.retriever_arguments import (
-    data_frame, flag, id_key, id_list, is_missing, is_sequence, positive_number, require_list, rerank_of, top_k,
+    data_frame,
+    flag,
+    id_key,
+    id_list,
+    is_missing,
+    is_sequence,
+    positive_number,
+    require_list,
+    rerank_of,
+    top_k,
 )
 
 
@@ -79,7 +115,7 @@ class Retriever:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, path: str | Path, verify: bool = True) -> "Retriever":
+    def load(cls, path: str | Path, verify: bool = True) -> Retriever:
         """Open ``path`` and check it once, so that queries need not: nothing is unpickled, nothing is trusted.
 
         ``Artifact.open`` checks the format version and each file's size and sha256; then

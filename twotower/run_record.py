@@ -38,14 +38,14 @@ class RunRecord:
     hydra_files: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, cfg: DictConfig, hydra_dir: Path | None) -> "RunRecord":
+    def of(cls, cfg: DictConfig, hydra_dir: Path | None) -> RunRecord:
         resolved = OmegaConf.to_container(cfg, resolve=True)
         config = {key: resolved.get(key) for key in COMPARED}
         files = {name: (hydra_dir / name).read_text() for name in HYDRA_FILES if hydra_dir and (hydra_dir / name).exists()}
         return cls(config, hydra_files=files)
 
     @classmethod
-    def load(cls, run_dir: Path) -> "RunRecord | None":
+    def load(cls, run_dir: Path) -> RunRecord | None:
         path = run_dir / RECORD
         return cls(**json.loads(path.read_text())) if path.exists() else None
 
@@ -56,13 +56,13 @@ class RunRecord:
         partial.write_text(json.dumps(asdict(self), indent=1, sort_keys=True, default=str))
         os.replace(partial, run_dir / RECORD)
 
-    def refuse_other_config(self, recorded: "RunRecord", run_dir: Path, hydra_dir: Path | None) -> None:
+    def refuse_other_config(self, recorded: RunRecord, run_dir: Path, hydra_dir: Path | None) -> None:
         differences = _differences(_flat(recorded.config), _flat(self.config))
         if differences:
             recorded.restore_hydra_files(hydra_dir)
             raise ResumeRefused(_message(run_dir, "settings", differences))
 
-    def refuse_other_data(self, recorded: "RunRecord", run_dir: Path, hydra_dir: Path | None) -> None:
+    def refuse_other_data(self, recorded: RunRecord, run_dir: Path, hydra_dir: Path | None) -> None:
         differences = _differences(_flat(recorded.data), _flat(self.data))
         if differences:
             recorded.restore_hydra_files(hydra_dir)

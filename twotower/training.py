@@ -15,10 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from twotower.config_check import TrainConfig, check_config
-from twotower.task.impression_metrics import NAMES as IMPRESSION_NAMES
 from twotower.module import TwoTowerModule
 from twotower.run_record import RunRecord, data_fingerprint
 from twotower.sweep_summary import METRICS_FILE
+from twotower.task.impression_metrics import NAMES as IMPRESSION_NAMES
 from twotower.tracking import finish_runs, log_best_score, log_config, wandb_offline_unless_logged_in, wandb_run_of
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,9 @@
 """``RunPlots``: PNG learning curves and Recall/NDCG@K of every training run, in its run directory."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerFn

@@ -1,16 +1,16 @@
 """``SampleRecommendations``: a few validation users' top items, with titles, after training."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 import pytorch_lightning as pl
 import torch
 
 from twotower.data.tables import ITEM, USER
-from twotower.tracking import log_table
 from twotower.task.retrieval import encode_catalogue, rank
+from twotower.tracking import log_table
 
 FILE = "sample_recommendations.csv"
 

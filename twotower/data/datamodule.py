@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, Callable, Iterator, Literal, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Annotated, Any, Literal
 
 import pandas as pd
 import pytorch_lightning as pl

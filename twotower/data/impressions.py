@@ -30,7 +30,7 @@ class Impressions:
     by_user: dict[str, CSR]
     item_seen_in_train: torch.Tensor
 
-    def to(self, device: torch.device) -> "Impressions":
+    def to(self, device: torch.device) -> Impressions:
         moved = {}
         for f in fields(self):
             value = getattr(self, f.name)

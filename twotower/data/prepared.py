@@ -7,8 +7,9 @@ it: batches and their steps (``twotower.data.steps``), evaluation, beyond-accura
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -86,7 +87,7 @@ class Prepared:
     impressions: Impressions | None = None
     serving_log: Callable[[], ServingLog] | None = None
 
-    def to(self, device: torch.device) -> "Prepared":
+    def to(self, device: torch.device) -> Prepared:
         """Every tensor, store and CSR on ``device``: once per process, not per batch."""
         moved = {}
         for f in fields(self):

@@ -1,8 +1,9 @@
 """The schema: which features feed which tower (each a ``FeatureSpec`` of a registered kind)."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from twotower.features import FeatureSpec, kind_of
 
@@ -27,7 +28,7 @@ class Schema:
         return next((s.name for s in self.query if kind_of(s.kind).from_interactions), None)
 
     @classmethod
-    def from_config(cls, features: Mapping[str, Sequence[Mapping[str, Any]]], use_ids: bool = True) -> "Schema":
+    def from_config(cls, features: Mapping[str, Sequence[Mapping[str, Any]]], use_ids: bool = True) -> Schema:
         """Build from ``{"query": [{name, kind, ...}], "candidate": [...]}`` as written in a data YAML."""
         unknown = set(features) - set(SIDES)
         if unknown:

@@ -55,7 +55,7 @@ class ServingData:
     log: ServingLog
 
 
-def serving_data(prepared: "Prepared") -> ServingData:
+def serving_data(prepared: Prepared) -> ServingData:
     """``prepared``'s catalogue and users with its source's whole interaction log (``Prepared.serving_log``)."""
     log = prepared.serving_log()
     user_features = dict(prepared.users.cpu_columns())

@@ -1,7 +1,7 @@
 """Train/val/test splits of the interactions; each returns one label per row, deterministic for a seed."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd

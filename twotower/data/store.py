@@ -1,8 +1,8 @@
 """Column tensors indexed by entity row, and the batches gathered from them on the device."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Mapping
 
 import torch
 
@@ -20,7 +20,7 @@ class FeatureStore:
         self.num_rows = num_rows
         self.device = torch.device("cpu")
 
-    def to(self, device: torch.device | str) -> "FeatureStore":
+    def to(self, device: torch.device | str) -> FeatureStore:
         self.columns = {k: v.to(device, non_blocking=True) for k, v in self.columns.items()}
         self.device = torch.device(device)
         return self
@@ -44,7 +44,7 @@ class CSR:
     indices: torch.Tensor
 
     @classmethod
-    def from_pairs(cls, rows: torch.Tensor, cols: torch.Tensor, num_rows: int) -> "CSR":
+    def from_pairs(cls, rows: torch.Tensor, cols: torch.Tensor, num_rows: int) -> CSR:
         order = torch.argsort(rows * (int(cols.max()) + 1 if len(cols) else 1) + cols)
         rows, cols = rows[order], cols[order]
         counts = torch.bincount(rows, minlength=num_rows)
@@ -52,7 +52,7 @@ class CSR:
         indptr[1:] = torch.cumsum(counts, 0)
         return cls(indptr, cols.long())
 
-    def to(self, device: torch.device | str) -> "CSR":
+    def to(self, device: torch.device | str) -> CSR:
         return CSR(self.indptr.to(device), self.indices.to(device))
 
     def row_lengths(self, rows: torch.Tensor) -> torch.Tensor:

@@ -5,9 +5,9 @@ import csv
 import gzip
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,7 +36,7 @@ class Tables:
     items: pd.DataFrame
     names: dict[str, str]
 
-    def validate(self) -> "Tables":
+    def validate(self) -> Tables:
         """Check keys and references; raises ValueError naming the table, column and values."""
         for table, key in (("interactions", USER), ("interactions", ITEM), ("users", USER), ("items", ITEM)):
             frame = getattr(self, table)

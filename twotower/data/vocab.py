@@ -4,7 +4,8 @@ from __future__ import annotations
 import itertools
 import re
 import zlib
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -62,7 +63,7 @@ class Vocabulary:
         return isinstance(other, Vocabulary) and other.values == self.values
 
     @classmethod
-    def fit(cls, values: Iterable[Any], min_count: int = 1) -> "Vocabulary":
+    def fit(cls, values: Iterable[Any], min_count: int = 1) -> Vocabulary:
         # Most frequent first, ties broken by value, so fitting is deterministic.
         codes, keys = _factorized_keys(values)
         counts = np.bincount(codes[codes >= 0], minlength=len(keys))
@@ -71,7 +72,7 @@ class Vocabulary:
         return cls.from_counts(counts.index.to_numpy(dtype=object), counts.to_numpy(), min_count)
 
     @classmethod
-    def from_counts(cls, keys: Sequence[str], counts: np.ndarray, min_count: int = 1) -> "Vocabulary":
+    def from_counts(cls, keys: Sequence[str], counts: np.ndarray, min_count: int = 1) -> Vocabulary:
         """The vocabulary ``fit`` gives for values whose (string) keys occur ``counts`` times."""
         keys, counts = np.asarray(keys, dtype=object), np.asarray(counts)
         kept = counts >= max(min_count, 1)
@@ -109,7 +110,7 @@ class Vocabulary:
         return list(self.values)
 
     @classmethod
-    def from_json(cls, values: list[str]) -> "Vocabulary":
+    def from_json(cls, values: list[str]) -> Vocabulary:
         return cls(values)
 
 

@@ -2,9 +2,18 @@
 
 Importing the package registers the built-in kinds, in the order error messages list them.
 """
-from twotower.features import id, categorical, multi_hot, numeric, text, dense, history  # noqa: F401 - each registers its kind
+from twotower.features import categorical, dense, history, id, multi_hot, numeric, text  # noqa: F401 - each registers its kind
 from twotower.features.base import (
-    FeatureKind, FeatureSpec, FittedFeature, Preprocessor, ServingInput, build_encoder, fit_feature, kind_of, register_kind, registered_kinds,
+    FeatureKind,
+    FeatureSpec,
+    FittedFeature,
+    Preprocessor,
+    ServingInput,
+    build_encoder,
+    fit_feature,
+    kind_of,
+    register_kind,
+    registered_kinds,
     unregister_kind,
 )
 

@@ -12,8 +12,9 @@ profile, a new item's content) into exactly the tensors the towers were trained 
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 import torch
@@ -75,7 +76,7 @@ class FeatureKind(abc.ABC):
     query_only: ClassVar[bool] = False
     shares_item_ids: ClassVar[bool] = False
 
-    def check(self, spec: FeatureSpec) -> None:
+    def check(self, spec: FeatureSpec) -> None:  # noqa: B027 - a hook; kinds with nothing to check keep it
         """Raises ValueError naming the feature when a field's value is not one this kind can use."""
 
     @abc.abstractmethod

@@ -1,7 +1,8 @@
 """``dense``: a precomputed vector per row (e.g. a sentence embedding), projected by a linear layer."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd

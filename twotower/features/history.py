@@ -7,7 +7,8 @@ id-vocabulary indices for ``HistoryEncoder`` (which shares the item tower's id t
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import pandas as pd
 import torch

@@ -6,7 +6,8 @@ towers drop and what id dropout and new-user rows hide, so that content learns t
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pandas as pd
 import torch

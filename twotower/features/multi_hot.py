@@ -1,7 +1,8 @@
 """``multi_hot``: a set of tags per row (``"Action|Comedy"`` or a list), the mean of the tags' embeddings."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pandas as pd
 import torch

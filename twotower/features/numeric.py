@@ -1,7 +1,8 @@
 """``numeric``: a number per row, standardised with the train split's mean and std (optionally after log1p)."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd

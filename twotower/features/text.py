@@ -5,7 +5,8 @@ a stable hash of the word, so words first seen after training (fresh news) still
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pandas as pd
 import torch

@@ -14,7 +14,8 @@ Inputs, for a history feature named ``h`` with ``through_item_tower: true`` (wri
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +76,7 @@ class ClickHistoryTower(SavedTower):
         self.normalize, self.output_dim = normalize, output_dim
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], items: nn.Module | None = None) -> "ClickHistoryTower":
+    def from_config(cls, config: Mapping[str, Any], items: nn.Module | None = None) -> ClickHistoryTower:
         if items is None:
             raise ValueError("a click-history tower reads through the item tower: build it with items=<the candidate tower>")
         return cls(items, **{k: v for k, v in config.items() if k != "type"})

@@ -9,8 +9,9 @@ click-history tower reads through the item tower) is given that one as ``items``
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -21,12 +22,12 @@ TOWER_WEIGHTS = "model.safetensors"
 TOWER_VOCAB = "vocab.json"
 
 #: Tower type name (``config["type"]``) -> class; each class registers itself with ``tower_type``.
-TOWER_TYPES: dict[str, type["SavedTower"]] = {}
+TOWER_TYPES: dict[str, type[SavedTower]] = {}
 
 
-def tower_type(name: str) -> Callable[[type["SavedTower"]], type["SavedTower"]]:
+def tower_type(name: str) -> Callable[[type[SavedTower]], type[SavedTower]]:
     """Class decorator: ``name`` is written as the config's ``type`` and read back by ``build_tower``."""
-    def register(cls: type["SavedTower"]) -> type["SavedTower"]:
+    def register(cls: type[SavedTower]) -> type[SavedTower]:
         cls.type_name = name
         TOWER_TYPES[name] = cls
         return cls
@@ -41,7 +42,7 @@ class SavedTower(nn.Module):
     output_dim: int
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], items: nn.Module | None = None) -> "SavedTower":
+    def from_config(cls, config: Mapping[str, Any], items: nn.Module | None = None) -> SavedTower:
         return cls(**{k: v for k, v in config.items() if k != "type"})
 
     @classmethod

@@ -1,14 +1,15 @@
 """A tower: one encoder per feature, concatenated, an MLP, L2-normalised output."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from twotower.features.base import Features
 from twotower.features import build_encoder
+from twotower.features.base import Features
 from twotower.model.saving import SavedTower, tower_type
 
 

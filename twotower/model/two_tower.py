@@ -1,14 +1,15 @@
 """The two towers together, and building them from fitted features and hyper-parameters."""
 from __future__ import annotations
 
-from typing import Annotated, Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 
 from twotower.constraints import AT_LEAST_1, FRACTION
-from twotower.features.base import Features
 from twotower.features import Preprocessor, kind_of
+from twotower.features.base import Features
 from twotower.model.history_tower import ClickHistoryTower
 from twotower.model.saving import build_tower
 from twotower.model.towers import Tower
@@ -53,7 +54,7 @@ class TwoTower(nn.Module):
         return {"query": self.query_tower.config, "candidate": self.candidate_tower.config, "share_item_embedding": self.share_item_embedding}
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "TwoTower":
+    def from_config(cls, config: Mapping[str, Any]) -> TwoTower:
         candidate = build_tower(config["candidate"])
         return cls(build_tower(config["query"], items=candidate), candidate, config["share_item_embedding"])
 

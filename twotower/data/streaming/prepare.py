@@ -7,7 +7,7 @@ a sample of users (evaluation). No process ever holds all interactions.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -19,8 +19,7 @@ from twotower.data.serving_data import ServingLog
 from twotower.data.splits import HashSplit, PredefinedSplit, mix64
 from twotower.data.store import CSR, FeatureStore
 from twotower.data.streaming.scan import TEST, TRAIN, VAL, scan, serving_scan
-from twotower.data.streaming.shards import Chunk, InteractionShards
-from twotower.data.streaming.shards import ShardedTables
+from twotower.data.streaming.shards import Chunk, InteractionShards, ShardedTables
 from twotower.data.streaming.stream import ShardStream
 from twotower.data.tables import ITEM, SPLITS, USER
 from twotower.data.vocab import Vocabulary

@@ -5,13 +5,13 @@ interactions of a sample of users (evaluation), never by the number of interacti
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
-from twotower.data.streaming.shards import Chunk, InteractionShards
 from twotower.data.splits import mix64
+from twotower.data.streaming.shards import Chunk, InteractionShards
 
 TRAIN, VAL, TEST = 0, 1, 2
 

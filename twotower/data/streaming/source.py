@@ -1,7 +1,8 @@
 """Interactions in a directory of parquet shards, with users and items tables small enough to load whole."""
 from __future__ import annotations
 
-from typing import Annotated, Callable
+from collections.abc import Callable
+from typing import Annotated
 
 import pandas as pd
 

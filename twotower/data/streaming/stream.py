@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -93,7 +93,7 @@ class ShardStream:
         per_rank = [int(self.train_rows_per_group[self.shards.assign(r, world_size)].sum()) for r in range(world_size)]
         return min(per_rank) // batch_size
 
-    def batches(self, rank: int, world_size: int, epoch: int, batch_size: int) -> "ShardBatches":
+    def batches(self, rank: int, world_size: int, epoch: int, batch_size: int) -> ShardBatches:
         batches = ShardBatches(self.shards, self.shards.assign(rank, world_size), self.labels, self.steps(world_size, batch_size),
                                batch_size, self.shuffle_buffer, self.seed, rank)
         batches.epoch = epoch

@@ -5,13 +5,13 @@ fresh news only (items never shown in training, which only their content can ran
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from twotower.data import TwoTowerDataModule
-from twotower.task.impression_metrics import impression_metrics
 from twotower.model.two_tower import TwoTower
+from twotower.task.impression_metrics import impression_metrics
 from twotower.task.retrieval import encode_catalogue
 
 Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (users, items) -> scores

@@ -46,7 +46,7 @@ BASE_DATE = dt.datetime(2019, 11, 9)
 def _category_vocab(n_categories: int, words_per_category: int) -> tuple[list[str], list[list[str]]]:
     names = list(CATEGORY_WORDS)[:n_categories] + [f"topic{k}" for k in range(len(CATEGORY_WORDS), n_categories)]
     vocab = []
-    for k, name in enumerate(names):
+    for name in names:
         words = CATEGORY_WORDS[name].split() if name in CATEGORY_WORDS else []
         vocab.append((words + [f"{name}w{j}" for j in range(words_per_category)])[:words_per_category])
     return names, vocab
