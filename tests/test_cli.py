@@ -31,12 +31,22 @@ def test_console_scripts_train_then_export(tmp_path):
     assert "- data.source.n_users=200" in (run_dir / ".hydra" / "overrides.yaml").read_text()
     assert (run_dir / "plots" / "learning_curves.png").exists() and list((run_dir / "checkpoints").glob("epoch*.ckpt"))
     assert "val   @20" in done.stdout  # the metrics table train.py prints
+    for noise in ("Seed set to", "GPU available", "litlogger", "LeafSpec", "`IterableDataset` has `__len__`", "Restoring states"):
+        assert noise not in done.stdout + done.stderr, noise  # twotower.quiet
 
     export = ["-c", SCRIPT.replace("train_main", "export_main").replace("twotower-train", "twotower-export"), f"checkpoint={run_dir}", f"output_dir={tmp_path / 'artifact'}"]
     done = subprocess.run([sys.executable, *export], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"artifact: {tmp_path / 'artifact'}" in done.stdout and (tmp_path / "artifact" / "manifest.json").exists()
     assert "faiss.loader" not in done.stdout + done.stderr and "Could not load library" not in done.stdout + done.stderr
+
+
+def test_verbose_shows_what_is_silenced_by_default(tmp_path):
+    overrides = ["-v", "data=synthetic", "data.source.n_users=100", "trainer.max_epochs=1", "test=false", "logger=none", f"hydra.run.dir={tmp_path}"]
+    done = subprocess.run([sys.executable, "-c", SCRIPT, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Seed set to 42" in done.stdout + done.stderr and "GPU available" in done.stdout + done.stderr
+    assert "verbose: true" in (tmp_path / ".hydra" / "config.yaml").read_text()
 
 
 def test_train_console_script_refuses_an_unknown_group_option(tmp_path):

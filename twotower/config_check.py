@@ -72,6 +72,7 @@ class TrainConfig:
 
     seed: int
     test: bool
+    verbose: bool
     ckpt_path: str | None
     monitor: Monitor
     paths: Paths
@@ -96,6 +97,7 @@ class ExportConfig:
     chunk_size: int
     eval_queries: int
     torchscript: bool
+    verbose: bool
     index: IndexSpec
 
 
