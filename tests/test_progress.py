@@ -1,7 +1,10 @@
 """Progress display: bars only on a terminal (or when asked), the epoch line only without a bar."""
 import logging
+import re
 
+import pytest
 import pytorch_lightning as pl
+import torch
 
 from twotower.callbacks import EpochLog
 from twotower.progress import progress
@@ -30,3 +33,21 @@ def test_epoch_line_shows_the_metrics_it_finds():
     trainer.callback_metrics.update({"train/loss_epoch": 4.12345, "train/loss_step": 9.0, "val/recall@20": 0.25})
     line = EpochLog(["train/loss", "val/recall@20", "val/ndcg@10"]).line(trainer)
     assert line.startswith("epoch 1/3  train/loss 4.1235  val/recall@20 0.2500  elapsed ")
+
+
+def test_step_lines_every_n_steps_carry_the_mean_loss_since_the_previous_line(caplog):
+    trainer = pl.Trainer(enable_progress_bar=False, logger=False, enable_checkpointing=False, max_epochs=3)
+    callback = EpochLog(every_n_steps=2)
+    callback.on_train_epoch_start(trainer, None)
+    with caplog.at_level(logging.INFO, logger="twotower.callbacks.epoch_log"):
+        for step, loss in enumerate([1.0, 2.0, 3.0, 5.0, 7.0]):
+            callback.on_train_batch_end(trainer, None, {"loss": torch.tensor(loss)}, torch.zeros(8), step)
+    lines = [r.getMessage() for r in caplog.records if r.name == "twotower.callbacks.epoch_log"]
+    assert len(lines) == 2  # after steps 2 and 4, not 5
+    assert re.match(r"epoch 1/3  step 2(/\d+)?  train/loss 1\.5000  [\d,]+ samples/s  elapsed ", lines[0]), lines[0]
+    assert re.match(r"epoch 1/3  step 4(/\d+)?  train/loss 4\.0000  [\d,]+ samples/s  elapsed ", lines[1]), lines[1]
+
+
+def test_step_lines_need_a_positive_interval():
+    with pytest.raises(ValueError, match="every_n_steps=0 must be a positive number of steps"):
+        EpochLog(every_n_steps=0)
