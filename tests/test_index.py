@@ -84,6 +84,35 @@ def test_ivf_is_tuned_to_the_target_recall_on_the_queries_and_measured():
     assert set(infos["latency_ms"]) >= {"p50", "p99"} and infos["size_bytes"] > 4000 * 16 * 4
 
 
+def test_the_sweep_measures_every_tried_setting_at_10_and_100_beside_exact_search():
+    rng = np.random.default_rng(1)
+    vectors, queries = clustered(rng, 4000, 16), clustered(rng, 100, 16)
+    spec = IndexSpec(key="IVF{nlist},Flat", tune={"name": "nprobe", "values": [1, 4, 16, 64, 256]}, target_recall=0.95)
+    index, infos = build_and_measure(vectors, queries, spec)
+    settings = infos["sweep"]["settings"]
+    assert [point["search_params"] for point in settings] == [{"nprobe": v} for v in (1.0, 4.0, 16.0, 64.0, 256.0)]
+    (chosen,) = [point for point in settings if point["chosen"]]
+    assert chosen["search_params"] == infos["search_params"]
+    # The same queries at the same setting as the top-level figures (the other half of the sample, not the tuned one).
+    assert chosen["recall@10"] == infos["recall@10"] and chosen["recall@100"] == infos["recall@100"]
+    # Every list probed is exact search; recall only grows with nprobe.
+    assert settings[-1]["recall@10"] == settings[-1]["recall@100"] == 1.0
+    for k in (10, 100):
+        recalls = [point[f"recall@{k}"] for point in settings]
+        assert recalls == sorted(recalls) and recalls[0] < 1.0
+    exact = infos["sweep"]["exact"]
+    assert exact["recall@10"] == exact["recall@100"] == 1.0 and exact["latency_ms"]["p50"] > 0
+    assert faiss.extract_index_ivf(index).nprobe == infos["search_params"]["nprobe"]  # set back after the sweep
+
+
+def test_an_untuned_index_is_one_point_of_the_sweep():
+    rng = np.random.default_rng(3)
+    vectors, queries = clustered(rng, 500, 8), clustered(rng, 20, 8)
+    _, infos = build_and_measure(vectors, queries, IndexSpec(key="Flat"))
+    (point,) = infos["sweep"]["settings"]
+    assert point["search_params"] == {} and point["chosen"] and point["recall@10"] == point["recall@100"] == 1.0
+
+
 def test_every_configured_index_type_finds_the_exact_top10(tmp_path):
     rng = np.random.default_rng(2)
     vectors, queries = clustered(rng, 3000, 16), clustered(rng, 50, 16)

@@ -38,30 +38,28 @@ def test_metrics_at_k_one_line_per_series_sorted_by_k(tmp_path):
     assert (tmp_path / "at_k.png").stat().st_size > 10_000
 
 
-def index_infos(key, nprobe, recall, p50, p99):
-    return {"key": key, "search_params": {"nprobe": nprobe}, "recall@10": recall, "latency_ms": {"p50": p50, "p99": p99}}
+def sweep_infos():
+    def point(nprobe, r10, r100, p50, p99, chosen=False):
+        return {"search_params": {"nprobe": nprobe}, "recall@10": r10, "recall@100": r100, "latency_ms": {"p50": p50, "p99": p99}, "chosen": chosen}
+
+    settings = [point(16, 0.99, 0.97, 0.8, 1.5, chosen=True), point(4, 0.92, 0.85, 0.3, 0.6)]
+    exact = {"recall@10": 1.0, "recall@100": 1.0, "latency_ms": {"p50": 2.0, "p99": 3.0}}
+    return {"key": "IVF64,Flat", "sweep": {"settings": settings, "exact": exact}}
 
 
-def test_recall_vs_latency_joins_settings_of_one_index(tmp_path):
-    infos = [
-        index_infos("IVF64,Flat", 16, 0.99, 0.8, 1.5),
-        index_infos("IVF64,Flat", 4, 0.92, 0.3, 0.6),
-        {"key": "Flat", "search_params": {}, "recall@10": 1.0, "latency_ms": {"p50": 2.0, "p99": 3.0}},
-    ]
-    figure = plot_recall_vs_latency(infos, tmp_path / "index.png")
-    axes = figure.axes[0]
-    lines = {bars.get_label(): bars.lines[0].get_xydata().tolist() for bars in axes.containers}
-    assert lines == {"IVF64,Flat": [[0.3, 0.92], [0.8, 0.99]], "Flat": [[2.0, 1.0]]}
-    assert sorted(t.get_text() for t in axes.texts) == ["nprobe=16", "nprobe=4"]
-    assert axes.get_xscale() == "log" and "latency" in axes.get_xlabel() and axes.get_ylabel() == "recall@10 vs exact search"
+def test_recall_vs_latency_draws_the_sweep_at_10_and_100_with_exact_search_as_baseline(tmp_path):
+    figure = plot_recall_vs_latency(sweep_infos(), tmp_path / "index.png")
+    assert [axes.get_ylabel() for axes in figure.axes] == ["recall@10 vs exact search", "recall@100 vs exact search"]
+    for axes, (low, high) in zip(figure.axes, [(0.92, 0.99), (0.85, 0.97)]):
+        (curve,) = axes.containers
+        assert curve.lines[0].get_xydata().tolist() == [[0.3, low], [0.8, high]]  # ordered by latency
+        assert sorted(t.get_text() for t in axes.texts) == ["nprobe=16", "nprobe=4"]
+        marked = {line.get_label(): line.get_xydata().tolist() for line in axes.lines if line.get_label() in ("exported setting", "exact search (brute-force scan)")}
+        assert marked == {"exported setting": [[0.8, high]], "exact search (brute-force scan)": [[2.0, 1.0]]}
+        assert axes.get_xscale() == "log" and "latency" in axes.get_xlabel()
     assert (tmp_path / "index.png").exists()
 
 
-def test_recall_vs_latency_takes_one_index_infos_dict():
-    figure = plot_recall_vs_latency(index_infos("HNSW32", 64, 0.97, 0.1, 0.2))
-    assert figure.axes[0].containers[0].lines[0].get_xydata().tolist() == [[0.1, 0.97]]
-
-
 def test_recall_vs_latency_names_the_missing_field():
-    with pytest.raises(ValueError, match=r"index infos of 'IVF64,PQ8' have no 'recall@10'"):
+    with pytest.raises(ValueError, match=r"index infos of 'IVF64,PQ8' have no 'sweep'"):
         plot_recall_vs_latency({"key": "IVF64,PQ8", "latency_ms": {"p50": 1.0}})

@@ -63,7 +63,7 @@ UNFINISHED = re.compile(r".*\.partial(-\d+-\w+)?")  # staging names: ours, and <
 MANIFEST = "manifest.json"
 INDEX = "index.faiss"
 INDEX_INFOS = "index_infos.json"
-INDEX_PLOT = "index_recall_latency.png"  # recall@10 vs single-query latency of the exported index setting
+INDEX_PLOT = "index_recall_latency.png"  # recall@10 and @100 vs single-query latency over the sweep, exact search beside
 ITEM_IDS = "item_ids.npy"  # (n_items,) unicode, row r of the index is item ITEM_IDS[r]
 #: Ids (items and users, in the artifact and in ``Retriever.add_items``) have at most this many characters:
 #: the id arrays on disk are fixed-width, so one long id would widen every entry to its length.

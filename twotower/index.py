@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,32 +166,61 @@ def exact_scores_of(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray) 
     return np.where(rows >= 0, scores, -np.inf)
 
 
-def measure(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, ks: Iterable[int] = (10, 100), latency_queries: int = 200) -> dict[str, Any]:
-    """Recall@k of ``index`` against exact search over ``vectors`` on ``queries``, and single-query latency."""
+def measure(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, ks: Iterable[int] = (10, 100), latency_queries: int = 200,
+            exact: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """Recall@k of ``index`` against exact search over ``vectors`` on ``queries``, and single-query latency.
+
+    ``exact``: ``exact_search(vectors, queries, max(ks))`` when the caller already has it (a sweep measures many settings).
+    """
     ks = sorted(set(k for k in ks if k <= vectors.shape[0])) or [vectors.shape[0]]
     kmax = max(ks)
-    exact_scores, exact_rows = exact_search(vectors, queries, kmax)
+    exact_scores, exact_rows = exact if exact is not None else exact_search(vectors, queries, kmax)
     _, rows = index.search(queries, kmax)
     found_scores = exact_scores_of(vectors, queries, rows)
     out: dict[str, Any] = {f"recall@{k}": recall_at(rows[:, :k], exact_rows[:, :k], exact_scores[:, :k], found_scores[:, :k]) for k in ks}
+    out["latency_ms"] = single_query_latency(lambda query: index.search(query, 10), queries[:latency_queries])
+    out["queries"] = len(queries)
+    return out
+
+
+def single_query_latency(search: Callable[[np.ndarray], Any], queries: np.ndarray) -> dict[str, Any]:
+    """p50 / p99 milliseconds of ``search`` on one (1, D) query at a time, with one faiss thread (how a serving worker answers)."""
     times = []
     threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)  # one request, one thread: how a serving worker answers single queries
+    faiss.omp_set_num_threads(1)
     try:
-        for q in queries[:latency_queries]:
+        for q in queries:
             start = time.perf_counter()
-            index.search(q[None], 10)
+            search(q[None])
             times.append(time.perf_counter() - start)
     finally:
         faiss.omp_set_num_threads(threads)
-    out["latency_ms"] = {
-        "p50": float(np.percentile(times, 50) * 1e3),
-        "p99": float(np.percentile(times, 99) * 1e3),
-        "queries": len(times),
-        "omp_threads": 1,
-    }
-    out["queries"] = len(queries)
-    return out
+    return {"p50": float(np.percentile(times, 50) * 1e3), "p99": float(np.percentile(times, 99) * 1e3), "queries": len(times), "omp_threads": 1}
+
+
+def sweep(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, spec: IndexSpec, chosen: Mapping[str, float],
+          latency_queries: int = 100) -> dict[str, Any]:
+    """Recall@10 / @100 and latency of ``index`` at every value of its tuned parameter, and of exact search.
+
+    Returns ``{"settings": [{"search_params", "recall@10", "recall@100", "latency_ms", "chosen"}, ...],
+    "exact": {"recall@10": 1.0, ..., "latency_ms"}}``, the curve of ``index_infos.json`` that
+    ``twotower.plots.plot_recall_vs_latency`` draws. Exact search is a brute-force scan
+    (``faiss.knn``, no index). ``chosen`` (the tuned parameters) is set on the index again afterwards.
+    """
+    ks = [k for k in (10, 100) if k <= vectors.shape[0]] or [vectors.shape[0]]
+    exact = exact_search(vectors, queries, max(ks))
+    values = sorted(spec.tune["values"]) if spec.tune else [None]
+    settings = []
+    for value in values:
+        params = {spec.tune["name"]: float(value)} if value is not None else {}
+        apply_search_params(index, {**spec.search, **params})
+        point = measure(index, vectors, queries, ks, latency_queries, exact)
+        settings.append({"search_params": {**{k: float(v) for k, v in spec.search.items()}, **params}, **point,
+                         "chosen": all(chosen.get(k) == v for k, v in params.items())})
+    apply_search_params(index, chosen)
+    flat = np.ascontiguousarray(vectors, dtype=np.float32)
+    scan = single_query_latency(lambda query: faiss.knn(query, flat, 10, faiss.METRIC_INNER_PRODUCT), queries[:latency_queries])
+    return {"settings": settings, "exact": {**{f"recall@{k}": 1.0 for k in ks}, "latency_ms": scan, "method": "brute-force scan (faiss.knn)"}}
 
 
 def tune(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, spec: IndexSpec) -> dict[str, float]:
@@ -254,6 +283,7 @@ def build_and_measure(vectors: np.ndarray, queries: np.ndarray, spec: IndexSpec)
         "build_seconds": build_s,
         "size_bytes": index_size_bytes(index),
         **measure(index, vectors, eval_queries),
+        "sweep": sweep(index, vectors, eval_queries, concrete, search),
     }
     return index, infos
 

@@ -91,47 +91,49 @@ def plot_metrics_at_k(
     return _save(figure, path)
 
 
-def plot_recall_vs_latency(index_infos: Mapping[str, Any] | Sequence[Mapping[str, Any]], path: str | Path | None = None, k: int = 10) -> Figure:
-    """Recall@k against exact search versus single-query latency, one point per index setting.
+def plot_recall_vs_latency(index_infos: Mapping[str, Any], path: str | Path | None = None) -> Figure:
+    """Recall@10 and @100 against exact search versus single-query latency, over the index's sweep of search settings.
+
+    One panel per k: the index's curve through every value of its tuned parameter (each point
+    labelled with it, the exported setting circled, a bar from p50 to p99) and exact search (a
+    brute-force scan) as the baseline: a star at recall 1 and its latency, with a dashed line.
 
     Args:
-        index_infos: one or more ``index_infos.json`` dicts (``key``, ``search_params``,
-            ``recall@10``, ``latency_ms: {p50, p99}``). Settings of the same index key are joined
-            by a line; each point is labelled with its search parameters; a bar reaches to p99.
+        index_infos: an ``index_infos.json`` dict with ``sweep: {settings: [...], exact: {...}}``
+            (``twotower.index.sweep``).
     """
-    infos = [index_infos] if isinstance(index_infos, Mapping) else list(index_infos)
-    metric = f"recall@{k}"
-    for info in infos:
-        for field in (metric, "latency_ms"):
-            if field not in info:
-                raise ValueError(f"index infos of '{info.get('key', '?')}' have no '{field}' (fields: {sorted(info)})")
-    figure = Figure(figsize=(7, 4.6), dpi=DPI, layout="constrained")
-    axes = figure.subplots()
-    by_key: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-    for info in infos:
-        by_key[info.get("key", "index")].append(info)
-    for key, group in by_key.items():
-        group = sorted(group, key=lambda info: info["latency_ms"]["p50"])
-        p50 = [info["latency_ms"]["p50"] for info in group]
-        p99 = [info["latency_ms"].get("p99", info["latency_ms"]["p50"]) for info in group]
-        recall = [info[metric] for info in group]
-        line = axes.errorbar(p50, recall, xerr=[[0] * len(p50), [b - a for a, b in zip(p50, p99)]], marker="o", capsize=3, label=key)
-        for info, x, y in zip(group, p50, recall):
-            params = ", ".join(f"{name}={value:g}" for name, value in (info.get("search_params") or {}).items())
-            if params:
-                axes.annotate(params, (x, y), textcoords="offset points", xytext=(6, -12), fontsize=8, color=line[0].get_color())
-    axes.set(
-        title=f"Index recall@{k} vs latency",
-        xlabel="single-query latency, ms (marker p50, bar to p99)",
-        ylabel=f"recall@{k} vs exact search",
-        xscale="log",
-    )
-    # Plain numbers (0.1, 0.2, 0.5, 1) rather than 10^-1 on the log axis; minor ticks labelled at 2 and 5 only.
-    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    axes.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "25" else ""))
-    axes.set_ylim(min(0.9, min(info[metric] for info in infos) - 0.05), 1.01)
-    axes.grid(alpha=0.3, which="both")
-    axes.legend(loc="lower right")
+    if "sweep" not in index_infos:
+        raise ValueError(f"index infos of '{index_infos.get('key', '?')}' have no 'sweep' (fields: {sorted(index_infos)}); re-export to measure it")
+    settings, exact = index_infos["sweep"]["settings"], index_infos["sweep"]["exact"]
+    ks = [k for k in (10, 100) if f"recall@{k}" in exact]
+    figure = Figure(figsize=(6 * len(ks), 4.6), dpi=DPI, layout="constrained")
+    for axes, k in zip(figure.subplots(1, len(ks), squeeze=False)[0], ks):
+        metric = f"recall@{k}"
+        points = sorted(settings, key=lambda point: point["latency_ms"]["p50"])
+        p50 = [point["latency_ms"]["p50"] for point in points]
+        p99 = [point["latency_ms"]["p99"] for point in points]
+        recall = [point[metric] for point in points]
+        line = axes.errorbar(p50, recall, xerr=[[0] * len(p50), [b - a for a, b in zip(p50, p99)]], marker="o", capsize=3, label=index_infos.get("key", "index"))
+        color = line[0].get_color()
+        labelled = None
+        for point, x, y in zip(points, p50, recall):
+            params = ", ".join(f"{name}={value:g}" for name, value in point["search_params"].items())
+            if params and y != labelled:  # settings past the first at a recall (often 1.0) would print over it
+                labelled = y
+                axes.annotate(params, (x, y), textcoords="offset points", xytext=(6, -12), fontsize=8, color=color)
+            if point["chosen"] and len(points) > 1:
+                axes.plot([x], [y], marker="o", markersize=13, markerfacecolor="none", markeredgecolor=color, linestyle="none", label="exported setting")
+        scan = exact["latency_ms"]
+        axes.axvline(scan["p50"], color="0.4", linestyle="--", linewidth=1)
+        axes.plot([scan["p50"]], [1.0], marker="*", markersize=12, color="0.2", linestyle="none", label="exact search (brute-force scan)")
+        axes.set(title=f"Index {metric} vs latency", xlabel="single-query latency, ms (marker p50, bar to p99)",
+                 ylabel=f"{metric} vs exact search", xscale="log")
+        # Plain numbers (0.1, 0.2, 0.5, 1) rather than 10^-1 on the log axis; minor ticks labelled at 2 and 5 only.
+        axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axes.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "25" else ""))
+        axes.set_ylim(min(0.9, min(recall) - 0.05), 1.01)
+        axes.grid(alpha=0.3, which="both")
+        axes.legend(loc="lower right", fontsize=8)
     return _save(figure, path)
 
 
