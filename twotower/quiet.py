@@ -6,6 +6,7 @@ Each entry says why it is noise here. Warnings that are not listed, and every er
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 # Loggers whose INFO lines restate what twotower prints itself ("Seed set to 42", "Restoring states
@@ -32,9 +33,14 @@ IRRELEVANT_WARNINGS = (
 
 
 def quiet_third_party(verbose: bool = False) -> None:
-    """Silences ``CHATTY_LOGGERS`` below WARNING and the ``IRRELEVANT_WARNINGS``; ``verbose`` leaves all on."""
+    """Silences ``CHATTY_LOGGERS`` below WARNING, the ``IRRELEVANT_WARNINGS`` and wandb's console lines;
+    ``verbose`` leaves all on."""
     if verbose:
         return
+    # wandb prints ~40 lines per run (its version, the run's history and summary as sparklines, a
+    # deprecation notice about a setting Lightning passes); the metrics are in the run itself, and
+    # twotower says where an offline run is kept. WANDB_SILENT=false in the environment keeps them.
+    os.environ.setdefault("WANDB_SILENT", "true")
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern, _why in IRRELEVANT_WARNINGS:

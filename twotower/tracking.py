@@ -35,7 +35,7 @@ def wandb_offline_unless_logged_in() -> None:
     except (FileNotFoundError, netrc.NetrcParseError):
         logged_in = False
     if not logged_in:
-        log.warning("no W&B credentials (WANDB_API_KEY or ~/.netrc): logging offline; upload later with `wandb sync`")
+        log.warning("no W&B credentials (WANDB_API_KEY or ~/.netrc): logging offline into <run dir>/wandb; upload later with `wandb sync <run dir>/wandb/offline-run-*`")
         os.environ["WANDB_MODE"] = "offline"
 
 
