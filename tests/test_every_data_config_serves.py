@@ -13,6 +13,7 @@ import torch
 from tests import readme_data
 from tests.export_fixtures import export_config
 from twotower import Retriever
+from twotower.artifact import QUERY_ONNX, QUERY_PROGRAM
 from twotower.datasets.mind.generator import generate_mind
 from twotower.exporting import export, find_checkpoint, load_checkpoint
 from twotower.query_inputs import query_inputs
@@ -88,6 +89,7 @@ def test_trained_model_exports_and_serves_its_own_ranking(name, tmp_path, compos
         expected_scores, expected_rows = rank(model.encode_query(inputs), items, K, exclude=seen)
     served = retriever.recommend(data.user_ids[rows].tolist(), k=K)
     _assert_same_top_k(served, expected_scores.numpy(), data.item_ids[expected_rows.numpy()])
+    _assert_portable_towers_match(artifact, model, inputs)
 
     # The same users given as raw rows of the users table: the same features, stored histories and seen items.
     frame = datamodule.prepared.tables.users.iloc[rows.numpy()].reset_index(drop=True)
@@ -117,3 +119,16 @@ def _assert_same_top_k(served, expected_scores: np.ndarray, expected_ids: np.nda
         # Ties tolerated: only items scoring strictly above the K-th must agree.
         sure = expected_scores[row] > expected_scores[row, -1] + 1e-4
         assert set(expected_ids[row][sure]) <= set(served.item_ids[row])
+
+
+def _assert_portable_towers_match(artifact, model, inputs) -> None:
+    """The ONNX and torch.export query towers, fed the same inputs by name, give the eager tower's vectors."""
+    import onnxruntime
+
+    with torch.no_grad():
+        expected = model.query_tower.eval()(inputs).numpy()
+    session = onnxruntime.InferenceSession(str(artifact / QUERY_ONNX))
+    (vectors,) = session.run(None, {i.name: inputs[i.name].numpy() for i in session.get_inputs()})
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    program = torch.export.load(str(artifact / QUERY_PROGRAM)).module()
+    np.testing.assert_allclose(program(*inputs.values()).detach().numpy(), expected, atol=1e-5)

@@ -78,9 +78,11 @@ ITEM_FEATURES = "item_features.npz"  # candidate-tower inputs of every catalogue
 USER_HISTORIES = "user_histories.npz"  # per history feature, (n_users, L) catalogue rows + 1 of each user's latest items
 QUERY_TOWER = "query_tower"
 CANDIDATE_TOWER = "candidate_tower"
-QUERY_TORCHSCRIPT = f"{QUERY_TOWER}/torchscript.pt"  # the query tower for serving without twotower
+QUERY_TORCHSCRIPT = f"{QUERY_TOWER}/torchscript.pt"  # the query tower for serving without twotower (deprecated by torch)
+QUERY_ONNX = f"{QUERY_TOWER}/model.onnx"  # the query tower for ONNX Runtime / Triton (inputs: the manifest's serving_signature)
+QUERY_PROGRAM = f"{QUERY_TOWER}/model.pt2"  # the query tower as a torch.export program (torch.export.load)
 
-#: Files every artifact has (``ITEMS`` and ``QUERY_TORCHSCRIPT`` are optional).
+#: Files every artifact has (``ITEMS`` and the portable query towers are optional).
 REQUIRED = (
     INDEX, INDEX_INFOS, ITEM_IDS, ITEM_VECTORS, ITEM_FEATURES, USER_IDS, USER_FEATURES, USER_HISTORIES, USER_SEEN, ITEM_EVENTS,
     *(f"{tower}/{name}" for tower in (QUERY_TOWER, CANDIDATE_TOWER) for name in (TOWER_CONFIG, TOWER_WEIGHTS, TOWER_VOCAB)),

@@ -97,6 +97,8 @@ class ExportConfig:
     chunk_size: int
     eval_queries: int
     torchscript: bool
+    torch_export: bool
+    onnx: bool
     verbose: bool
     index: IndexSpec
 

@@ -28,9 +28,12 @@ from twotower.artifact import (
     ITEM_VECTORS,
     ITEMS,
     MAX_ID_CHARS,
+    QUERY_ONNX,
+    QUERY_PROGRAM,
     QUERY_TORCHSCRIPT,
     QUERY_TOWER,
     TOWER_CONFIG,
+    TOWER_VOCAB,
     USER_FEATURES,
     USER_HISTORIES,
     USER_IDS,
@@ -45,6 +48,7 @@ from twotower.index import IndexSpec, build_and_measure
 from twotower.model.saving import SavedTower
 from twotower.model.two_tower import TwoTower
 from twotower.plots import plot_recall_vs_latency
+from twotower.portable import export_program, serving_signature, write_onnx
 from twotower.progress import progress
 from twotower.query_inputs import query_inputs
 from twotower.task.retrieval import encode_catalogue
@@ -112,7 +116,7 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
     """Encode the catalogue with a checkpoint's candidate tower, build the index, write the artifact.
 
     ``cfg`` has ``checkpoint``, ``output_dir``, ``index`` (an ``IndexSpec`` config), ``device``,
-    ``chunk_size``, ``eval_queries``, ``torchscript`` (see ``conf/export.yaml``). Returns the artifact path.
+    ``chunk_size``, ``eval_queries``, ``torchscript``, ``torch_export``, ``onnx`` (see ``conf/export.yaml``). Returns the artifact path.
     """
     cfg = OmegaConf.create(cfg) if not isinstance(cfg, DictConfig) else cfg
     check_config(cfg, ExportConfig)  # before any work: unknown keys, wrongly typed or missing values
@@ -157,12 +161,17 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
             vocab = {"features": preprocessor[side], "ids": preprocessor[ids]}
             tower.save(out.file(f"{name}/{TOWER_CONFIG}").parent, vocab)
             digests[name] = tower_digest(tower.config, vocab, tower.weights())  # load refuses a tower whose files give another
+        query = datamodule.prepared.preprocessor.query
+        rows = torch.arange(min(2, len(data.user_ids)))
+        example = query_inputs(query, {k: v[rows] for k, v in data.user_features.items()},
+                               {k: v[rows] for k, v in data.log.histories.items()}, datamodule.prepared.item_vocab_index.cpu(),
+                               lambda items: {k: v[items] for k, v in data.item_features.items()})
         if cfg.torchscript:
-            rows = torch.arange(min(2, len(data.user_ids)))
-            example = query_inputs(datamodule.prepared.preprocessor.query, {k: v[rows] for k, v in data.user_features.items()},
-                                   {k: v[rows] for k, v in data.log.histories.items()}, datamodule.prepared.item_vocab_index.cpu(),
-                                   lambda items: {k: v[items] for k, v in data.item_features.items()})
             _torchscript(model.query_tower, example).save(str(out.file(QUERY_TORCHSCRIPT)))
+        if cfg.torch_export:
+            torch.export.save(export_program(model.query_tower, example, query), str(out.file(QUERY_PROGRAM)))
+        if cfg.onnx:
+            write_onnx(model.query_tower, example, query, out.file(QUERY_ONNX))
         path = out.commit({
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "libraries": {"twotower": twotower.__version__, "torch": torch.__version__, "faiss": faiss.__version__,
@@ -173,6 +182,7 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
             "counts": {"items": len(data.item_ids), "users": len(data.user_ids), "interactions": len(data.log.event_items), "indexed": int(index.ntotal)},
             "index": {"key": infos["key"], "search_params": infos["search_params"], "recall@10": infos.get("recall@10")},
             "towers": digests,
+            "serving_signature": serving_signature(example, query, f"{QUERY_TOWER}/{TOWER_VOCAB}", f"{CANDIDATE_TOWER}/{TOWER_VOCAB}"),
             "checkpoint": str(checkpoint_path),
             "training": _training_metrics(checkpoint, checkpoint_path),
             "config": {"run": meta["run_config"], "export": OmegaConf.to_container(cfg, resolve=True)},
