@@ -7,11 +7,16 @@ Synthetic skewed data (``twotower.data.sources.SkewedSource``); user tower: id +
 item tower: id + 1 categorical + multi-hot (3 of 20 genres); 64-d embeddings and output, one
 256-unit hidden layer; in-batch softmax with logQ and accidental-hit (and same-user) masking.
 Every figure of one run comes from the same process and data, so ratios hold on a noisy machine.
+
+Full-corpus evaluation is timed on the training data and on larger catalogues (``--eval-scales``:
+100k and 1M items, a few thousand users, fixed random towers): ``trainer.validate`` against a
+plain-torch yardstick with the same vectors, k and known-item exclusion (``compare_evaluation``).
 Results go to ``benchmarks/results/throughput.md`` (``--out``) with the device named.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import resource
 import time
@@ -28,7 +33,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-from benchmarks.yardsticks import Clock, DeviceData, NaiveModule, PlainTwoTower, naive_loader, raw_evaluation, raw_loop
+from benchmarks.yardsticks import Clock, DeviceData, NaiveModule, PlainTwoTower, _autocast, naive_loader, raw_loop
 from twotower.data import Prepared, TwoTowerDataModule
 from twotower.data.prepared import log_q_of
 from twotower.data.schema import Schema
@@ -40,6 +45,7 @@ from twotower.features import FittedFeature, Preprocessor
 from twotower.model import build_two_tower
 from twotower.module import TwoTowerModule
 from twotower.optim import RowWiseAdagrad
+from twotower.task.retrieval import RANK_CHUNK, rank
 
 ROOT = Path(__file__).resolve().parent.parent
 FEATURES = {
@@ -71,6 +77,24 @@ SIZES = {
     # The issue's benchmark: one H100/H200.
     "full": Size(1_000_000, 1_000_000, 20_000_000, 8192, 300, 30, 2048, 60),
 }
+
+
+@dataclass(frozen=True)
+class EvalScale:
+    """A catalogue to evaluate against, with enough users that ranking, not set-up, takes the time."""
+
+    items: int
+    users: int  # about 85% of them have held-out items and are evaluated
+    interactions_per_user: int = 50
+
+
+EVAL_SCALES = {
+    "20k": EvalScale(20_000, 500),  # CI: the path once, in seconds
+    "100k": EvalScale(100_000, 4_000),
+    "1m": EvalScale(1_000_000, 3_000),
+}
+DEFAULT_EVAL_SCALES = {"ci": "20k", "cpu": "100k,1m", "medium": "100k,1m", "full": "100k,1m"}
+EVAL_BATCH = 1024  # users per evaluation batch (conf/data/*.yaml's eval_batch_size)
 
 
 class GeneratedSource:
@@ -176,7 +200,7 @@ class SyncAudit(pl.Callback):
         torch.cuda.set_sync_debug_mode("default")
 
 
-def audit_host_syncs(dm: TwoTowerDataModule, size: "Size", device: torch.device, refresh_rate: int | None, **module_options) -> tuple[float, list[str]]:
+def audit_host_syncs(dm: TwoTowerDataModule, size: Size, device: torch.device, refresh_rate: int | None, **module_options) -> tuple[float, list[str]]:
     """Host syncs per training step of twotower's Trainer path (CUDA only), and where they come from.
 
     ``refresh_rate``: a TQDM progress bar refreshed every so many steps; None: Lightning's default bar.
@@ -244,18 +268,92 @@ def run_naive(dm: TwoTowerDataModule, size: Size, device: torch.device, workers:
     return timer.clock
 
 
-def run_validate(dm: TwoTowerDataModule, device: torch.device, repeats: int = 2) -> list[float]:
-    """Seconds of each ``trainer.validate`` (full catalogue, exact top-100); the first pays the warm-up."""
-    module = twotower_module(dm)
+def plain_ranking(query: torch.Tensor, items: torch.Tensor, exclude: torch.Tensor, k: int, rows: int, buffer: torch.Tensor | None) -> torch.Tensor:
+    """The yardstick's ranking, in plain torch: ``rows`` users at a time, matmul, known items -> -inf, topk.
+
+    ``exclude``: (2, nnz) (row in ``query``, item); ``buffer``: flat, >= rows x N, reused by every product (None under autocast).
+    """
+    top = []
+    for start in range(0, len(query), rows):
+        q = query[start:start + rows]
+        scores = q @ items.T if buffer is None else torch.mm(q, items.T, out=buffer[:len(q) * len(items)].view(len(q), len(items)))  # (r, N)
+        inside = (exclude[0] >= start) & (exclude[0] < start + len(q))
+        scores[exclude[0, inside] - start, exclude[1, inside]] = float("-inf")
+        top.append(scores.topk(k, dim=1).indices)
+    return torch.cat(top)  # (U, k)
+
+
+def compare_evaluation(dm: TwoTowerDataModule, device: torch.device, repeats: int, rank_chunk: int = RANK_CHUNK) -> dict:
+    """Seconds of full-catalogue evaluation, twotower against a plain-torch yardstick, in interleaved rounds.
+
+    * twotower: ``trainer.validate`` of ``TwoTowerModule`` (fixed random towers; metrics ks [10, 100]
+      and the default beyond-accuracy metrics; the first call also builds their item similarity).
+    * plain, encode + rank: the same towers encode the same catalogue and users (features gathered
+      beforehand, for free), then ``plain_ranking`` with the same k, exclusions and rows per product.
+    * plain, rank only: ``plain_ranking`` of the same query and item vectors, computed beforehand.
+    """
+    module = twotower_module(dm, rank_chunk=rank_chunk)
     trainer = pl.Trainer(**{**trainer_options(device), "logger": False, "enable_checkpointing": False, "enable_progress_bar": False})
-    seconds = []
-    for _ in range(repeats):
+    bf16 = trainer_options(device).get("precision") == "bf16-mixed"
+    k = max(module.task.ks + list(module.hparams.beyond_accuracy_ks))
+    n_items = len(dm.prepared.items)
+    rows = max(1, rank_chunk // n_items)
+    users = dm.prepared.eval_users["val"]
+    batches = [dm.eval_batch(chunk, "val").to(device) for chunk in users.split(dm.eval_batch_size)]
+    item_features = [{name: x.to(device) for name, x in features.items()} for features in dm.catalogue(module.hparams.catalogue_chunk)]
+    model = module.model.to(device).eval()
+    memory = Memory(device)
+
+    def buffer() -> torch.Tensor | None:
+        return None if bf16 else torch.empty(rows * n_items, device=device)
+
+    @torch.inference_mode()
+    def encode() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        with _autocast(device, bf16):
+            items = torch.cat([model.encode_candidate(features) for features in item_features])  # (N, D)
+            return items, [model.encode_query(batch.query) for batch in batches]
+
+    @torch.inference_mode()
+    def plain(vectors: tuple[torch.Tensor, list[torch.Tensor]] | None) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        items, queries = vectors or encode()
+        scratch = buffer()
+        with _autocast(device, bf16):
+            for query, batch in zip(queries, batches):
+                plain_ranking(query, items, batch.exclude, k, rows, scratch)
+        _sync(device)
+        return time.perf_counter() - start
+
+    def validate() -> float:
         _sync(device)
         start = time.perf_counter()
         trainer.validate(module, datamodule=dm, verbose=False)
         _sync(device)
-        seconds.append(time.perf_counter() - start)
-    return seconds
+        return time.perf_counter() - start
+
+    vectors = encode()
+    with torch.inference_mode(), _autocast(device, bf16):  # the yardstick ranks as twotower does (ties and rounding aside)
+        few = min(64, len(vectors[1][0]))
+        query, exclude = vectors[1][0][:few], batches[0].exclude[:, batches[0].exclude[0] < few]
+        ours = rank(query, vectors[0], k, exclude, max_scores=rank_chunk).values.float()
+        theirs = (query @ vectors[0].T).float().gather(1, plain_ranking(query, vectors[0], exclude, k, rows, buffer()))
+        tolerance = 1e-2 if bf16 else 1e-4
+        assert torch.allclose(ours, theirs, rtol=tolerance, atol=tolerance), "the yardstick ranks differently from twotower"
+    times: dict[str, list[float]] = {"validate": [], "plain": [], "plain_rank": []}
+    peaks: dict[str, float] = {}
+    for _ in range(repeats):
+        for name, run in (("validate", validate), ("plain", lambda: plain(None)), ("plain_rank", lambda: plain(vectors))):
+            memory.reset()
+            times[name].append(run())
+            peaks[name] = max(peaks.get(name, 0.0), memory.peak_gib())
+            print(f"evaluation over {n_items:,} items, {name}: {len(users) / times[name][-1]:,.0f} users/s", flush=True)
+    return {"items": n_items, "users": len(users), "k": k, "rows": rows, "rank_chunk": rank_chunk, "seconds": times, "peak_gib": peaks}
+
+
+def scale_datamodule(scale: EvalScale) -> TwoTowerDataModule:
+    source = SkewedSource(scale.users, scale.items, scale.users * scale.interactions_per_user)
+    return prepared_datamodule(source.generate(), source.n_genres, val_share=0.05, batch_size=1024, eval_batch_size=EVAL_BATCH)
 
 
 def movielens_validate_seconds(repeats: int = 2) -> list[float]:
@@ -287,6 +385,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers of the naive build (default: 8 on GPU, 0 on CPU)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="also time torch.compile variants (default: on GPU only)")
     parser.add_argument("--movielens", action=argparse.BooleanOptionalAction, default=None, help="time trainer.validate on MovieLens-100K (default: --size cpu)")
+    parser.add_argument("--eval-scales", default=None,
+                        help=f"comma-separated catalogues to also evaluate against ({', '.join(EVAL_SCALES)}; 'none'); default: the size's ({DEFAULT_EVAL_SCALES})")
+    parser.add_argument("--eval-repeats", type=int, default=3, help="interleaved rounds of each evaluation path; the best of each is compared")
+    parser.add_argument("--rank-chunk", type=int, default=RANK_CHUNK, help="score-matrix entries per product (TwoTowerModule's rank_chunk), for both paths")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/throughput.md (CPU) or throughput-gpu.md (CUDA)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -300,6 +402,7 @@ def main(argv: list[str] | None = None) -> dict:
     bf16 = trainer_options(device).get("precision") == "bf16-mixed"
     torch.manual_seed(0)
     memory = Memory(device)
+    load_start = os.getloadavg()
 
     start = time.perf_counter()
     source = SkewedSource(size.users, size.items, size.interactions)
@@ -351,12 +454,13 @@ def main(argv: list[str] | None = None) -> dict:
             best[name] = row if old is None else (max(old[0], row[0]), max(old[1], row[1]), max(old[2], row[2]))
     train_rows = [(name, *values) for name, values in best.items()]
 
-    memory.reset()
-    validate_s = run_validate(dm, device)
-    eval_peak = memory.peak_gib()
-    n_eval = len(dm.prepared.eval_users["val"])
-    raw_model = plain_model(dm).to(device).eval()
-    raw_eval = raw_evaluation(data, raw_model, dm.prepared.eval_users["val"].to(device), size.eval_batch, TOP_K, device, bf16)
+    evaluations = [compare_evaluation(dm, device, args.eval_repeats, args.rank_chunk)]
+    scales = (args.eval_scales if args.eval_scales is not None else DEFAULT_EVAL_SCALES[args.size]).split(",")
+    for name in [n.strip() for n in scales if n.strip() not in ("", "none")]:
+        if name not in EVAL_SCALES:
+            raise SystemExit(f"--eval-scales: '{name}' is not one of {', '.join(EVAL_SCALES)}, none")
+        evaluations.append(compare_evaluation(scale_datamodule(EVAL_SCALES[name]), device, args.eval_repeats, args.rank_chunk))
+    main_eval = evaluations[0]
     movielens = movielens_validate_seconds() if (args.movielens if args.movielens is not None else args.size == "cpu") else None
     syncs = None
     if device.type == "cuda":
@@ -367,8 +471,9 @@ def main(argv: list[str] | None = None) -> dict:
             "row-wise Adagrad tables, no step loss in the bar, bar every 50 steps": audit_host_syncs(dm, size, device, 50, **rowwise_sync_free),
         }
 
-    results = {"train": train_rows, "validate_s": validate_s, "eval_users": n_eval, "raw_eval_users_per_s": raw_eval,
-               "eval_peak_gib": eval_peak, "movielens_validate_s": movielens, "setup_s": setup_s, "syncs": syncs, "failures": failures}
+    results = {"train": train_rows, "validate_s": main_eval["seconds"]["validate"], "eval_users": main_eval["users"],
+               "raw_eval_users_per_s": main_eval["users"] / min(main_eval["seconds"]["plain"]), "evaluations": evaluations,
+               "movielens_validate_s": movielens, "load": (load_start, os.getloadavg()), "setup_s": setup_s, "syncs": syncs, "failures": failures}
     write_report(args, size, device, workers, bf16, results)
     return results
 
@@ -379,20 +484,30 @@ def device_name(device: torch.device) -> str:
     return f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
 
 
+def _evaluation_row(e: dict) -> str:
+    best = {name: e["users"] / min(seconds) for name, seconds in e["seconds"].items()}
+    first = e["users"] / e["seconds"]["validate"][0]
+    return (f"| {e['items']:,} | {e['users']:,} | {e['rows']:,} | {best['validate']:,.0f} ({first:,.0f}) | {best['plain']:,.0f} | "
+            f"{best['validate'] / best['plain']:.2f} | {best['plain_rank']:,.0f} | {best['validate'] / best['plain_rank']:.2f} |")
+
+
 def write_report(args, size: Size, device: torch.device, workers: int, bf16: bool, r: dict) -> None:
     raw, raw_cpu = r["train"][0][1], r["train"][0][2]
     memory_kind = "peak GPU memory (GiB)" if device.type == "cuda" else "process peak RSS so far (GiB)"
     lines = [
         f"# Throughput: `python -m benchmarks.throughput --size {args.size} --device {device.type}"
         f"{f' --steps {args.steps}' if args.steps else ''}{f' --threads {args.threads}' if args.threads else ''}"
-        f"{f' --repeats {args.repeats}' if args.repeats > 1 else ''}`",
+        f"{f' --repeats {args.repeats}' if args.repeats > 1 else ''}{f' --eval-scales {args.eval_scales}' if args.eval_scales is not None else ''}"
+        f"{f' --eval-repeats {args.eval_repeats}' if args.eval_repeats != 3 else ''}{f' --rank-chunk {args.rank_chunk}' if args.rank_chunk != RANK_CHUNK else ''}`",
         "",
         f"- device: **{device_name(device)}**; torch {torch.__version__}, lightning {pl.__version__}; precision: {'bf16-mixed' if bf16 else 'fp32'}",
         f"- data: {size.users:,} users x {size.items:,} items x {size.interactions:,} interactions (Zipf item popularity), 5% held out for evaluation",
-        f"- model: user tower id + 2 categoricals, item tower id + 1 categorical + 3-of-20 genres; 64-d, one 256-unit hidden layer",
+        "- model: user tower id + 2 categoricals, item tower id + 1 categorical + 3-of-20 genres; 64-d, one 256-unit hidden layer",
         f"- batch {size.batch:,}; {size.steps} timed steps after {size.warmup} warm-up steps ({size.naive_steps} for the naive build);"
         f" best of {args.repeats} interleaved round(s)",
         f"- set-up (generate + fill the datamodule): {r['setup_s']:.1f} s",
+        f"- load average (1, 5, 15 min) at start: {', '.join(f'{x:.2f}' for x in r['load'][0])}; at end: "
+        f"{', '.join(f'{x:.2f}' for x in r['load'][1])}; {os.cpu_count()} CPUs (other processes' load slows every path alike)",
         "",
         "## Training (samples/s; ratios to the raw loop of the same run)",
         "",
@@ -404,14 +519,25 @@ def write_report(args, size: Size, device: torch.device, workers: int, bf16: boo
         "measure the work of a path regardless of other load on the machine.",
         *[f"\nFailed: {failure}" for failure in r["failures"]],
         "",
-        f"## Full-corpus evaluation (exact top-{TOP_K} over {size.items:,} items, {r['eval_users']:,} users)",
+        "## Full-corpus evaluation (users/s; ratios to the plain-torch yardstick of the same run)",
         "",
-        "| path | seconds | users/s |",
-        "| --- | ---: | ---: |",
-        *[f"| twotower `trainer.validate`, call {k + 1} | {s:.3f} | {r['eval_users'] / s:,.0f} |" for k, s in enumerate(r["validate_s"])],
-        f"| raw matmul + topk (yardstick) | {r['eval_users'] / r['raw_eval_users_per_s']:.3f} | {r['raw_eval_users_per_s']:,.0f} |",
+        f"Best of {args.eval_repeats} interleaved round(s) of each path, fixed random towers, exact top-{r['evaluations'][0]['k']}"
+        f" over the whole catalogue with each user's known items excluded, {EVAL_BATCH:,} users per evaluation batch",
+        "(the training data's own batch size for the first row). twotower: `trainer.validate` (metrics @10, @100, beyond-accuracy",
+        "@10, @20, logging). Yardstick, encode + rank: the same towers encode the same items and users (features gathered",
+        "beforehand, for free), then per chunk of users `torch.mm(q, items.T, out=buffer)`, known items set to -inf by one",
+        "scatter, `topk`: the same k, the same rows per product as twotower's `rank_chunk`. Rank only: the same product,",
+        "scatter and topk over query and item vectors computed beforehand. Set-up (data, first-call item similarity) not timed",
+        "except in twotower's call 1.",
         "",
-        f"Evaluation {memory_kind}: {r['eval_peak_gib']:.2f}",
+        "| items | users | rows per product | twotower users/s (best; call 1) | yardstick: encode + rank users/s | x yardstick | rank only users/s | x rank only |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *[_evaluation_row(e) for e in r["evaluations"]],
+        *(["\nPeak GPU memory (GiB), twotower / encode + rank / rank only: " + "; ".join(
+            f"{e['items']:,} items: {e['peak_gib']['validate']:.2f} / {e['peak_gib']['plain']:.2f} / {e['peak_gib']['plain_rank']:.2f}"
+            for e in r["evaluations"])] if device.type == "cuda" else []),
+        "",
+        "First row, each call: " + ", ".join(f"`trainer.validate`, call {k + 1}: {r['eval_users'] / s:,.0f} users/s" for k, s in enumerate(r["validate_s"])) + ".",
     ]
     if r["movielens_validate_s"]:
         lines += ["", "## MovieLens-100K `trainer.validate` (default train.py config, untrained towers)", "",

@@ -53,3 +53,20 @@ def test_metric_averages_users_and_skips_users_without_targets():
 def test_bad_cutoffs():
     with pytest.raises(ValueError, match="cut-offs"):
         RetrievalMetrics(ks=[0, 5])
+
+
+@pytest.mark.parametrize("num_items", [1_000_000, 10**15])
+def test_hits_of_large_catalogues_equal_brute_force(num_items):
+    # user * num_items + item stays exact in int64 (here up to 1023 * 10**15 < 2**63): no dense matrix, no overflow.
+    generator = torch.Generator().manual_seed(0)
+    n_users = 1024
+    top = torch.randint(0, num_items, (n_users, 100), generator=generator)
+    users = torch.randint(0, n_users, (5000,), generator=generator)
+    items = torch.where(torch.rand(5000, generator=generator) < 0.5, top[users, torch.randint(0, 100, (5000,), generator=generator)],
+                        torch.randint(0, num_items, (5000,), generator=generator))
+    hits, n_relevant = retrieval_hits(top, torch.stack([users, items]), n_users, num_items)
+    relevant = [set() for _ in range(n_users)]
+    for user, item in zip(users.tolist(), items.tolist()):
+        relevant[user].add(item)
+    assert hits.tolist() == [[item in relevant[u] for item in row] for u, row in enumerate(top.tolist())]
+    assert n_relevant.tolist() == torch.bincount(users, minlength=n_users).tolist()

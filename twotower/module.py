@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -12,10 +13,10 @@ from twotower.constraints import ABOVE_0, AT_LEAST_0, AT_LEAST_1
 from twotower.data.store import Batch, EvalBatch
 from twotower.distributed import gather_remote_candidates, world
 from twotower.model.two_tower import TwoTower
+from twotower.optim import build_optimizer
 from twotower.task.beyond_accuracy import BeyondAccuracyMetrics, beyond_accuracy_for_split
 from twotower.task.losses import Columns, RetrievalLoss, RowNegatives
-from twotower.task.retrieval import RetrievalTask, encode_catalogue, rank
-from twotower.optim import build_optimizer
+from twotower.task.retrieval import RANK_CHUNK, RetrievalTask, Scratch, encode_catalogue, rank
 
 
 class TwoTowerModule(pl.LightningModule):
@@ -35,6 +36,9 @@ class TwoTowerModule(pl.LightningModule):
         lr_schedule: ``constant`` or ``cosine`` (per step, to 0 at the end of training).
         warmup_steps: linear learning-rate warm-up steps.
         catalogue_chunk: items encoded at once when encoding the catalogue.
+        rank_chunk: score-matrix entries (users x items) computed at once when evaluation ranks the
+            catalogue; bounds its memory (2**25 float32 = 128 MiB, e.g. 33 users x 1M items), whatever the
+            evaluation batch size. See ``twotower.task.retrieval.rank``.
         beyond_accuracy_ks: cut-offs of coverage, diversity, novelty, ... (``twotower.task.beyond_accuracy``),
             logged as ``val/coverage@20`` etc.; empty = not computed.
         table_optimizer: ``partial(twotower.optim.RowWiseAdagrad, lr=...)`` or ``partial(torch.optim.SparseAdam, ...)``:
@@ -61,6 +65,7 @@ class TwoTowerModule(pl.LightningModule):
         lr_schedule: Literal["constant", "cosine"] = "constant",
         warmup_steps: Annotated[int, AT_LEAST_0] = 0,
         catalogue_chunk: Annotated[int, AT_LEAST_1] = 65536,
+        rank_chunk: Annotated[int, AT_LEAST_1] = RANK_CHUNK,
         beyond_accuracy_ks: Sequence[Annotated[int, AT_LEAST_1]] = (10, 20),
         table_optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         compile: bool = False,
@@ -80,6 +85,7 @@ class TwoTowerModule(pl.LightningModule):
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)), requires_grad=learn_temperature)
         self.task = RetrievalTask(RetrievalLoss(logq_weight, mask_accidental_hits, mask_same_user), ks)
         self._catalogue: torch.Tensor | None = None
+        self._scores: Scratch | None = None
         # Built from the datamodule's split when an evaluation starts (they need its popularity and activity).
         self._beyond: dict[str, BeyondAccuracyMetrics] = {}
         # The resolved run config, stored in checkpoints so export can rebuild data and towers.
@@ -166,6 +172,7 @@ class TwoTowerModule(pl.LightningModule):
 
     def _start_evaluation(self, split: str) -> None:
         self._catalogue = encode_catalogue(self.model.encode_candidate, self.trainer.datamodule.catalogue(self.hparams.catalogue_chunk))
+        self._scores = Scratch()  # rank's score buffer, kept from batch to batch of this evaluation
         if self.hparams.beyond_accuracy_ks and split not in self._beyond:
             self._beyond[split] = beyond_accuracy_for_split(self.trainer.datamodule, split, self.hparams.beyond_accuracy_ks).to(self.device)
 
@@ -178,7 +185,8 @@ class TwoTowerModule(pl.LightningModule):
     def _evaluate(self, batch: EvalBatch, split: str) -> None:
         metrics = self.task.metrics[split]
         query = self.model.encode_query(batch.query)  # (U, D)
-        top = rank(query, self._catalogue, max(metrics.ks + list(self.hparams.beyond_accuracy_ks)), batch.exclude, batch.candidates).indices  # (U, k)
+        k = max(metrics.ks + list(self.hparams.beyond_accuracy_ks))
+        top = rank(query, self._catalogue, k, batch.exclude, batch.candidates, self.hparams.rank_chunk, self._scores).indices  # (U, k)
         metrics.update(top, batch.targets, self._catalogue.shape[0])
         if split in self._beyond:
             self._beyond[split].update(top, batch.targets, batch.users, self._catalogue.shape[0], batch.candidates)
@@ -203,6 +211,6 @@ class TwoTowerModule(pl.LightningModule):
         if impression_metrics.update_called:
             values.update(impression_metrics.compute())
             impression_metrics.reset()
-        self._catalogue = None
+        self._catalogue = self._scores = None
         for name, value in values.items():
             self.log(f"{split}/{name}", value, prog_bar=name in ("recall@20", "ndcg@10", "impression_auc"))

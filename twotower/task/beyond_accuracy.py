@@ -6,7 +6,7 @@ from the training interactions), so two recommenders are compared on the same ya
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -121,7 +121,10 @@ class BeyondAccuracyMetrics(Metric):
         """Args: top_items (U, K) ranked item rows; targets (2, nnz); users (U,) user rows; candidates (n_items,) bool or None = all."""
         if self.activity_cuts is None:
             raise ValueError("call set_activity_cuts(eval_users) before update, so activity groups are fixed")
-        self.candidates = torch.maximum(self.candidates, torch.ones_like(self.candidates) if candidates is None else candidates.float())
+        if candidates is None:
+            self.candidates.fill_(1.0)  # every item; one pass, no (n_items,) temporary
+        else:
+            self.candidates = torch.maximum(self.candidates, candidates.float())
         hits, n_relevant = retrieval_hits(top_items, targets, top_items.shape[0], num_items)
         keep = n_relevant > 0
         top_items, hits, n_relevant, users = top_items[keep], hits[keep], n_relevant[keep], users[keep]
@@ -132,16 +135,20 @@ class BeyondAccuracyMetrics(Metric):
         for g, group in enumerate(ACTIVITY_GROUPS):
             state = getattr(self, f"users_{group}")
             state += (group_of == g).sum()
+        # One gather per item table for the largest k, sliced for the others: random rows of a 1M-item
+        # table are cache misses, the most expensive part of this update.
+        deepest = top_items[:, :max(self.ks)]
+        all_vectors, all_information, all_tail = self.item_vectors[deepest], self.self_information[deepest], self.long_tail[deepest]  # (U, K, d), (U, K), (U, K)
         for k in self.ks:
             top = top_items[:, :k]  # (U, k)
-            vectors = self.item_vectors[top]  # (U, k, d)
+            vectors = all_vectors[:, :k]  # (U, k, d)
             exposure = getattr(self, f"exposure_{k}")
             exposure.index_add_(0, top.reshape(-1), torch.ones(top.numel(), dtype=torch.float64, device=top.device))
             for name, values in (
                 ("diversity", intra_list_diversity(vectors)),
                 ("volume", log_volume(vectors)),
-                ("novelty", self.self_information[top].mean(1)),
-                ("longtail", self.long_tail[top].float().mean(1)),
+                ("novelty", all_information[:, :k].mean(1)),
+                ("longtail", all_tail[:, :k].float().mean(1)),
             ):
                 state = getattr(self, f"{name}_{k}")
                 state += values.double().sum()

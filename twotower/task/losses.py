@@ -7,8 +7,8 @@ A tweak is one function of the ``Softmax`` being built; adding one is a function
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ class Columns:
     log_q: torch.Tensor
     query_ids: torch.Tensor
 
-    def __add__(self, other: "Columns") -> "Columns":
+    def __add__(self, other: Columns) -> Columns:
         return Columns(*(torch.cat([getattr(self, f), getattr(other, f)]) for f in ("vectors", "ids", "log_q", "query_ids")))
 
 

@@ -1,7 +1,7 @@
 """Top-K retrieval metrics over the full catalogue, as a torchmetrics Metric that syncs across processes."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torchmetrics import Metric
