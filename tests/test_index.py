@@ -127,3 +127,21 @@ def test_every_configured_index_type_finds_the_exact_top10(tmp_path):
         # Search parameters travel inside the file: a plain faiss reader gets the same results.
         again = faiss.read_index(str(tmp_path / "i.faiss"))
         np.testing.assert_array_equal(again.search(queries, 10)[1], index.search(queries, 10)[1])
+
+
+def test_the_index_is_tuned_to_the_recall_at_the_k_serving_asks_for():
+    rng = np.random.default_rng(4)
+    vectors, queries = clustered(rng, 4000, 16), clustered(rng, 100, 16)
+    tune = {"name": "nprobe", "values": [1, 2, 4, 8, 16, 32, 64, 128, 256]}
+    at_10 = build_and_measure(vectors, queries, IndexSpec(key="IVF{nlist},Flat", tune=tune, target_recall=0.95))[1]
+    at_100 = build_and_measure(vectors, queries, IndexSpec(key="IVF{nlist},Flat", tune=tune, target_recall=0.95, target_k=100))[1]
+    assert at_100["target_recall@100"] == 0.95 and "target_recall@10" not in at_100
+    assert at_100["search_params"]["nprobe"] > at_10["search_params"]["nprobe"]
+    # The chosen setting is the smallest reaching the target at 100 on the tuning half.
+    points = {p["search_params"]["nprobe"]: p for p in at_100["sweep"]["settings"]}
+    assert at_100["recall@100"] >= 0.9 and points[at_100["search_params"]["nprobe"]]["chosen"]
+
+
+def test_auto_passes_target_k_to_the_large_index():
+    spec = IndexSpec(key="auto", target_k=100, large={"key": "IVF{nlist},Flat", "tune": {"name": "nprobe", "values": [1, 4]}})
+    assert spec.resolve(200_000, 16).target_k == 100

@@ -42,8 +42,9 @@ class IndexSpec:
         add_chunk: vectors added per ``index.add`` call, so adding never copies the whole catalogue.
         search: fixed search-time parameters by their ``faiss.ParameterSpace`` names (``k_factor_rf``...).
         tune: a search parameter and the values to try, smallest first; the smallest value whose
-            recall@10 against exact search reaches ``target_recall`` on the query sample is kept.
-        target_recall: recall@10 the tuned parameter must reach.
+            recall@``target_k`` against exact search reaches ``target_recall`` on the query sample is kept.
+        target_recall: recall@``target_k`` the tuned parameter must reach.
+        target_k: the K of that recall: the number of items serving asks the index for (10, 100, ...).
         ef_construction: HNSW graph build effort (HNSW keys only).
         large: the spec ``auto`` uses above ``EXACT_BELOW`` items.
         seed: sampling seed.
@@ -56,6 +57,7 @@ class IndexSpec:
     search: dict[str, float] = field(default_factory=dict)
     tune: dict[str, Any] | None = None
     target_recall: float = 0.95
+    target_k: int = 10
     ef_construction: int | None = None
     large: dict[str, Any] | None = None
     seed: int = 0
@@ -72,7 +74,7 @@ class IndexSpec:
         if self.key == "auto":
             if n < EXACT_BELOW or not self.large:
                 return IndexSpec(key="Flat", seed=self.seed, add_chunk=self.add_chunk)
-            return IndexSpec.from_config({"seed": self.seed, **self.large}).resolve(n, dim)
+            return IndexSpec.from_config({"seed": self.seed, "target_k": self.target_k, **self.large}).resolve(n, dim)
         nlist = self.nlist or default_nlist(n)
         if "{nlist}" in self.key and n < nlist:
             raise ValueError(f"index '{self.key}' needs at least nlist={nlist} vectors to train, the catalogue has {n}")
@@ -224,14 +226,14 @@ def sweep(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, spec: In
 
 
 def tune(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, spec: IndexSpec) -> dict[str, float]:
-    """Smallest value of ``spec.tune['name']`` with recall@10 >= target on ``queries``; sets it on ``index``.
+    """Smallest value of ``spec.tune['name']`` with recall@``spec.target_k`` >= target on ``queries``; sets it on ``index``.
 
     Falls back to the largest value tried (with a warning) when none reaches the target.
     """
     if not spec.tune:
         return {}
     name, values = spec.tune["name"], sorted(spec.tune["values"])
-    k = min(10, vectors.shape[0])
+    k = min(spec.target_k, vectors.shape[0])
     exact_scores, exact_rows = exact_search(vectors, queries, k)
     chosen, recall = values[-1], 0.0
     for value in values:
@@ -242,7 +244,7 @@ def tune(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, spec: Ind
             chosen = value
             break
     else:
-        log.warning("no %s in %s reaches recall@10 %.3f (best %.3f); using %s", name, values, spec.target_recall, recall, chosen)
+        log.warning("no %s in %s reaches recall@%d %.3f (best %.3f); using %s", name, values, k, spec.target_recall, recall, chosen)
     apply_search_params(index, {name: chosen})
     return {name: float(chosen)}
 
@@ -279,7 +281,7 @@ def build_and_measure(vectors: np.ndarray, queries: np.ndarray, spec: IndexSpec)
         "nlist": concrete.nlist,
         "trained_on": trained_on,
         "search_params": search,
-        "target_recall@10": concrete.target_recall if concrete.tune else None,
+        f"target_recall@{concrete.target_k}": concrete.target_recall if concrete.tune else None,
         "build_seconds": build_s,
         "size_bytes": index_size_bytes(index),
         **measure(index, vectors, eval_queries),
