@@ -24,17 +24,16 @@ from twotower.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The README's serving snippet: faiss + numpy + torch.jit only (the test runs it with twotower unimportable).
+# The README's serving snippet: faiss + numpy + onnxruntime only (the test runs it with torch and twotower unimportable).
 SNIPPET = """
-import faiss, numpy as np, torch
+import faiss, numpy as np, onnxruntime
 art = ARTIFACT
 index = faiss.read_index(f"{art}/index.faiss")
 item_ids, user_ids = np.load(f"{art}/item_ids.npy"), np.load(f"{art}/user_ids.npy")
-features = np.load(f"{art}/user_features.npz")
-tower = torch.jit.load(f"{art}/query_tower/torchscript.pt")
+features = np.load(f"{art}/user_features.npz")  # known users' query-tower inputs, already encoded
+tower = onnxruntime.InferenceSession(f"{art}/query_tower/model.onnx")
 rows = [int(np.flatnonzero(user_ids == u)[0]) for u in ["1", "2", "3"]]
-with torch.no_grad():
-    queries = tower({name: torch.from_numpy(features[name][rows]) for name in features.files}).numpy()
+(queries,) = tower.run(None, {i.name: features[i.name][rows] for i in tower.get_inputs()})
 scores, found = index.search(queries, 10)
 print(item_ids[found].tolist())
 """
@@ -98,7 +97,7 @@ def test_manifest_and_index_infos_describe_the_artifact(exported):
 
 def test_portable_snippet_gives_the_retrievers_top_k(exported):
     _, artifact, _ = exported
-    blocked = "import sys; sys.modules['twotower'] = None\n"  # any twotower import would fail
+    blocked = "import sys; sys.modules['twotower'] = sys.modules['torch'] = None\n"  # any twotower or torch import would fail
     code = blocked + SNIPPET.replace("ARTIFACT", repr(str(artifact)))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=artifact.parent, timeout=120)
     assert done.returncode == 0, done.stderr
