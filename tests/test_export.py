@@ -187,3 +187,21 @@ def test_an_id_longer_than_an_artifact_holds_is_refused_before_the_work(compose_
     with pytest.raises(ValueError, match=rf"the items table has an id of {MAX_ID_CHARS + 1} characters \('iiii"):
         export(export_config(tmp_path, tmp_path / "artifact"))
     assert not (tmp_path / "artifact").exists()
+
+
+def test_a_compressed_index_serves_the_exact_ranking_through_its_fetch_factor(exported, tmp_path):
+    run_dir, artifact, _ = exported
+    compressed = export(export_config(run_dir, tmp_path / "sq", "ivf_sq", ("index.nlist=8", "index.fetch_factor=20", "index.target_recall=1.0")))
+    manifest = json.loads((compressed / MANIFEST).read_text())
+    assert manifest["index"]["key"] == "IVF8,SQ6" and manifest["index"]["fetch_factor"] == 20
+    served, exact = Retriever.load(compressed), Retriever.load(artifact)  # the same towers over Flat
+    assert served.fetch_factor == 20 and exact.fetch_factor == 1
+    users = [str(u) for u in range(0, 300, 7)]
+    got, want = served.recommend(users, k=10), exact.recommend(users, k=10)
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)  # exact scores, in exact order
+
+    infos = json.loads((compressed / "index_infos.json").read_text())
+    infos["fetch_factor"] = 0
+    (compressed / "index_infos.json").write_text(json.dumps(infos))
+    with pytest.raises(ArtifactError, match=r"index_infos.json"):  # its checksum first; a crafted manifest is refused too
+        Retriever.load(compressed)

@@ -51,6 +51,7 @@ from twotower.model.saving import tower_class
 COUNTS = ("items", "users", "interactions", "indexed")
 #: Search parameters an artifact may set, with their largest value: each bounds the work (and memory) of every query.
 SEARCH_PARAM_LIMITS = {"nprobe": 1 << 16, "efSearch": 1 << 16, "k_factor_rf": 1 << 10}
+MAX_FETCH_FACTOR = 1 << 10
 SPOT_CHECK_ROWS = 32  # item vectors searched in the index at load
 SPOT_CHECK_SHARE = 0.9  # of them must find themselves (or an item as close): approximate indexes may miss a few
 VECTOR_TOLERANCE = 1e-4  # an item re-encoded at load against its exported vector (batch sizes change the float sums)
@@ -188,8 +189,9 @@ def ids_of(root: Path, name: str, array: np.ndarray, vocabulary: Vocabulary, voc
 
 
 def check_index(root: Path, manifest: Mapping[str, Any], infos: Any, index: faiss.Index, tower_dims: Mapping[str, int],
-                item_ids: np.ndarray, item_vectors: np.ndarray) -> dict[str, float]:
-    """The index against the towers, the manifest, ``index_infos.json`` and the item vectors; returns the search parameters to apply."""
+                item_ids: np.ndarray, item_vectors: np.ndarray) -> tuple[dict[str, float], int]:
+    """The index against the towers, the manifest, ``index_infos.json`` and the item vectors; returns the search
+    parameters to apply and the fetch factor (candidates per requested item re-ranked exactly, ``IndexSpec.fetch_factor``)."""
     dim, counts, key = manifest["dim"], manifest["counts"], manifest["index"]["key"]
     for name, tower_dim in tower_dims.items():
         _expect(root / name / TOWER_CONFIG, f"the {_side(name)} tower outputs dim", tower_dim, f"{INDEX} has dim", index.d)
@@ -212,10 +214,13 @@ def check_index(root: Path, manifest: Mapping[str, Any], infos: Any, index: fais
         if limit is None or not isinstance(value, (int, float)) or isinstance(value, bool) or not 1 <= value <= limit:
             raise ArtifactError(f"{root / INDEX_INFOS}: search parameter {name}={_short(value)}; "
                                 f"known: {', '.join(f'{k} in [1, {v}]' for k, v in SEARCH_PARAM_LIMITS.items())}")
+    fetch_factor = infos.get("fetch_factor", 1)  # absent in artifacts written before it existed
+    if not isinstance(fetch_factor, int) or isinstance(fetch_factor, bool) or not 1 <= fetch_factor <= MAX_FETCH_FACTOR:
+        raise ArtifactError(f"{root / INDEX_INFOS}: fetch_factor={_short(fetch_factor)}, expected an integer in [1, {MAX_FETCH_FACTOR}]")
     _expect(root / ITEM_VECTORS, "has dtype", str(item_vectors.dtype), "expected", "float32")
     _expect(root / ITEM_VECTORS, "has shape", tuple(item_vectors.shape), f"{ITEM_IDS} x dim gives", (len(item_ids), index.d))
     _check_vectors_match(root, index, item_vectors)
-    return params
+    return params, fetch_factor
 
 
 def _check_vectors_match(root: Path, index: faiss.Index, item_vectors: np.ndarray) -> None:

@@ -180,7 +180,7 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
             "metric": "inner_product",
             "normalized": bool(model.query_tower.normalize and model.candidate_tower.normalize),
             "counts": {"items": len(data.item_ids), "users": len(data.user_ids), "interactions": len(data.log.event_items), "indexed": int(index.ntotal)},
-            "index": {"key": infos["key"], "search_params": infos["search_params"], "recall@10": infos.get("recall@10")},
+            "index": {"key": infos["key"], "search_params": infos["search_params"], "fetch_factor": infos["fetch_factor"], "recall@10": infos.get("recall@10")},
             "towers": digests,
             "serving_signature": serving_signature(example, query, f"{QUERY_TOWER}/{TOWER_VOCAB}", f"{CANDIDATE_TOWER}/{TOWER_VOCAB}"),
             "checkpoint": str(checkpoint_path),

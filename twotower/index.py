@@ -45,6 +45,10 @@ class IndexSpec:
             recall@``target_k`` against exact search reaches ``target_recall`` on the query sample is kept.
         target_recall: recall@``target_k`` the tuned parameter must reach.
         target_k: the K of that recall: the number of items serving asks the index for (10, 100, ...).
+        fetch_factor: serving asks the index for ``fetch_factor`` x K candidates and re-ranks them by
+            their exact scores with the artifact's item vectors (which it holds anyway), so a compressed
+            index (scalar-quantised codes) needs no second copy of the vectors to rank exactly; tuning,
+            recall and latency are measured with that re-rank.
         ef_construction: HNSW graph build effort (HNSW keys only).
         large: the spec ``auto`` uses above ``EXACT_BELOW`` items.
         seed: sampling seed.
@@ -58,6 +62,7 @@ class IndexSpec:
     tune: dict[str, Any] | None = None
     target_recall: float = 0.95
     target_k: int = 10
+    fetch_factor: int = 1
     ef_construction: int | None = None
     large: dict[str, Any] | None = None
     seed: int = 0
@@ -168,8 +173,18 @@ def exact_scores_of(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray) 
     return np.where(rows >= 0, scores, -np.inf)
 
 
+def search(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int, fetch_factor: int = 1) -> np.ndarray:
+    """(Q, k) rows of the top ``k``: the index's own when ``fetch_factor`` is 1, else its best ``fetch_factor`` x k
+    re-ranked by exact inner product with ``vectors`` (as ``Retriever`` serves them)."""
+    if fetch_factor <= 1:
+        return index.search(queries, k)[1]
+    _, rows = index.search(queries, min(index.ntotal, k * fetch_factor))
+    order = np.argsort(-exact_scores_of(vectors, queries, rows), axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(rows, order, axis=1)
+
+
 def measure(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, ks: Iterable[int] = (10, 100), latency_queries: int = 200,
-            exact: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+            exact: tuple[np.ndarray, np.ndarray] | None = None, fetch_factor: int = 1) -> dict[str, Any]:
     """Recall@k of ``index`` against exact search over ``vectors`` on ``queries``, and single-query latency.
 
     ``exact``: ``exact_search(vectors, queries, max(ks))`` when the caller already has it (a sweep measures many settings).
@@ -177,10 +192,10 @@ def measure(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, ks: It
     ks = sorted(set(k for k in ks if k <= vectors.shape[0])) or [vectors.shape[0]]
     kmax = max(ks)
     exact_scores, exact_rows = exact if exact is not None else exact_search(vectors, queries, kmax)
-    _, rows = index.search(queries, kmax)
+    rows = search(index, vectors, queries, kmax, fetch_factor)
     found_scores = exact_scores_of(vectors, queries, rows)
     out: dict[str, Any] = {f"recall@{k}": recall_at(rows[:, :k], exact_rows[:, :k], exact_scores[:, :k], found_scores[:, :k]) for k in ks}
-    out["latency_ms"] = single_query_latency(lambda query: index.search(query, 10), queries[:latency_queries])
+    out["latency_ms"] = single_query_latency(lambda query: search(index, vectors, query, 10, fetch_factor), queries[:latency_queries])
     out["queries"] = len(queries)
     return out
 
@@ -216,7 +231,7 @@ def sweep(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, spec: In
     for value in values:
         params = {spec.tune["name"]: float(value)} if value is not None else {}
         apply_search_params(index, {**spec.search, **params})
-        point = measure(index, vectors, queries, ks, latency_queries, exact)
+        point = measure(index, vectors, queries, ks, latency_queries, exact, spec.fetch_factor)
         settings.append({"search_params": {**{k: float(v) for k, v in spec.search.items()}, **params}, **point,
                          "chosen": all(chosen.get(k) == v for k, v in params.items())})
     apply_search_params(index, chosen)
@@ -238,7 +253,7 @@ def tune(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, spec: Ind
     chosen, recall = values[-1], 0.0
     for value in values:
         apply_search_params(index, {name: value})
-        _, rows = index.search(queries, k)
+        rows = search(index, vectors, queries, k, spec.fetch_factor)
         recall = recall_at(rows, exact_rows, exact_scores, exact_scores_of(vectors, queries, rows))
         if recall >= spec.target_recall:
             chosen = value
@@ -284,7 +299,8 @@ def build_and_measure(vectors: np.ndarray, queries: np.ndarray, spec: IndexSpec)
         f"target_recall@{concrete.target_k}": concrete.target_recall if concrete.tune else None,
         "build_seconds": build_s,
         "size_bytes": index_size_bytes(index),
-        **measure(index, vectors, eval_queries),
+        "fetch_factor": concrete.fetch_factor,
+        **measure(index, vectors, eval_queries, fetch_factor=concrete.fetch_factor),
         "sweep": sweep(index, vectors, eval_queries, concrete, search),
     }
     return index, infos
@@ -441,6 +457,10 @@ def _check_lists(index: Any, where: Path | str) -> None:
         raise ValueError(f"{where}: the inverted lists hold row {row} {seen[row]} times (every row belongs in exactly one list)")
 
 
+# Scalar-quantiser codes by faiss' qtype, as index_factory names them.
+SQ_TYPES = {faiss.ScalarQuantizer.QT_4bit: "SQ4", faiss.ScalarQuantizer.QT_6bit: "SQ6", faiss.ScalarQuantizer.QT_8bit: "SQ8"}
+
+
 def factory_key(index: faiss.Index) -> str | None:
     """The ``faiss.index_factory`` key of an index's structure, for the kinds twotower's index configs build; None for other kinds."""
     index = faiss.downcast_index(index)
@@ -454,6 +474,8 @@ def factory_key(index: faiss.Index) -> str | None:
         return f"IVF{index.nlist},Flat"
     if isinstance(index, faiss.IndexIVFPQFastScan):
         return f"IVF{index.nlist},PQ{index.pq.M}x{index.pq.nbits}fs"
+    if isinstance(index, faiss.IndexIVFScalarQuantizer) and index.sq.qtype in SQ_TYPES:
+        return f"IVF{index.nlist},{SQ_TYPES[index.sq.qtype]}"
     if isinstance(index, faiss.IndexFlat):
         return "Flat"
     return None

@@ -97,8 +97,9 @@ class Retriever:
                  item_ids: np.ndarray, item_vectors: np.ndarray, items: pd.DataFrame | None, user_ids: np.ndarray,
                  user_features: dict[str, np.ndarray], seen: dict[str, np.ndarray], events: dict[str, np.ndarray],
                  search_params: dict[str, Any] | None = None, item_features: dict[str, np.ndarray] | None = None,
-                 histories: dict[str, np.ndarray] | None = None):
+                 histories: dict[str, np.ndarray] | None = None, fetch_factor: int = 1):
         self.artifact, self.index = artifact, index
+        self.fetch_factor = fetch_factor  # candidates per requested item, re-ranked exactly (``IndexSpec.fetch_factor``)
         self.query_tower, self.candidate_tower, self.preprocessor = query_tower.eval(), candidate_tower.eval(), preprocessor
         # Python strings, not a fixed-width unicode array: one long id added later would widen every entry to its length.
         self.item_ids, self.item_vectors, self.items = np.asarray(item_ids, dtype=object), item_vectors, items
@@ -161,7 +162,7 @@ class Retriever:
             raise ArtifactError(str(err)) from None
         item_ids = ids_of(root, ITEM_IDS, artifact.array(ITEM_IDS, mmap=True), preprocessor.item_ids, f"{CANDIDATE_TOWER}/{TOWER_VOCAB}")
         item_vectors = artifact.array(ITEM_VECTORS, mmap=True)
-        search_params = check_index(root, manifest, artifact.json(INDEX_INFOS), index, {n: towers[n].output_dim for n in (QUERY_TOWER, CANDIDATE_TOWER)}, item_ids, item_vectors)
+        search_params, fetch_factor = check_index(root, manifest, artifact.json(INDEX_INFOS), index, {n: towers[n].output_dim for n in (QUERY_TOWER, CANDIDATE_TOWER)}, item_ids, item_vectors)
         try:
             apply_search_params(index, search_params)
         except RuntimeError as err:  # a parameter this kind of index does not have
@@ -184,7 +185,7 @@ class Retriever:
                 raise ArtifactError(f"{artifact.file(ITEMS)} is not a parquet table: {err}") from None
             check_items_table(root, items, item_ids)
         retriever = cls(artifact, index, towers[QUERY_TOWER], towers[CANDIDATE_TOWER], preprocessor, item_ids, item_vectors, items,
-                        user_ids, user_features, seen, events, search_params, item_features, histories)
+                        user_ids, user_features, seen, events, search_params, item_features, histories, fetch_factor)
         retriever._check_towers_encode()
         return retriever
 
@@ -326,7 +327,7 @@ class Retriever:
         index = self.index  # one index for the whole query, whatever add_items publishes meanwhile
         n = index.ntotal
         extra = max((len(e) for e in exclude), default=0) if exclude else 0
-        fetch = min(n, max(k, rerank.fetch if rerank else k) + extra)
+        fetch = min(n, max(k * self.fetch_factor, rerank.fetch if rerank else k) + extra)
         _, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), fetch)  # (U, fetch)
         out_rows = np.full((len(queries), k), -1, dtype=np.int64)
         out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
