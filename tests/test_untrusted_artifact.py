@@ -242,6 +242,8 @@ def test_stored_features_outside_the_towers_tables_are_refused_at_load_not_at_qu
     ("index_infos.json", "[]", r"index_infos\.json holds a JSON list, not an object"),
     ("index_infos.json", '{"key": "Flat", "search_params": {"efSearch": 1e9}}', r"index_infos\.json: search parameter efSearch=1000000000\.0; known:"),
     ("index_infos.json", '{"key": "Flat", "search_params": {"nprobe": 4}}', r"index_infos\.json: search_params \{'nprobe': 4\} do not apply to index\.faiss"),
+    ("index_infos.json", '{"key": "Flat", "search_params": {}, "fetch_factor": 0}', r"index_infos\.json: fetch_factor=0, expected an integer in \[1, 1024\]"),
+    ("index_infos.json", '{"key": "Flat", "search_params": {}, "fetch_factor": 2.5}', r"index_infos\.json: fetch_factor=2\.5, expected an integer"),
     ("query_tower/vocab.json", '{"features": {}}', r"query_tower/vocab\.json is \{'features': \{\}\}, expected an object with 'features'"),
     ("candidate_tower/vocab.json", "[" * 100_000 + "]" * 100_000, r"candidate_tower/vocab\.json is not valid JSON"),
     ("query_tower/config.json", "[1]", r"query_tower/config\.json is not a tower config"),

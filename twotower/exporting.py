@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -135,12 +136,17 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
     device = resolve_device(cfg.device)
     model.to(device)
     data: ServingData = datamodule.serving_data()
+    started = time.perf_counter()
     item_vectors = encode(model.candidate_tower, len(data.item_ids), lambda rows: {k: v[rows] for k, v in data.item_features.items()},
                           device, cfg.chunk_size, "encoding the catalogue")  # (n_items, D)
     sample = _sample(datamodule.prepared.eval_users["val"], cfg.eval_queries, datamodule.seed)
     queries = encode(model.query_tower, len(sample), lambda rows: datamodule.eval_batch(sample[rows], "val").query, device, cfg.chunk_size, "encoding queries")
+    # Without a terminal the bars are off: one line for the encoding, and the index line below, instead.
+    log.info("encoded %d items and %d queries on %s in %.1fs", len(item_vectors), len(queries), device, time.perf_counter() - started)
+    started = time.perf_counter()
     index, infos = build_and_measure(item_vectors, queries, IndexSpec.from_config(OmegaConf.to_container(cfg.index, resolve=True)))
-    log.info("index %s: recall@10 %.4f, p99 %.2f ms", infos["key"], infos.get("recall@10", float("nan")), infos["latency_ms"]["p99"])
+    log.info("index %s built, tuned and measured in %.1fs: recall@10 %.4f, p99 %.2f ms", infos["key"], time.perf_counter() - started,
+             infos.get("recall@10", float("nan")), infos["latency_ms"]["p99"])
 
     model.cpu()
     with writer as out:  # waits for another export into the same output_dir to publish first
