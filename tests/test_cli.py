@@ -41,6 +41,17 @@ def test_console_scripts_train_then_export(tmp_path):
     assert "faiss.loader" not in done.stdout + done.stderr and "Could not load library" not in done.stdout + done.stderr
 
 
+def test_a_ddp_run_prints_no_third_party_noise(tmp_path):
+    # train.py, not the console-script stand-in: DDP starts its other process by re-running the script.
+    overrides = ["data=synthetic", "data.source.n_users=100", "trainer=ddp_cpu", "trainer.max_epochs=1", "test=false", "logger=none", f"hydra.run.dir={tmp_path}"]
+    done = subprocess.run([sys.executable, "train.py", *overrides], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    for noise in ("sync_dist", "FutureWarning", "Initializing distributed", "Seed set to", "site-packages"):
+        assert noise not in output, noise
+    assert "epoch 1/1  train/loss" in output
+
+
 def test_verbose_shows_what_is_silenced_by_default(tmp_path):
     overrides = ["-v", "data=synthetic", "data.source.n_users=100", "trainer.max_epochs=1", "test=false", "logger=none", f"hydra.run.dir={tmp_path}"]
     done = subprocess.run([sys.executable, "-c", SCRIPT, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=300)

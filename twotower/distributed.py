@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 # The differentiable all-gather (torch.distributed.nn.functional.all_gather is deprecated in its favour).
-from torch.distributed._functional_collectives import all_gather_tensor_autograd
+from torch.distributed._functional_collectives import all_gather_single
 
 
 def world() -> tuple[int, int]:
@@ -65,7 +65,7 @@ def gather_remote_candidates(
     rank, world_size = world()
     if world_size == 1:
         return RemoteCandidates(candidate[:0], candidate_ids[:0], log_q[:0], query_ids[:0])
-    vectors = all_gather_tensor_autograd(candidate.contiguous(), gather_dim=0, group=dist.group.WORLD)  # (W*B, D), differentiable
+    vectors = all_gather_single(candidate.contiguous(), gather_dim=0, group=dist.group.WORLD)  # (W*B, D), differentiable
     ids, log_q_all, users = (_all_gather(t) for t in (candidate_ids, log_q, query_ids))  # (W*B,) each
     batch = candidate.shape[0]
     others = torch.ones(world_size * batch, dtype=torch.bool, device=candidate.device)

@@ -213,4 +213,5 @@ class TwoTowerModule(pl.LightningModule):
             impression_metrics.reset()
         self._catalogue = self._scores = None
         for name, value in values.items():
-            self.log(f"{split}/{name}", value, prog_bar=name in ("recall@20", "ndcg@10", "impression_auc"))
+            # The values are computed over every rank already (torchmetrics syncs); sync_dist averages equal values and tells Lightning so.
+            self.log(f"{split}/{name}", value, prog_bar=name in ("recall@20", "ndcg@10", "impression_auc"), sync_dist=True)

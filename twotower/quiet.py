@@ -29,6 +29,8 @@ IRRELEVANT_WARNINGS = (
      "printed on any machine with SLURM's tools, e.g. a login node; cluster runs go through the submitit launcher"),
     (r"The number of training batches \(\d+\) is smaller than the logging interval",
      "about per-step logging on small data; the epoch's metrics are logged regardless"),
+    (r"It is recommended to use `self.log\('train/(loss|temperature)', \.\.\., sync_dist=True\)`",
+     "under DDP the training loss is rank 0's on purpose: averaging it over ranks would add an all-reduce (a host sync) to every step"),
 )
 
 
