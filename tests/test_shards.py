@@ -19,7 +19,7 @@ from twotower.data.sources import TableSource
 from twotower.data.splits import HashSplit, PredefinedSplit
 from twotower.data.streaming import ShardSource
 from twotower.data.streaming.scan import RecentItems
-from twotower.data.streaming.stream import ShardStream
+from twotower.data.streaming.stream import ShardBatches, ShardStream
 from twotower.training import train
 
 FEATURES = {
@@ -86,7 +86,7 @@ def test_two_ranks_stream_disjoint_rows_whose_union_is_the_train_split(tables):
     streams = []
     for rank in (0, 1):
         batches = dm.prepared.stream.batches(rank, 2, 0, 64)
-        streams.append({tuple(p) for chunk in batches.pairs() for p in chunk.tolist()})
+        streams.append({tuple(p) for block in batches.blocks(batches.row_groups) for p in block.tolist()})
         epoch = torch.cat(list(batches))  # (steps * B, 2)
         assert len(epoch) == dm.prepared.stream.steps(2, 64) * 64
         assert len({tuple(p) for p in epoch.tolist()}) == len(epoch), "a row repeats within an epoch"
@@ -115,8 +115,22 @@ def test_each_epoch_is_a_seeded_shuffle(tables):
     assert torch.equal(epoch(0, 0), epoch(0, 0))
     assert not torch.equal(epoch(0, 0), epoch(0, 1))
     assert not torch.equal(epoch(0, 0), epoch(1, 0))
-    unshuffled = np.concatenate(list(dm.prepared.stream.batches(0, 1, 0, 64).pairs()))
+    batches = dm.prepared.stream.batches(0, 1, 0, 64)
+    unshuffled = np.concatenate(list(batches.blocks(batches.row_groups)))
     assert not np.array_equal(epoch(0, 0).numpy(), unshuffled[: len(epoch(0, 0))])
+
+
+def test_an_epoch_of_many_blocks_sends_each_training_row_once(tables, monkeypatch):
+    """Blocks (reader -> shuffle) smaller than the stream: every training pair once but the ragged last batch;
+    batches are page-locked only where CUDA is available."""
+    monkeypatch.setattr(ShardBatches, "BLOCK_ROWS", 100)  # blocks of the 256-row buffer: about 4 per epoch
+    _, root = tables
+    train = {tuple(p) for p in _train_pairs(root)}
+    batches = sharded(root).prepared.stream.batches(0, 1, 0, 64)
+    assert batches.pin_memory == torch.cuda.is_available()
+    epoch = [tuple(p) for p in torch.cat(list(batches)).tolist()]
+    assert len(epoch) == len(set(epoch)) == len(train) // 64 * 64
+    assert set(epoch) <= train
 
 
 def test_evaluation_sample_is_bounded_and_the_same_users_in_every_process(tables):
@@ -212,18 +226,21 @@ def test_two_gloo_processes_train_on_shards_in_step(tables, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "test  @20" in done.stdout
     steps = sharded(root, seed=42).prepared.stream.steps(2, 64)  # train.yaml's seed
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    # resume-epoch.ckpt is written at every epoch end; last.ckpt only when the monitored metric improves.
+    checkpoint = torch.load(run_dir / "checkpoints" / "resume-epoch.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] == 2 * steps > 0
 
 
 def test_recent_items_over_a_stream_equal_a_stable_sort_of_all_rows():
-    """Merged in several flushes, with ties in time: each user's 3 latest items, earlier row first on ties."""
+    """Merged in several flushes, with ties in time, rows arriving last batch first (as the set-up scan reads them):
+    each user's 3 latest items, the lower row number first on ties."""
     rng = np.random.default_rng(1)
     users, items, times = rng.integers(0, 7, 200), rng.integers(0, 50, 200).astype(np.int32), rng.integers(0, 20, 200).astype(float)
     recent = RecentItems(7, 3)
     recent.flush_rows, recent.BLOCK = 25, 12  # several flushes, several blocks per flush
-    for start in range(0, 200, 30):
-        recent.add(users[start : start + 30], items[start : start + 30], times[start : start + 30])
+    for start in reversed(range(0, 200, 30)):
+        rows = slice(start, start + 30)
+        recent.add(users[rows], items[rows], times[rows], start)
     expected = np.full((7, 3), -1)
     for user in range(7):
         rows = sorted(np.flatnonzero(users == user), key=lambda r: (-times[r], r))[:3]

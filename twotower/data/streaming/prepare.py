@@ -18,8 +18,9 @@ from twotower.data.schema import Schema
 from twotower.data.serving_data import ServingLog
 from twotower.data.splits import HashSplit, PredefinedSplit, mix64
 from twotower.data.store import CSR, FeatureStore
-from twotower.data.streaming.scan import TEST, TRAIN, VAL, scan, serving_scan
-from twotower.data.streaming.shards import Chunk, InteractionShards, ShardedTables
+from twotower.data.streaming.labels import TEST, TRAIN, VAL, ColumnCodes, HashCodes
+from twotower.data.streaming.scan import scan, serving_scan
+from twotower.data.streaming.shards import InteractionShards, ShardedTables
 from twotower.data.streaming.stream import ShardStream
 from twotower.data.tables import ITEM, SPLITS, USER
 from twotower.data.vocab import Vocabulary
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def prepare_shards(tables: ShardedTables, schema: Schema, split: Callable, seed: int, candidates: str, eval_users: int | None,
-                   shuffle_buffer: int) -> Prepared:
+                   shuffle_buffer: int, pin_memory: bool = True) -> Prepared:
     """Args:
         split: ``HashSplit`` (a seeded hash of each row's user and item ids) or ``PredefinedSplit`` (the
             shards' split column): both label a row from the row alone.
@@ -38,6 +39,7 @@ def prepare_shards(tables: ShardedTables, schema: Schema, split: Callable, seed:
             users (those with the smallest seeded hash of their id, so every process picks the same ones);
             None evaluates every user, holding all their rows in memory.
         shuffle_buffer: training pairs each process shuffles among.
+        pin_memory: page-lock the training batches when CUDA is available.
     """
     if not isinstance(split, (HashSplit, PredefinedSplit)):
         raise ValueError(f"sharded interactions are split by HashSplit or PredefinedSplit (a split column), not {type(split).__name__}: "
@@ -50,7 +52,7 @@ def prepare_shards(tables: ShardedTables, schema: Schema, split: Callable, seed:
     users, items = tables.users, tables.items
     user_rows, item_rows = pd.Index(users[USER]), pd.Index(items[ITEM])
     n_users, n_items = len(users), len(items)
-    labels = _labeller(split, users, items)
+    labels = ColumnCodes() if isinstance(split, PredefinedSplit) else HashCodes(split, users, items)
     history_name = schema.history_name()
     history_spec = next((s for s in schema.query if s.name == history_name), None)
     history_len = history_spec and history_length(history_spec)
@@ -67,9 +69,13 @@ def prepare_shards(tables: ShardedTables, schema: Schema, split: Callable, seed:
     preprocessor = Preprocessor.fit_with_ids(schema, user_ids, item_ids, users, items, tables.names)
     item_counts = torch.from_numpy(stats.item_counts)
 
-    u, i = (torch.from_numpy(stats.sample[k]).long() for k in ("users", "items"))
+    u, i = (torch.from_numpy(stats.sample[k]) for k in ("users", "items"))  # int32, widened a subset at a time (peak memory)
     part = torch.from_numpy(stats.sample["splits"])
     train, known_test = part == TRAIN, part != TEST
+
+    def pairs(where: torch.Tensor) -> CSR:
+        return CSR.from_pairs(u[where].long(), i[where].long(), n_users)
+
     histories = {}
     if history_name:
         # Item rows, -1 = empty -> catalogue rows + 1, 0 = empty (as every source keeps histories).
@@ -87,20 +93,12 @@ def prepare_shards(tables: ShardedTables, schema: Schema, split: Callable, seed:
         items=FeatureStore(preprocessor.transform("candidate", items, tables.names["items"]), n_items),
         user_rows=user_rows, item_rows=item_rows, item_vocab_index=torch.from_numpy(item_ids.lookup(items[ITEM].tolist())),
         item_counts=item_counts, item_log_q=log_q_of(item_counts), trained_items=torch.from_numpy(np.flatnonzero(stats.item_counts)),
-        known={"val": CSR.from_pairs(u[train], i[train], n_users), "test": CSR.from_pairs(u[known_test], i[known_test], n_users)},
-        heldout={s: CSR.from_pairs(u[part == code], i[part == code], n_users) for s, code in (("val", VAL), ("test", TEST))},
-        eval_users={s: torch.unique(u[part == code]) for s, code in (("val", VAL), ("test", TEST))},
+        known={"val": pairs(train), "test": pairs(known_test)},
+        heldout={s: pairs(part == code) for s, code in (("val", VAL), ("test", TEST))},
+        eval_users={s: torch.unique(u[part == code]).long() for s, code in (("val", VAL), ("test", TEST))},
         candidates={"val": None, "test": None}, histories=histories, history_name=history_name, split_counts=counts, tables=tables,
-        stream=ShardStream(shards, stats.train_rows, labels, shuffle_buffer, seed), serving_log=serving_log,
+        stream=ShardStream(shards, stats.train_rows, labels, shuffle_buffer, seed, pin_memory), serving_log=serving_log,
     )
-
-
-def _labeller(split: HashSplit | PredefinedSplit, users: pd.DataFrame, items: pd.DataFrame) -> Callable[[Chunk], np.ndarray]:
-    """A chunk -> its (n,) split codes, from the row alone."""
-    if isinstance(split, PredefinedSplit):
-        return lambda chunk: chunk.splits
-    user_hashes, item_hashes = split.key_hashes(users[USER]), split.key_hashes(items[ITEM])
-    return lambda chunk: split.codes(user_hashes[chunk.users], item_hashes[chunk.items])
 
 
 def _sample(user_keys: pd.Series, eval_users: int | None, seed: int) -> np.ndarray:

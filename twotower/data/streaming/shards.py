@@ -6,7 +6,7 @@ batches of the needed columns only.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,32 +46,60 @@ class IdRows:
 
     def __init__(self, keys: pd.Index, table: str):
         self.keys, self.table = keys, table
-        self._int_index: pd.Index | None = None
-        self._int_rows: np.ndarray | None = None
+        self._int_rows: Callable[[np.ndarray], np.ndarray] | None = None
 
     def __call__(self, column: pa.Array) -> np.ndarray:
         """(n,) int64 rows; -1 where the id is not in the table."""
         if pa.types.is_integer(column.type):
-            index, rows = self._integers()
-            found = index.get_indexer(column.to_numpy())
-            hit = found >= 0
-            found[hit] = rows[found[hit]]
-            return found
+            ids = column.to_numpy()
+            if ids.dtype == np.uint64:  # ids past int64's range are in no table (keys have at most 18 digits)
+                return np.where(ids > np.iinfo(np.int64).max, -1, self._integer_rows()(ids.astype(np.int64)))
+            return self._integer_rows()(ids.astype(np.int64, copy=False))
         # Strings: look up each distinct id of the batch once, not each row.
         encoded = pc.dictionary_encode(column)
         found = self.keys.get_indexer(encoded.dictionary.to_pandas())
         return found[encoded.indices.to_numpy()] if len(found) else np.full(len(column), -1)
 
-    def _integers(self) -> tuple[pd.Index, np.ndarray]:
-        """The keys that are canonical integers ("12", not "012") as an int64 index, and their rows."""
-        if self._int_index is None:
+    def _integer_rows(self) -> Callable[[np.ndarray], np.ndarray]:
+        """Integer ids -> rows, for the keys that are canonical integers ("12", not "012"): one ``take`` per
+        id from a table spanning the keys' range when that is dense, else a hash lookup."""
+        if self._int_rows is None:
             keys = pd.Series(np.asarray(self.keys, dtype=object))
             integral = keys.str.fullmatch(r"-?\d{1,18}").fillna(False).to_numpy(dtype=bool)
             values = keys[integral].astype("int64")
             canonical = (values.astype(str) == keys[integral]).to_numpy()
-            self._int_index = pd.Index(values.to_numpy()[canonical])
-            self._int_rows = np.flatnonzero(integral)[canonical]
-        return self._int_index, self._int_rows
+            values, rows = values.to_numpy()[canonical], np.flatnonzero(integral)[canonical]
+            if len(values) and int(values.max()) - int(values.min()) < 4 * len(values) + 1024:
+                self._int_rows = DenseRows(values, rows)
+            else:
+                index = pd.Index(values)
+
+                def lookup(ids: np.ndarray) -> np.ndarray:
+                    found = index.get_indexer(ids)
+                    hit = found >= 0
+                    found[hit] = rows[found[hit]]
+                    return found
+
+                self._int_rows = lookup
+        return self._int_rows
+
+
+class DenseRows:
+    """Integer ids -> rows through a table indexed by ``id - smallest id`` (-1 = no such id); ids that are
+    already their rows (0..n-1 in table order) are returned as they are, after a range check."""
+
+    def __init__(self, ids: np.ndarray, rows: np.ndarray):
+        self.low, self.high = int(ids.min()), int(ids.max())
+        self.table = np.full(self.high - self.low + 1, -1, dtype=np.int64)
+        self.table[ids - self.low] = rows
+        self.identity = self.low == 0 and np.array_equal(self.table, np.arange(len(self.table)))
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        """(n,) int64 ids -> (n,) int64 rows."""
+        if len(ids) and ids.min() >= self.low and ids.max() <= self.high:
+            return ids if self.identity else self.table.take(ids - self.low)
+        inside = (ids >= self.low) & (ids <= self.high)
+        return np.where(inside, self.table.take(np.where(inside, ids - self.low, 0)), -1)
 
 
 class InteractionShards:
@@ -159,17 +187,18 @@ class InteractionShards:
         owner = np.minimum((middles * world_size / self.num_rows).astype(int), world_size - 1)
         return np.flatnonzero(owner == rank).tolist()
 
-    def chunks(self, row_groups: Sequence[int] | None = None, read_rows: int | None = None) -> Iterator[Chunk]:
+    def chunks(self, row_groups: Sequence[int] | None = None, read_rows: int | None = None, times: bool = True) -> Iterator[Chunk]:
         """Record batches (of ``read_rows``, default the source's) of the given row groups (all, in
-        order, when None), ids checked and mapped to rows."""
+        order, when None), ids checked and mapped to rows; ``times=False`` leaves the timestamp column unread."""
         order = range(len(self.row_groups)) if row_groups is None else row_groups
+        columns = [name for key, name in self.columns.items() if times or key != TIME]
         file, reader = None, None
         for position in order:
             group = self.row_groups[position]
             if group.file != file:
                 file, reader = group.file, pq.ParquetFile(self.files[group.file])
             offset = group.offset
-            for batch in reader.iter_batches(batch_size=read_rows or self.read_rows, row_groups=[group.index], columns=list(self.columns.values())):
+            for batch in reader.iter_batches(batch_size=read_rows or self.read_rows, row_groups=[group.index], columns=columns):
                 yield self._chunk(batch, position, offset)
                 offset += batch.num_rows
 
@@ -188,7 +217,7 @@ class InteractionShards:
                     f"not in {self.ids[key].table}, e.g. {values} (first at row {offset + int(np.argmax(unknown))} of the directory)"
                 )
         times = splits = None
-        if self.has_times:
+        if self.has_times and self.columns[TIME] in batch.schema.names:
             column = _decoded(batch.column(self.columns[TIME]))
             _no_nulls(column, path, self.columns[TIME], offset)
             if pa.types.is_timestamp(column.type) or pa.types.is_date(column.type):

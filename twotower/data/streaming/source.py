@@ -23,8 +23,9 @@ class ShardSource:
     read_rows: interaction rows per record batch read.
     eval_users: validation and test rank the catalogue for at most this many users (a seeded sample of
         ids, the same in every process); null evaluates every user, holding all their rows in memory.
-    shuffle_buffer: training pairs each process shuffles among (rows are drawn at random from the
-        buffer and replaced by the next rows read); row groups are read in a new random order each epoch.
+    shuffle_buffer: training pairs each process shuffles among (each block of at least 1Mi pairs read is shuffled
+        together with the buffer; the buffer keeps this many of them); row groups are read in a new random order each epoch.
+    pin_memory: page-lock the training batches (when CUDA is available), so their copies to the GPU are asynchronous.
     """
 
     def __init__(
@@ -39,6 +40,7 @@ class ShardSource:
         read_rows: int = 65536,
         eval_users: Annotated[int, AT_LEAST_1] | None = 10_000,
         shuffle_buffer: Annotated[int, AT_LEAST_1] = 262_144,
+        pin_memory: bool = True,
     ):
         if not users or not items:
             raise ValueError("sharded interactions need 'users' and 'items' tables (every id in the shards listed once)")
@@ -46,11 +48,11 @@ class ShardSource:
         if eval_users is not None and eval_users < 1:
             raise ValueError(f"eval_users={eval_users} must be >= 1 (or null: every user)")
         self.user_id, self.item_id, self.timestamp, self.split, self.read_rows = user_id, item_id, timestamp, split, read_rows
-        self.eval_users, self.shuffle_buffer = eval_users, shuffle_buffer
+        self.eval_users, self.shuffle_buffer, self.pin_memory = eval_users, shuffle_buffer, pin_memory
 
     def prepare(self, schema: Schema, split: Callable, seed: int, candidates: str) -> Prepared:
         """One streamed scan of the shards (``prepare_shards``); training then streams each process's share."""
-        return prepare_shards(self.load(), schema, split, seed, candidates, self.eval_users, self.shuffle_buffer)
+        return prepare_shards(self.load(), schema, split, seed, candidates, self.eval_users, self.shuffle_buffer, self.pin_memory)
 
     def load(self) -> ShardedTables:
         names = {"interactions": str(self.interactions), "users": str(self.users), "items": str(self.items)}
