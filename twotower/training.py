@@ -40,6 +40,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     run_dir = Path(cfg.paths.output_dir)
     _say(f"run directory: {run_dir.resolve()}")
     resume = _resume_path(cfg)
+    if resume:
+        log.info("resuming from %s", resume)  # a log record, so train.log has it too
     hydra_dir = _hydra_dir()
     record, recorded = RunRecord.of(cfg, hydra_dir), RunRecord.load(run_dir)
     if resume and recorded:
@@ -138,9 +140,7 @@ def _resume_path(cfg: DictConfig) -> str | None:
     found = [*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
     if not found:
         return None
-    newest = max(found, key=lambda p: p.stat().st_mtime)
-    log.info("resuming from %s", newest)
-    return str(newest)
+    return str(max(found, key=lambda p: p.stat().st_mtime))
 
 
 @rank_zero_only
