@@ -189,7 +189,7 @@ def measure(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, ks: It
 
     ``exact``: ``exact_search(vectors, queries, max(ks))`` when the caller already has it (a sweep measures many settings).
     """
-    ks = sorted(set(k for k in ks if k <= vectors.shape[0])) or [vectors.shape[0]]
+    ks = _measured_ks(vectors.shape[0], ks)
     kmax = max(ks)
     exact_scores, exact_rows = exact if exact is not None else exact_search(vectors, queries, kmax)
     rows = search(index, vectors, queries, kmax, fetch_factor)
@@ -198,6 +198,11 @@ def measure(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, ks: It
     out["latency_ms"] = single_query_latency(lambda query: search(index, vectors, query, 10, fetch_factor), queries[:latency_queries])
     out["queries"] = len(queries)
     return out
+
+
+def _measured_ks(n: int, ks: Iterable[int]) -> list[int]:
+    """The cut-offs a catalogue of ``n`` items can be measured at (all of it when every k is larger)."""
+    return sorted(set(k for k in ks if k <= n)) or [n]
 
 
 def single_query_latency(search: Callable[[np.ndarray], Any], queries: np.ndarray) -> dict[str, Any]:
@@ -216,16 +221,17 @@ def single_query_latency(search: Callable[[np.ndarray], Any], queries: np.ndarra
 
 
 def sweep(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, spec: IndexSpec, chosen: Mapping[str, float],
-          latency_queries: int = 100) -> dict[str, Any]:
+          latency_queries: int = 100, exact: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """Recall@10 / @100 and latency of ``index`` at every value of its tuned parameter, and of exact search.
 
     Returns ``{"settings": [{"search_params", "recall@10", "recall@100", "latency_ms", "chosen"}, ...],
     "exact": {"recall@10": 1.0, ..., "latency_ms"}}``, the curve of ``index_infos.json`` that
     ``twotower.plots.plot_recall_vs_latency`` draws. Exact search is a brute-force scan
     (``faiss.knn``, no index). ``chosen`` (the tuned parameters) is set on the index again afterwards.
+    ``exact``: ``exact_search(vectors, queries, 100)`` when the caller already has it.
     """
-    ks = [k for k in (10, 100) if k <= vectors.shape[0]] or [vectors.shape[0]]
-    exact = exact_search(vectors, queries, max(ks))
+    ks = _measured_ks(vectors.shape[0], (10, 100))
+    exact = exact if exact is not None else exact_search(vectors, queries, max(ks))
     values = sorted(spec.tune["values"]) if spec.tune else [None]
     settings = []
     for value in values:
@@ -286,7 +292,8 @@ def build_and_measure(vectors: np.ndarray, queries: np.ndarray, spec: IndexSpec)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     # Tune on one half of the queries and measure on the other, so the reported recall is not fitted.
     tune_queries, eval_queries = (queries[0::2], queries[1::2]) if concrete.tune and len(queries) > 1 else (queries, queries)
-    search = {**{k: float(v) for k, v in concrete.search.items()}, **tune(index, vectors, tune_queries, concrete)}
+    search_params = {**{k: float(v) for k, v in concrete.search.items()}, **tune(index, vectors, tune_queries, concrete)}
+    exact = exact_search(vectors, eval_queries, max(_measured_ks(n, (10, 100))))  # once, for the figures and the sweep
     infos = {
         "key": concrete.key,
         "requested": spec.key,
@@ -295,13 +302,13 @@ def build_and_measure(vectors: np.ndarray, queries: np.ndarray, spec: IndexSpec)
         "ntotal": int(index.ntotal),
         "nlist": concrete.nlist,
         "trained_on": trained_on,
-        "search_params": search,
+        "search_params": search_params,
         f"target_recall@{concrete.target_k}": concrete.target_recall if concrete.tune else None,
         "build_seconds": build_s,
         "size_bytes": index_size_bytes(index),
         "fetch_factor": concrete.fetch_factor,
-        **measure(index, vectors, eval_queries, fetch_factor=concrete.fetch_factor),
-        "sweep": sweep(index, vectors, eval_queries, concrete, search),
+        **measure(index, vectors, eval_queries, exact=exact, fetch_factor=concrete.fetch_factor),
+        "sweep": sweep(index, vectors, eval_queries, concrete, search_params, exact=exact),
     }
     return index, infos
 
