@@ -61,7 +61,7 @@ class EpochLog(pl.Callback):
 
     def line(self, trainer: pl.Trainer) -> str:
         found = trainer.callback_metrics
-        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else f"epoch {trainer.current_epoch + 1}"]
+        parts = [_epoch(trainer)]
         for name in self.metrics:
             value = found.get(f"{name}_epoch", found.get(name))
             if value is not None:
@@ -76,7 +76,7 @@ class EpochLog(pl.Callback):
         """The line after ``step`` training steps of the current epoch: mean loss and samples/s since the previous line."""
         window = self._since_line
         steps = f"step {step}/{trainer.num_training_batches}" if trainer.num_training_batches != float("inf") else f"step {step}"
-        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else f"epoch {trainer.current_epoch + 1}", steps]
+        parts = [_epoch(trainer), steps]
         if window.steps:
             parts.append(f"train/loss {float(window.loss_sum) / window.steps:.4f}")  # the one device sync per line
         took = self._last_step - window.start
@@ -84,6 +84,12 @@ class EpochLog(pl.Callback):
             parts.append(f"{window.samples / took:,.0f} samples/s")
         parts.append(f"elapsed {time.perf_counter() - self._start:.1f}s")
         return "  ".join(parts)
+
+
+def _epoch(trainer: pl.Trainer) -> str:
+    """``epoch 3/10``, or ``epoch 3`` when training has no epoch limit."""
+    limit = trainer.max_epochs
+    return f"epoch {trainer.current_epoch + 1}/{limit}" if limit and limit > 0 else f"epoch {trainer.current_epoch + 1}"
 
 
 class _Window:
