@@ -46,10 +46,25 @@ def test_each_kind_transforms_as_written():
     assert out["tags"].tolist() == [[2, 1], [1, 0], [0, 0], [3, 2]]  # y=1 (x3), x=2, z=3; cut to max_len 2
     assert out["title"].tolist() == [[1, 2, 0], [4, 5, 1], [0, 0, 0], [2, 3, 0]]  # blue=1, train=2 (twice each), 1984, kind, of
     assert out["hashed"][2].tolist() == [0, 0, 0] and (out["hashed"][0, :2] > 0).all()
-    logs = np.log1p([1.0, 3.0, 7.0])
-    expected = (np.append(logs, logs.mean()) - logs.mean()) / logs.std()  # a missing price is the train mean
-    np.testing.assert_allclose(out["price"].numpy(), expected, rtol=1e-6)
+    # Numbers stay raw (the encoder standardises); a missing price is the raw value of the train mean of log1p(price).
+    np.testing.assert_allclose(out["price"].numpy(), [1.0, 3.0, 7.0, np.expm1(np.log1p([1.0, 3.0, 7.0]).mean())], rtol=1e-6)
     assert out["vector"].tolist() == [[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.5, 0.5]]
+
+
+def test_the_numeric_encoder_standardises_clips_to_the_training_range_and_reads_nan_as_the_mean():
+    feature = fitted(FeatureSpec("price", "numeric", missing="mean", transform="log1p"))  # train prices 1, 3, 7
+    encoder = build_encoder(kind_of("numeric").encoder_spec(feature, Preprocessor({}, {}, Vocabulary(["u"]), IDS), 1, {}))
+    logs = np.log1p([1.0, 3.0, 7.0])
+    z = lambda x: (np.log1p(x) - logs.mean()) / logs.std()  # noqa: E731
+    raw = torch.tensor([1.0, 3.0, 7.0, np.nan, 1000.0, 0.0, -5.0])
+    # 1000 clips to the largest train price (7); 0 and -5 (log1p of a negative clamps to 0) to the smallest (1).
+    expected = [z(1.0), z(3.0), z(7.0), 0.0, z(7.0), z(1.0), z(1.0)]
+    np.testing.assert_allclose(encoder(raw).squeeze(-1).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_tower_config_without_the_numeric_standardisation_is_refused():
+    with pytest.raises(ValueError, match=r"numeric feature 'age' has no 'standardise' entry in its tower config"):
+        build_encoder({"name": "age", "kind": "numeric", "dim": 1})
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)

@@ -9,7 +9,7 @@ from twotower.features.text import TextEncoder
 from twotower.model.towers import Tower
 from twotower.model.two_tower import TwoTower
 
-QUERY = [{"name": "user_id", "kind": "id", "cardinality": 5, "dim": 4}, {"name": "age", "kind": "numeric"},
+QUERY = [{"name": "user_id", "kind": "id", "cardinality": 5, "dim": 4}, {"name": "age", "kind": "numeric", "standardise": {"mean": 0.0, "std": 1.0}},
          {"name": "history", "kind": "history", "cardinality": 7, "dim": 4}]
 CANDIDATE = [{"name": "item_id", "kind": "id", "cardinality": 7, "dim": 4},
              {"name": "genres", "kind": "multi_hot", "cardinality": 4, "dim": 3},

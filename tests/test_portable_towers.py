@@ -38,11 +38,8 @@ def lookup(vocabulary):
 feeds = {}
 for spec in manifest["serving_signature"]["inputs"]:
     name, raw = spec["name"], [row.get(spec["name"]) for row in rows]
-    if "standardise" in spec:
-        s = spec["standardise"]
-        x = np.asarray([np.nan if v is None else v for v in raw], dtype=np.float64)
-        x = np.log1p(x) if s["log1p"] else x
-        feeds[name] = np.where(np.isnan(x), 0.0, (x - s["mean"]) / s["std"]).astype(spec["dtype"])
+    if spec["dtype"] == "float32":  # a number goes in raw, NaN when missing: the tower standardises it
+        feeds[name] = np.asarray([np.nan if v is None else v for v in raw], dtype=np.float32)
     elif spec["shape"][1:] == ["history_len"]:
         index = lookup(spec["vocabulary"])
         ids = [[index.get(str(item), 0) for item in (value or [])] for value in raw]
@@ -97,7 +94,7 @@ def test_the_signature_documents_every_input_of_the_onnx_tower(artifact):
     session = onnxruntime.InferenceSession(str(path / QUERY_ONNX))
     onnx_types = {"tensor(int64)": "int64", "tensor(float)": "float32", "tensor(bool)": "bool"}
     assert [(i.name, onnx_types[i.type], i.shape) for i in session.get_inputs()] == [(s["name"], s["dtype"], s["shape"]) for s in signature["inputs"]]
-    assert all(s.get("vocabulary") or s.get("standardise") or "." in s["name"] for s in signature["inputs"]), "each input says how raw values become it"
+    assert all(s.get("vocabulary") or s.get("in_tower") or "." in s["name"] for s in signature["inputs"]), "each input says how raw values become it"
 
 
 def test_a_client_with_only_onnxruntime_faiss_and_numpy_returns_the_retrievers_top_k(artifact):
@@ -111,6 +108,7 @@ def test_a_client_with_only_onnxruntime_faiss_and_numpy_returns_the_retrievers_t
     new = users.head(3).copy()
     new["user_id"] = ["new-1", "new-2", "new-3"]
     new.iloc[0, new.columns.get_loc("segment")] = "a segment never seen"
+    new.iloc[1, new.columns.get_loc("age")] = 1e4  # far outside the training range: the tower clips it, client or not
     new["history"] = [[], [str(i) for i in retriever.item_ids[:4]], ["not an item", str(retriever.item_ids[5])]]
     frame = pd.concat([users, new], ignore_index=True)
     expected = retriever.recommend(frame, k=K, exclude_seen=False)

@@ -30,7 +30,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from tests.export_fixtures import export_config, trained_and_exported  # noqa: E402 - after the skips: they need the serve extra
 from twotower import Retriever  # noqa: E402
-from twotower.artifact import INDEX  # noqa: E402
+from twotower.artifact import FORMAT_VERSION, INDEX  # noqa: E402
 from twotower.exporting import export  # noqa: E402
 from twotower.serving_http.app import MAX_K, create_app  # noqa: E402
 from twotower.serving_http.cli import main  # noqa: E402
@@ -190,7 +190,7 @@ def test_a_nan_in_a_request_is_refused_not_a_server_error(server):
 def test_health_and_metadata_describe_the_artifact_and_nothing_secret(server, artifacts, retriever):
     status, health = call(server, "GET", "/health")
     assert status == 200
-    assert health["artifact"] == str(artifacts[0]) and health["format"] == "twotower-artifact" and health["format_version"] == 3
+    assert health["artifact"] == str(artifacts[0]) and health["format"] == "twotower-artifact" and health["format_version"] == FORMAT_VERSION
     status, meta = call(server, "GET", "/metadata")
     manifest = retriever.artifact.manifest
     assert status == 200

@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 FORMAT = "twotower-artifact"
 # 2: the manifest records each tower's digest ("towers"), which load checks;
 # 3: item features and user histories (catalogue rows) are stored, so any query tower serves
-FORMAT_VERSION = 3
+# 4: numeric features are stored raw; the towers standardise and clip them (so exported programs do)
+FORMAT_VERSION = 4
 STAGING_INFIX = ".partial-"  # <dir>.partial-<pid>-<random>: one export's private staging directory
 STAGING_MARKER = ".twotower-staging"  # inside a staging directory: the proof that an export made it
 VERSION_INFIX = ".v"  # <dir>.v<N>: a complete artifact; <dir> is a link to the newest

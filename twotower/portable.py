@@ -3,8 +3,8 @@
 A tower takes a dict of feature tensors; the portable programs take the same tensors as named
 positional inputs (ONNX input names are the dict keys), with the batch and the history length
 free. The manifest's ``serving_signature`` says, for each input, its dtype, its shape (symbolic
-dimensions by name) and how a client turns raw values into it (vocabulary file and offset,
-standardisation constants, history order), so a client needs only the artifact and onnxruntime.
+dimensions by name) and how a client turns raw values into it (vocabulary file and offset, history
+order; numbers go in raw, the tower standardises them), so a client needs only the artifact and onnxruntime.
 """
 from __future__ import annotations
 
@@ -71,11 +71,12 @@ def serving_signature(example: Features, query: Mapping[str, FittedFeature], voc
         entry: dict[str, Any] = {"name": name, "dtype": str(example[name].dtype).removeprefix("torch."), "shape": shape}
         fitted = query.get(name)
         if fitted is not None:
-            entry["encoding"] = fitted.kind.serving_input(fitted).encoding
+            served = fitted.kind.serving_input(fitted)
+            entry["encoding"] = served.encoding
+            if served.in_tower:
+                entry["in_tower"] = dict(served.in_tower)
             if fitted.vocab is not None and not fitted.spec.hash_buckets:
                 entry["vocabulary"] = {"file": vocab_file, "key": f"features.{name}.vocab", "index": "1 + position in the list; 0 = unknown or missing"}
-            if fitted.spec.kind == "numeric":
-                entry["standardise"] = {"log1p": fitted.spec.transform == "log1p", "mean": fitted.mean, "std": fitted.std}
             if fitted.kind.from_interactions:
                 entry["order"] = "most recent first, 0-padded on the right"
                 entry["vocabulary"] = {"file": item_vocab_file, "key": "ids", "index": "1 + position in the list; 0 = unknown item or empty slot"}

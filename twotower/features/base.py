@@ -42,12 +42,15 @@ class ServingInput:
         dtype: numpy / torch dtype name (``int64``, ``float32``).
         shape: ``None`` for the batch dimension, then the fixed sizes (``(None, 16)``).
         encoding: one line on what the values mean, e.g. "int64 vocabulary index, 0 = out of vocabulary".
+        in_tower: what the tower itself does to the input (JSON), for a client to know it need not,
+            e.g. a number's standardisation; empty if nothing.
     """
 
     name: str
     dtype: str
     shape: tuple[int | None, ...]
     encoding: str
+    in_tower: Mapping[str, Any] = field(default_factory=dict)
 
 
 class FeatureKind(abc.ABC):
@@ -56,7 +59,8 @@ class FeatureKind(abc.ABC):
 
     Conventions every kind keeps: integer inputs are rows of an embedding table (0 = out of
     vocabulary / missing / padding) of the tower config's ``cardinality`` rows, which serving checks
-    stored inputs against; float inputs are finite.
+    stored inputs against; float inputs are finite where stored (a ``numeric`` input may be NaN in a
+    batch or a request: missing).
 
     Traits, read by code that treats some kinds specially:
         identity: the feature is the entity's id, so content-only towers (``use_ids: false``) drop

@@ -1,6 +1,14 @@
-"""``numeric``: a number per row, standardised with the train split's mean and std (optionally after log1p)."""
+"""``numeric``: a number per row, standardised with the train split's mean and std (optionally after log1p).
+
+The tower holds the standardisation: its input is the raw number, and the encoder applies log1p,
+standardises and clips to the range seen in training. So every program exported from the tower
+(ONNX, ``torch.export``, TorchScript) takes the number as the users or items table has it, a client
+feeds NaN for a missing value, and a value outside the training range (a release year after the
+data ends) does not extrapolate.
+"""
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,12 +25,28 @@ TRANSFORMS = (None, "log1p")
 
 
 class NumericEncoder(nn.Module):
-    """``numeric`` (B,) standardised floats -> (B, 1)."""
+    """``numeric`` (B,) raw floats -> (B, 1) standardised, clipped to the training range; NaN (missing) -> 0, the train mean.
+
+    Args:
+        mean, std: of the (log1p-transformed, where ``log1p``) train-split values.
+        low, high: the smallest and largest of those values; ``None``: no clipping on that side.
+    """
 
     out_dim = 1
 
+    def __init__(self, mean: float = 0.0, std: float = 1.0, low: float | None = None, high: float | None = None, log1p: bool = False):
+        super().__init__()
+        self.mean, self.std, self.log1p = float(mean), float(std), bool(log1p)
+        # Bounds as standardised values; plain floats, so they are constants of any exported graph.
+        self.low = -math.inf if low is None else (float(low) - self.mean) / self.std
+        self.high = math.inf if high is None else (float(high) - self.mean) / self.std
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.unsqueeze(-1)
+        if self.log1p:
+            x = torch.log1p(x.clamp(min=0.0))
+        z = (x - self.mean) / self.std
+        z = torch.where(torch.isnan(z), torch.zeros_like(z), z)
+        return z.clamp(self.low, self.high).unsqueeze(-1)
 
 
 class NumericKind(FeatureKind):
@@ -46,7 +70,7 @@ class NumericKind(FeatureKind):
         if not (np.isfinite(mean) and np.isfinite(std)):
             raise ValueError(f"{table}: numeric column '{spec.source_column}' has values too large to standardise "
                              f"(largest magnitude {np.abs(finite).max():g}); rescale it or use transform: log1p")
-        return FittedFeature(spec, mean=mean, std=std if std > 0 else 1.0)
+        return FittedFeature(spec, mean=mean, std=std if std > 0 else 1.0, state={"min": float(finite.min()), "max": float(finite.max())})
 
     def transform(self, fitted: FittedFeature, frame: pd.DataFrame, table: str) -> torch.Tensor:
         spec = fitted.spec
@@ -56,7 +80,6 @@ class NumericKind(FeatureKind):
             if negative.any():
                 row = int(np.argmax(negative))
                 raise ValueError(f"{table}: column '{spec.source_column}' has a negative value {x[row]} at row {row}; log1p needs >= 0")
-            x = np.log1p(x)
         missing = np.isnan(x)
         if missing.any():
             if spec.missing == "error":
@@ -65,29 +88,44 @@ class NumericKind(FeatureKind):
                     f"{table}: numeric column '{spec.source_column}' has {int(missing.sum())} missing/NaN value(s), "
                     f"first at row {row} (set missing: mean or zero on feature '{spec.name}' to fill them)"
                 )
-            x = np.where(missing, fitted.mean if spec.missing == "mean" else 0.0, x)
+            x = np.where(missing, self._raw_mean(fitted) if spec.missing == "mean" else 0.0, x)
         with np.errstate(over="ignore"):
-            scaled = ((x - fitted.mean) / fitted.std).astype(np.float32)
-        overflow = ~np.isfinite(scaled)
+            raw = x.astype(np.float32)
+        overflow = ~np.isfinite(raw)
         if overflow.any():
             row = int(np.argmax(overflow))
-            raise ValueError(f"{table}: numeric column '{spec.source_column}' value {x[row]:g} at row {row} is too far from the "
-                             f"train mean {fitted.mean:g} (std {fitted.std:g}) to be a float32 feature")
-        return torch.from_numpy(scaled)  # (n,)
+            raise ValueError(f"{table}: numeric column '{spec.source_column}' value {x[row]:g} at row {row} is too large to be a float32 feature")
+        return torch.from_numpy(raw)  # (n,) raw: the encoder standardises
+
+    @staticmethod
+    def _raw_mean(fitted: FittedFeature) -> float:
+        """The raw value the encoder standardises to 0 (the train mean, before log1p where set)."""
+        return math.expm1(fitted.mean) if fitted.spec.transform == "log1p" else fitted.mean
 
     def encoder_spec(self, fitted: FittedFeature, preprocessor: Preprocessor, dim: int, options: Mapping[str, Any]) -> dict[str, Any]:
-        return {"name": fitted.spec.name, "kind": self.name, "dim": dim}
+        return {"name": fitted.spec.name, "kind": self.name, "dim": dim, "standardise": standardisation(fitted)}
 
     def build_encoder(self, spec: Mapping[str, Any]) -> nn.Module:
-        return NumericEncoder()
+        if "standardise" not in spec:
+            raise ValueError(f"numeric feature '{spec.get('name')}' has no 'standardise' entry in its tower config: the config was written "
+                             "by a twotower that standardised numbers outside the tower; train (or export) again with this version")
+        return NumericEncoder(**spec["standardise"])
 
     def empty(self, fitted: FittedFeature, n: int) -> torch.Tensor:
-        return torch.zeros(n)  # standardised: the train mean
+        return torch.full((n,), math.nan)  # missing: the encoder reads it as the train mean
+
+    def forget(self, features: dict[str, torch.Tensor], name: str, rows: torch.Tensor) -> None:
+        features[name] = features[name].masked_fill(rows, math.nan)
 
     def serving_input(self, fitted: FittedFeature) -> ServingInput:
-        transform = "log1p, then " if fitted.spec.transform == "log1p" else ""
-        return ServingInput(fitted.spec.name, "float32", (None,),
-                            f"float32 {transform}(x - {fitted.mean:g}) / {fitted.std:g}, 0 = the train mean")
+        return ServingInput(fitted.spec.name, "float32", (None,), "float32 raw value as in the table, NaN = missing (the tower "
+                            "applies log1p where set, standardises and clips to the training range)", standardisation(fitted))
+
+
+def standardisation(fitted: FittedFeature) -> dict[str, Any]:
+    """What the encoder does to a raw value: ``NumericEncoder``'s arguments (also the serving signature's record of it)."""
+    return {"log1p": fitted.spec.transform == "log1p", "mean": fitted.mean, "std": fitted.std,
+            "low": fitted.state.get("min"), "high": fitted.state.get("max")}
 
 
 register_kind(NumericKind())
