@@ -35,19 +35,19 @@ def datamodule(mind_dir):
     return dm
 
 
-def test_history_is_the_latest_clicks_most_recent_first_without_the_target(datamodule):
-    histories = datamodule.prepared.tables.histories["train"]
-    user_id = next(u for u, h in histories.items() if len(h) > 8)
-    user = torch.tensor([datamodule.prepared.user_rows.get_loc(user_id)])
-    query = datamodule.query_features(user, "train")
+def test_history_is_the_lines_latest_clicks_most_recent_first_without_the_target(datamodule):
+    tables = datamodule.prepared.tables
+    line = next(i for i, h in tables.histories.items() if len(h) > 8 and tables.impression_meta.loc[i, "split"] == "train")
+    user = torch.tensor([datamodule.prepared.user_rows.get_loc(tables.impression_meta.loc[line, "user_id"])])
+    query = datamodule.query_features(user, "train", impressions=torch.tensor([line]))
     rows = query["history.index"][0]
-    names = datamodule.prepared.item_rows[(torch.unique(datamodule.prepared.histories["train"][user])[rows] - 1).numpy()]
-    assert list(names) == list(reversed(histories[user_id]))[:6]
+    names = datamodule.prepared.item_rows[(torch.unique(datamodule.prepared.impressions.histories[line])[rows] - 1).numpy()]
+    assert list(names) == list(reversed(tables.histories[line]))[:6]
     assert query["history.present"].all()
     title_len = datamodule.prepared.preprocessor.candidate["title"].max_len
     assert query["history.title"].shape[1:] == (title_len,) and query["history.category"].ndim == 1
-    target = torch.tensor([datamodule.prepared.item_rows.get_loc(histories[user_id][-1])])
-    masked = datamodule.query_features(user, "train", clicked=target)
+    target = torch.tensor([datamodule.prepared.item_rows.get_loc(tables.histories[line][-1])])
+    masked = datamodule.query_features(user, "train", clicked=target, impressions=torch.tensor([line]))
     assert masked["history.present"][0].tolist() == [False] + [True] * 5
 
 
@@ -74,7 +74,11 @@ def test_evaluation_batches_carry_every_dev_impression_once(datamodule):
     for users in datamodule.prepared.eval_users["val"].split(50):
         batch = datamodule.eval_batch(users, "val")
         position, item, impression, label = batch.impressions
-        assert (torch.tensor(datamodule.prepared.user_rows.get_indexer(meta[meta.columns[1]].to_numpy()[impression.numpy()])) == users[position]).all()
+        # Each shown item points at its impression's own query (the user's features, the line's history).
+        lines = torch.unique(impression)
+        assert (lines[position] == impression).all()
+        assert (datamodule.prepared.impressions.user_of[lines] == torch.tensor(datamodule.prepared.user_rows.get_indexer(meta.loc[lines.numpy(), "user_id"]))).all()
+        assert batch.impression_query["history.present"].shape[0] == len(lines)
         seen.append(impression)
     seen = torch.cat(seen)
     val = datamodule.prepared.tables.impressions[datamodule.prepared.tables.impressions[IMPRESSION].isin(meta.index[meta["split"] == "val"])]
@@ -113,7 +117,8 @@ def test_every_batch_step_applies_to_mind_as_to_any_source(mind_dir):
     batch = dm.train_batch(torch.arange(64))
     assert batch.negatives["title"].shape[0] == 5 and batch.row_negatives["title"].shape[:2] == (64, 2)
     assert batch.known_items.shape[0] == 2 and batch.known_items.shape[1] > 0
-    new = ~batch.query["history.present"].any(1) & (dm.prepared.histories["train"][batch.query_ids] > 0).any(1)
+    lines = dm.prepared.impressions.histories[dm.prepared.impressions.of_train_pair[:64]]  # each click's own history line
+    new = ~batch.query["history.present"].any(1) & (lines > 0).any(1)
     assert new.any(), "some rows with a history are shown as first-time users"
     assert (batch.query["user_id"][new] == 0).all() and (batch.query["history"][new] == 0).all()
     dropped = (batch.candidate["item_id"] == 0).float().mean()

@@ -55,8 +55,7 @@ def test_source_builds_clicks_impressions_and_histories(tmp_path):
     assert tables.impressions[[IMPRESSION, ITEM, "label"]].values.tolist() == [
         [0, "N3", 1], [0, "N2", 0], [1, "N1", 0], [1, "N2", 1], [1, "N3", 1], [2, "N2", 0], [2, "N1", 1], [3, "N1", 1], [3, "N3", 0],
     ]
-    assert tables.histories["train"].to_dict() == {"U1": ["N1", "N2"], "U2": []}
-    assert tables.histories["dev"].to_dict() == {"U1": ["N1", "N2", "N3"], "U3": ["N3"]}
+    assert tables.histories.to_dict() == {0: ["N1", "N2"], 1: [], 2: ["N1", "N2", "N3"], 3: ["N3"]}  # each line's own, by impression
     assert tables.users[USER].tolist() == ["U1", "U2", "U3"]
     assert tables.items[IN_TRAIN].all()
 
@@ -108,7 +107,10 @@ def test_generated_data_reads_back_with_its_counts_and_structure(tmp_path):
     # Planted preference: a user's clicks fall on the categories of their history far more often
     # than the shown items do.
     category = tables.items.set_index(ITEM)["category"]
-    history_categories = {u: set(category[h]) for u, h in tables.histories["train"].items() if h}
+    history_categories = {}
+    for user, history in zip(meta.loc[meta[SPLIT] == "train", USER], tables.histories[meta[SPLIT] == "train"]):
+        history_categories.setdefault(user, set()).update(category[history])
+    history_categories = {u: c for u, c in history_categories.items() if c}
     shown = tables.impressions.assign(user=meta[USER].to_numpy()[tables.impressions[IMPRESSION]], category=lambda f: category[f[ITEM]].to_numpy())
     shown = shown[shown["user"].isin(history_categories)]
     liked = np.array([c in history_categories[u] for u, c in zip(shown["user"], shown["category"])])

@@ -192,7 +192,8 @@ class TwoTowerModule(pl.LightningModule):
             self._beyond[split].update(top, batch.targets, batch.users, self._catalogue.shape[0], batch.candidates)
         if batch.impressions is not None:
             position, item, impression, label = batch.impressions
-            scores = (query[position] * self._catalogue[item]).sum(-1)  # (n,) one per shown item
+            shown_to = query if batch.impression_query is None else self.model.encode_query(batch.impression_query)  # (U or I, D)
+            scores = (shown_to[position] * self._catalogue[item]).sum(-1)  # (n,) one per shown item
             self.task.impression_metrics[split].update(scores, label, impression)
 
     def on_validation_epoch_end(self) -> None:

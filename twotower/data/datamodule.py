@@ -189,19 +189,25 @@ class TwoTowerDataModule(pl.LightningDataModule):
         data = self.data
         streamed = rows.dim() == 2
         users, items = (rows if streamed else data.train_pairs[rows]).unbind(1)
-        batch = Batch(self.query_features(users, "train", clicked=items), data.items.gather(items), users, items, data.item_log_q[items])
+        lines = None  # each click reads its own impression's history where the source records one per impression
+        if not streamed and data.impressions is not None and data.impressions.histories is not None:
+            lines = data.impressions.of_train_pair[rows]
+        query = self.query_features(users, "train", clicked=items, impressions=lines)
+        batch = Batch(query, data.items.gather(items), users, items, data.item_log_q[items])
         for step in self.steps:
             step(batch, data, None if streamed else rows)
         return batch
 
-    def query_features(self, users: torch.Tensor, split: str, clicked: torch.Tensor | None = None) -> Features:
+    def query_features(self, users: torch.Tensor, split: str, clicked: torch.Tensor | None = None, impressions: torch.Tensor | None = None) -> Features:
         """The users' query-tower inputs: their features, and their ``split`` history as the history feature reads it
         (``twotower.features.history.history_inputs``); ``clicked`` (B,) item rows are removed from their row's history,
-        so a training target is never visible in its own history."""
+        so a training target is never visible in its own history. ``impressions`` (B,): each row reads that
+        impression's own history (``Impressions.histories``) instead of the user's."""
         data = self.data
         query = data.users.gather(users)
         if data.history_name:
-            rows = data.histories[split][users]  # (B, L) catalogue rows + 1, 0 = empty slot
+            # (B, L) catalogue rows + 1, 0 = empty slot
+            rows = data.histories[split][users] if impressions is None else data.impressions.histories[impressions]
             if clicked is not None:
                 rows = rows.masked_fill(rows == clicked.unsqueeze(1) + 1, 0)
             fitted = data.preprocessor.query[data.history_name]
@@ -210,10 +216,16 @@ class TwoTowerDataModule(pl.LightningDataModule):
 
     def eval_batch(self, users: torch.Tensor, split: str) -> EvalBatch:
         data = self.data
-        return EvalBatch(
-            self.query_features(users, split), users, torch.stack(data.known[split].gather(users)), torch.stack(data.heldout[split].gather(users)),
-            candidates=data.candidates[split], impressions=None if data.impressions is None else data.impressions.of_users(users, split),
-        )
+        batch = EvalBatch(self.query_features(users, split), users, torch.stack(data.known[split].gather(users)),
+                          torch.stack(data.heldout[split].gather(users)), candidates=data.candidates[split])
+        if data.impressions is not None:
+            shown = data.impressions.of_users(users, split)  # (4, n) position in batch, item row, impression, label
+            if data.impressions.histories is not None:
+                # Each impression scored with its own history: one query per distinct impression of the batch.
+                lines, shown[0] = torch.unique(shown[2], return_inverse=True)
+                batch.impression_query = self.query_features(data.impressions.user_of[lines], split, impressions=lines)
+            batch.impressions = shown
+        return batch
 
     def catalogue(self, chunk_size: int = 65536) -> Iterator[Features]:
         """Every item's features, in chunks, on the store's device."""

@@ -21,6 +21,10 @@ class Impressions:
         users: per evaluation split, (n,) the user row of each entry.
         by_user: per evaluation split, user row -> positions in that split's entries.
         item_seen_in_train: (n_items,) bool, the item was shown in the training period (False: fresh).
+        user_of: (n_impressions,) the user row of each impression.
+        histories: (n_impressions, L) catalogue rows + 1 of each impression's own click history, most
+            recent first (0 = empty), where the source records one per impression; training clicks and
+            evaluation impressions read it instead of the user's. None: they read the user's.
     """
 
     of_train_pair: torch.Tensor
@@ -29,12 +33,15 @@ class Impressions:
     users: dict[str, torch.Tensor]
     by_user: dict[str, CSR]
     item_seen_in_train: torch.Tensor
+    user_of: torch.Tensor
+    histories: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> Impressions:
         moved = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            moved[f.name] = {k: v.to(device) for k, v in value.items()} if isinstance(value, dict) else value.to(device)
+            if value is not None:
+                moved[f.name] = {k: v.to(device) for k, v in value.items()} if isinstance(value, dict) else value.to(device)
         return replace(self, **moved)
 
     def skipped_items(self, impressions: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -120,7 +120,9 @@ class EvalBatch(_Movable):
     ``exclude`` and ``targets`` are (position in batch, item row) pairs as two stacked rows, shape (2, nnz).
     ``candidates`` (n_items,) bool, when given, restricts the ranking to those items.
     ``impressions`` (optional) lists the items shown to these users as four stacked rows, shape
-    (4, n): position in batch, item row, impression id, label (1 = clicked).
+    (4, n): query position, item row, impression id, label (1 = clicked). The query position is a row
+    of ``impression_query`` where that is given (each impression's own query inputs: its history
+    line), else the position in the batch (the user's query).
     """
 
     query: Features
@@ -129,6 +131,7 @@ class EvalBatch(_Movable):
     targets: torch.Tensor
     candidates: torch.Tensor | None = None
     impressions: torch.Tensor | None = None
+    impression_query: Features | None = None
 
     def __len__(self) -> int:
         return len(self.users)

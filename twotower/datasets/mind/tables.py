@@ -20,9 +20,10 @@ class MindTables(Tables):
         impressions: one row per shown news item: ``impression`` (index into ``impression_meta``),
             ``item_id``, ``label`` (1 = clicked).
         impression_meta: one row per impression: ``impression_id``, ``user_id``, ``timestamp``, ``split``.
-        histories: per directory (``train``, ``dev``), each user's click history, oldest first.
+        histories: each impression's click history as its behaviors.tsv line gives it (news ids, oldest
+            first), indexed like ``impression_meta``.
     """
 
     impressions: pd.DataFrame | None = None
     impression_meta: pd.DataFrame | None = None
-    histories: dict[str, pd.Series] | None = None
+    histories: pd.Series | None = None
