@@ -1,6 +1,6 @@
 """Side-by-side quality on MovieLens-100K: classic baselines and two-tower variants, every protocol, one metric code.
 
-    python benchmarks/quality.py [--protocols random temporal ...] [--seed 42] [--epochs N]
+    python benchmarks/quality.py [--protocols random temporal "temporal warm" ...] [--models popularity trending ...] [--seed 42] [--epochs N]
 
 For each protocol the split is built once from the seed; baselines are fitted on the known
 interactions of the test split (train + val) and the two-tower variants are trained with their
@@ -29,13 +29,15 @@ from hydra.utils import instantiate
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from twotower.baselines import ALS, BPR, EASE, ItemKNN, Popularity, evaluate  # noqa: E402
+from twotower.baselines import ALS, BPR, EASE, ItemKNN, Popularity, RecencyPopularity, Trending, evaluate  # noqa: E402
 from twotower.training import train  # noqa: E402
 
 # Each protocol is what a user selects on the command line (conf/protocol/, conf/data/split/).
 PROTOCOLS = {
     "random": ["protocol=random"],
     "temporal": ["protocol=temporal"],
+    "temporal warm": ["protocol=temporal_warm"],
+    "temporal cold": ["protocol=temporal_cold"],
     "leave-last-out": ["data/split=leave_last_out"],
     "cold-start items": ["protocol=cold_items"],
     "cold-start users": ["protocol=cold_users"],
@@ -45,7 +47,7 @@ COLUMNS = ["recall@20", "ndcg@10", "coverage@20", "diversity@20", "novelty@20", 
 
 
 def baselines(seed: int) -> list:
-    return [Popularity(), ItemKNN(neighbours=100), ALS(seed=seed), BPR(seed=seed), EASE(l2=300.0)]
+    return [Popularity(), RecencyPopularity(half_life_days=30.0), Trending(window_days=7.0), ItemKNN(neighbours=100), ALS(seed=seed), BPR(seed=seed), EASE(l2=300.0)]
 
 
 def config(protocol: str, seed: int, experiment: str | None, overrides: list[str]):

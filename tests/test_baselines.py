@@ -1,9 +1,24 @@
 """Baselines: closed forms against brute force, and evaluation through the datamodule's split."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from twotower.baselines import ALS, BPR, EASE, ItemKNN, Popularity, evaluate, known_matrix
+from twotower.baselines import (
+    ALS,
+    BPR,
+    DAY,
+    EASE,
+    ItemKNN,
+    KnownEvents,
+    Popularity,
+    RecencyPopularity,
+    Trending,
+    evaluate,
+    known_events,
+    known_matrix,
+)
 from twotower.data import TwoTowerDataModule
 from twotower.data.sources import SyntheticSource
 from twotower.data.splits import RandomSplit
@@ -108,3 +123,49 @@ def test_evaluation_never_recommends_known_items(datamodule):
     batch = datamodule.eval_batch(users, "val")
     known = known_matrix(datamodule, "val")
     assert set(zip(batch.exclude[0].tolist(), batch.exclude[1].tolist())) == {(p, i) for p, u in enumerate(users.tolist()) for i in known[u].indices}
+
+
+def _events(items, days):
+    items = np.array(items)
+    return KnownEvents(np.zeros(len(items), dtype=np.int64), items, np.array(days, dtype=np.float64) * DAY, num_items=4)
+
+
+def test_recency_popularity_halves_an_interactions_weight_every_half_life():
+    # The data ends on day 3: ages 0, 0, 2 and 1 days, weights 1, 1, 1/4 and 1/2 at a one-day half-life.
+    model = RecencyPopularity(half_life_days=1.0).fit(None, _events([0, 1, 1, 2], [3, 3, 1, 2]))
+    np.testing.assert_allclose(model.score(np.arange(2)), [[1.0, 1.25, 0.5, 0.0]] * 2, rtol=1e-6)
+
+
+def test_trending_ranks_by_the_last_window_then_by_overall_popularity():
+    # The data ends on day 5; the one-day window holds days 4 to 5: item 1 twice, items 0 and 2 once.
+    # Item 3, the most popular overall (3), is absent from the window; items 0 and 2 tie there and
+    # item 0's 2 interactions overall beat item 2's 1. Scores are positions: 3 > 2 > 1 > 0.
+    events = _events([3, 3, 3, 0, 0, 1, 1, 2], [0, 0, 1, 0.5, 5, 5, 4.5, 4.2])
+    assert Trending(window_days=1.0).fit(None, events).score(np.arange(1)).tolist() == [[2.0, 3.0, 1.0, 0.0]]
+    # Equal in both counts: one position, so the evaluation's jitter orders them.
+    assert Trending(window_days=1.0).fit(None, _events([0, 1], [5, 5])).score(np.arange(1)).tolist() == [[1.0, 1.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: RecencyPopularity(half_life_days=0.0), "half_life_days=0.0 must be > 0"),
+    (lambda: Trending(window_days=-1.0), "window_days=-1.0 must be > 0"),
+])
+def test_freshness_baselines_refuse_a_non_positive_period(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_known_events_are_the_known_matrix_with_times(datamodule):
+    for split in ("val", "test"):
+        events = known_events(datamodule, split)
+        rebuilt = sp.csr_matrix((np.ones(len(events.items), dtype=np.float32), (events.users, events.items)), shape=known_matrix(datamodule, split).shape)
+        assert (rebuilt != known_matrix(datamodule, split)).nnz == 0
+    other = SimpleNamespace(prepared=datamodule.prepared, split=RandomSplit(test=0.5, seed=3))
+    with pytest.raises(ValueError, match="the split labels .* interactions known at 'test', the prepared data has"):
+        known_events(other, "test")
+
+
+def test_recency_popularity_with_an_endless_half_life_evaluates_as_popularity(datamodule):
+    # Weights of 1 - 1e-11 round to whole counts in float32: the same scores, the same seeded ties.
+    fresh = evaluate(RecencyPopularity(half_life_days=1e12), datamodule, "test", ks=[10], beyond_ks=[10])
+    assert fresh == evaluate(Popularity(), datamodule, "test", ks=[10], beyond_ks=[10])

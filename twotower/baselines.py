@@ -4,16 +4,19 @@ Each baseline is fitted on a split's known interactions (train for ``val``, trai
 ``test``, as the two-tower sees them as history at test time) and scores every item for a batch
 of users. ``evaluate`` ranks through the datamodule's own ``EvalBatch`` (known items excluded,
 candidates restricted as the protocol says) into ``RetrievalMetrics`` and ``BeyondAccuracyMetrics``.
+Freshness baselines (``needs_times``) are fitted on the same interactions with when each happened.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from twotower.data.tables import ITEM, TIME, USER, require_columns
 from twotower.task.beyond_accuracy import beyond_accuracy_for_split
 from twotower.task.metrics import RetrievalMetrics
 from twotower.task.retrieval import top_k
@@ -41,6 +44,54 @@ def known_matrix(datamodule, split: str) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr), shape=shape)
 
 
+@dataclass
+class KnownEvents:
+    """The interactions known when evaluating a split, one entry per interaction, with its time."""
+
+    users: np.ndarray  # (n,) user rows
+    items: np.ndarray  # (n,) item rows
+    times: np.ndarray  # (n,) Unix seconds
+    num_items: int
+
+
+class TimedRecommender(Protocol):
+    """A recommender that needs when each known interaction happened, not only whether it did."""
+
+    name: str
+    needs_times: bool  # True: ``evaluate`` passes the known events to ``fit``
+
+    def fit(self, user_items: sp.csr_matrix, events: KnownEvents) -> TimedRecommender: ...
+
+    def score(self, users: np.ndarray) -> np.ndarray: ...
+
+
+def known_events(datamodule, split: str) -> KnownEvents:
+    """The interactions of ``known_matrix(datamodule, split)`` with their timestamps.
+
+    The prepared data keeps which pairs are known but not when they happened, so the split is
+    labelled again on the loaded interactions (splits are deterministic for their seed) and
+    checked against the prepared known matrix.
+
+    Raises:
+        ValueError: the interactions have no timestamp column, or the relabelled known interactions
+            differ in number from the prepared ones (naming both counts).
+    """
+    prepared = datamodule.prepared
+    interactions = prepared.tables.interactions
+    require_columns(interactions, [TIME], f"{prepared.tables.names['interactions']} (freshness baselines)")
+    labels = datamodule.split(interactions).to_numpy()
+    known = np.isin(labels, ["train"] if split == "val" else ["train", "val"])
+    users = prepared.user_rows.get_indexer(interactions.loc[known, USER])
+    items = prepared.item_rows.get_indexer(interactions.loc[known, ITEM])
+    n_items = len(prepared.item_rows)
+    matrix = known_matrix(datamodule, split).tocoo()
+    expected = np.sort(matrix.row.astype(np.int64) * n_items + matrix.col)
+    if len(users) != len(expected) or not np.array_equal(np.sort(users.astype(np.int64) * n_items + items), expected):
+        raise ValueError(f"the split labels {len(users)} interactions known at '{split}', the prepared data has {len(expected)} "
+                         "(or other pairs): freshness baselines need a split that labels the same rows every time it is called")
+    return KnownEvents(users, items, interactions.loc[known, TIME].to_numpy(dtype=np.float64), n_items)
+
+
 class Popularity:
     """Every user gets the items with the most known interactions."""
 
@@ -52,6 +103,61 @@ class Popularity:
 
     def score(self, users: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self.counts, (len(users), len(self.counts)))
+
+
+DAY = 86400.0  # seconds
+
+
+class RecencyPopularity:
+    """Popularity with each known interaction weighted by 2^(-age / half-life), its age measured from the
+    latest known interaction (the end of the training data): yesterday's views count, last year's fade."""
+
+    name = "recency-popularity"
+    needs_times = True
+
+    def __init__(self, half_life_days: float = 30.0):
+        if not half_life_days > 0:
+            raise ValueError(f"recency popularity half_life_days={half_life_days} must be > 0")
+        self.half_life_days = half_life_days
+
+    def fit(self, user_items: sp.csr_matrix, events: KnownEvents) -> RecencyPopularity:
+        age = (events.times.max() - events.times) / DAY
+        weights = np.exp(-age / self.half_life_days * np.log(2.0))
+        self.scores = np.bincount(events.items, weights, minlength=events.num_items).astype(np.float32)
+        return self
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self.scores, (len(users), len(self.scores)))
+
+
+class Trending:
+    """The items with the most known interactions in the last ``window_days`` before the end of the
+    training data; ties (items equally hot, or not seen in the window at all) go to the most popular overall.
+
+    Scores are positions in that order (0 = least trending): the two counts as one float (window +
+    overall / total) would lose the tie-break to float32 rounding on a large catalogue.
+    """
+
+    name = "trending"
+    needs_times = True
+
+    def __init__(self, window_days: float = 7.0):
+        if not window_days > 0:
+            raise ValueError(f"trending window_days={window_days} must be > 0")
+        self.window_days = window_days
+
+    def fit(self, user_items: sp.csr_matrix, events: KnownEvents) -> Trending:
+        recent = events.times >= events.times.max() - self.window_days * DAY
+        window = np.bincount(events.items[recent], minlength=events.num_items)
+        overall = np.bincount(events.items, minlength=events.num_items)
+        # Window count first, overall count second, exactly, as one int64 (overall <= len(events.items)).
+        key = window.astype(np.int64) * (len(events.items) + 1) + overall
+        # Dense rank: items equal in both counts share a position, so the evaluation's seeded jitter orders them.
+        self.scores = np.unique(key, return_inverse=True)[1].reshape(-1).astype(np.float32)
+        return self
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self.scores, (len(users), len(self.scores)))
 
 
 class ItemKNN:
@@ -136,13 +242,16 @@ class EASE:
         return np.asarray(self.user_items[users] @ self.weights)
 
 
-def evaluate(recommender: Recommender, datamodule, split: str, ks: Sequence[int] = (10, 20, 50, 100), beyond_ks: Sequence[int] = (10, 20), seed: int = 0) -> dict[str, float]:
+def evaluate(recommender: Recommender | TimedRecommender, datamodule, split: str, ks: Sequence[int] = (10, 20, 50, 100), beyond_ks: Sequence[int] = (10, 20), seed: int = 0) -> dict[str, float]:
     """Fit on the split's known interactions, rank for every evaluated user, and return ``{"recall@20": ...}``.
 
     Ranking goes through ``datamodule.eval_batch`` and ``twotower.task.retrieval.top_k`` (the same
     exclusion and candidate rules as the model's evaluation), so the numbers are comparable with its ``split/name@k``.
     """
-    recommender.fit(known_matrix(datamodule, split))
+    if getattr(recommender, "needs_times", False):
+        recommender.fit(known_matrix(datamodule, split), known_events(datamodule, split))
+    else:
+        recommender.fit(known_matrix(datamodule, split))
     num_items = len(datamodule.prepared.item_rows)
     accuracy = RetrievalMetrics(ks)
     beyond = beyond_accuracy_for_split(datamodule, split, beyond_ks) if beyond_ks else None

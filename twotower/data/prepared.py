@@ -20,7 +20,7 @@ from twotower.data.impressions import Impressions
 from twotower.data.schema import Schema
 from twotower.data.serving_data import ServingLog
 from twotower.data.store import CSR, FeatureStore
-from twotower.data.tables import ITEM, SPLIT, SPLITS, TIME, USER, Tables
+from twotower.data.tables import EXCLUDED, ITEM, SPLIT, SPLITS, TIME, USER, Tables
 from twotower.features import Preprocessor
 
 log = logging.getLogger(__name__)
@@ -110,9 +110,15 @@ def log_q_of(item_counts: torch.Tensor) -> torch.Tensor:
 def label_split(interactions: pd.DataFrame, split: Callable[[pd.DataFrame], pd.Series], name: str) -> pd.DataFrame:
     """The interactions with their split label, refused when the split leaves train or validation empty."""
     labels = split(interactions)
-    if set(labels.unique()) - set(SPLITS):
-        raise ValueError(f"split produced labels {sorted(labels.unique())}; expected train/val/test")
+    if set(labels.unique()) - set(SPLITS) - {EXCLUDED}:
+        raise ValueError(f"split produced labels {sorted(labels.unique())}; expected train/val/test (or {EXCLUDED})")
     interactions = interactions.assign(**{SPLIT: labels.to_numpy()})
+    excluded = interactions[SPLIT] == EXCLUDED
+    if excluded.any():
+        # Rows a protocol leaves out (temporal_warm's test rows of users without training history) are
+        # neither trained on nor evaluated: dropped before anything is counted or fitted.
+        log.info("interactions: %d excluded by the split", int(excluded.sum()))
+        interactions = interactions[~excluded.to_numpy()]
     counts = interactions[SPLIT].value_counts().reindex(list(SPLITS), fill_value=0)
     for part in ("train", "val"):
         if counts[part] == 0:

@@ -1,4 +1,6 @@
-"""Train/val/test splits of the interactions; each returns one label per row, deterministic for a seed."""
+"""Train/val/test splits of the interactions; each returns one label per row, deterministic for a seed.
+
+A label is one of ``SPLITS`` or ``EXCLUDED`` (a row a protocol leaves out: neither trained on nor evaluated)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -6,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from twotower.data.tables import ITEM, SPLIT, SPLITS, TIME, USER, require_columns
+from twotower.data.tables import EXCLUDED, ITEM, SPLIT, SPLITS, TIME, USER, require_columns
 
 
 class RandomSplit:
@@ -71,12 +73,28 @@ def mix64(x: np.ndarray) -> np.ndarray:
 
 
 class TemporalSplit:
-    """A global time cut: the latest ``test`` share of interactions is test, the ``val`` share before it validation."""
+    """A global time cut: the latest ``test`` share of interactions is test, the ``val`` share before it validation.
 
-    def __init__(self, test: float = 0.2, val: float = 0.1, seed: int = 0):
+    Validation always precedes the test window in time, so model selection never sees the future
+    it is tested on. ``users`` says whose validation and test interactions are evaluated:
+
+    - ``all``: everyone's (the mixed protocol: most test users of a time cut may have no training history);
+    - ``warm``: only users with at least one training interaction (the usual definition in the literature);
+    - ``cold``: only users with none (their query tower has profile features, and at test time their
+      validation interactions as history).
+
+    The validation and test interactions of the other users are labelled ``excluded``: neither
+    trained on (they lie after the cut) nor evaluated. Training rows are the same for all three.
+    """
+
+    USERS = ("all", "warm", "cold")
+
+    def __init__(self, test: float = 0.2, val: float = 0.1, users: str = "all", seed: int = 0):
         _check_fraction("test", test)
         _check_fraction("val", val)
-        self.test, self.val = test, val
+        if users not in self.USERS:
+            raise ValueError(f"temporal split users='{users}' is not one of {', '.join(self.USERS)}")
+        self.test, self.val, self.users = test, val, users
 
     def __call__(self, interactions: pd.DataFrame) -> pd.Series:
         require_columns(interactions, [TIME], "interactions (temporal split)")
@@ -89,6 +107,11 @@ class TemporalSplit:
         labels[order[: n - n_test - n_val]] = "train"
         labels[order[n - n_test - n_val : n - n_test]] = "val"
         labels[order[n - n_test :]] = "test"
+        if self.users != "all":
+            # pandas' hash-table isin: np.isin on object (string) ids takes minutes on 100k rows.
+            warm = interactions[USER].isin(interactions[USER].to_numpy()[labels == "train"]).to_numpy()
+            drop = (labels != "train") & (~warm if self.users == "warm" else warm)
+            labels[drop] = EXCLUDED
         return pd.Series(labels, index=interactions.index)
 
 

@@ -20,6 +20,9 @@ ITEM = "item_id"
 TIME = "timestamp"
 SPLIT = "split"
 SPLITS = ("train", "val", "test")
+# The label of a row a split leaves out, neither trained on nor evaluated (temporal_warm's test rows of
+# users without training history). Not one of SPLITS: a split column in a file cannot hold it.
+EXCLUDED = "excluded"
 # Unix seconds beyond this (year 5138) are taken for milliseconds/microseconds/nanoseconds and refused.
 MAX_TIMESTAMP_SECONDS = 1e11
 
