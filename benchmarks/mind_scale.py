@@ -63,7 +63,7 @@ def main() -> None:
         model = instantiate(cfg.model)(preprocessor=datamodule.prepared.preprocessor)
         options = {**OmegaConf.to_container(cfg.loss, resolve=True), **OmegaConf.to_container(cfg.module, resolve=True)}
         module = TwoTowerModule(model=model, optimizer=instantiate(cfg.optimizer), **options).to(device)
-        datamodule._move_to(device)
+        datamodule.gather_on(device)
         optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.optimizer.lr)
         steps_per_epoch = len(datamodule.prepared.train_pairs) // datamodule.batch_size
         steps = steps_per_epoch if args.steps == 0 else min(args.steps + 2, steps_per_epoch)

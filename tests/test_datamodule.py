@@ -101,3 +101,25 @@ def test_new_user_rows_lose_ids_and_history_but_keep_profile(compose_cfg, synthe
     assert profile and all(torch.equal(batch.query[n], reference.query[n]) for n in profile)
     with pytest.raises(InstantiationException, match="new_user_rate=1.0"):
         instantiate(compose_cfg("data=synthetic", "data.new_user_rate=1.0").data)
+
+
+def _tensors(value, path="prepared"):
+    """Every tensor reachable from ``value`` (dataclasses, dicts), with where it sits."""
+    import dataclasses
+
+    if isinstance(value, torch.Tensor):
+        yield path, value
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from _tensors(getattr(value, f.name), f"{path}.{f.name}")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _tensors(v, f"{path}[{k!r}]")
+
+
+def test_prepared_data_moves_to_a_device_whole(synthetic):
+    """What a GPU run does once per process, on the meta device: every tensor moves, plain values stay."""
+    moved = synthetic.prepared.to(torch.device("meta"))
+    found = dict(_tensors(moved))
+    assert found and all(t.device.type == "meta" for t in found.values()), [p for p, t in found.items() if t.device.type != "meta"]
+    assert moved.split_counts == synthetic.prepared.split_counts

@@ -83,3 +83,10 @@ def test_training_on_per_impression_histories_runs_and_scores_every_impression(t
     model = build_two_tower(dm.prepared.preprocessor, embedding_dim=8, hidden_dims=[], output_dim=8)
     scores = evaluate_impressions(dm, "val", model_scorer(model, dm, "val"))
     assert scores["impressions"] == 2 and 0.0 <= scores["impression_auc"] <= 1.0
+
+
+def test_the_prepared_impressions_move_to_a_device_with_the_rest(tmp_path):
+    dm = datamodule(tmp_path)
+    moved = dm.prepared.to(torch.device("meta"))  # what a GPU run does once per process
+    assert moved.impressions.histories.device.type == "meta" and moved.impressions.user_of.device.type == "meta"
+    assert moved.impressions.entries["val"].device.type == "meta" and moved.split_counts == dm.prepared.split_counts

@@ -139,6 +139,11 @@ class TwoTowerDataModule(pl.LightningDataModule):
             raise RuntimeError("the data module is not set up: call setup() first")
         return self._on_device
 
+    def gather_on(self, device: torch.device | str) -> None:
+        """Gathers batches on ``device`` from now on (Lightning's batch hook does this itself; scripts that
+        drive the towers without a Trainer, or move them back to the CPU after one, call it)."""
+        self._on_device = self.prepared.to(torch.device(device))
+
     # ------------------------------------------------------------------ loaders of index tensors
     def _rank(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)

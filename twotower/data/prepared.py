@@ -89,13 +89,14 @@ class Prepared:
 
     def to(self, device: torch.device) -> Prepared:
         """Every tensor, store and CSR on ``device``: once per process, not per batch."""
+        movable = (torch.Tensor, FeatureStore, CSR, Impressions)
         moved = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, (torch.Tensor, FeatureStore, CSR, Impressions)):
+            if isinstance(value, movable):
                 value = value.to(device)
-            elif isinstance(value, dict):
-                value = {k: v.to(device) if v is not None else None for k, v in value.items()}
+            elif isinstance(value, dict):  # per split: tensors, CSRs, None; or plain numbers (split_counts), kept as they are
+                value = {k: v.to(device) if isinstance(v, movable) else v for k, v in value.items()}
             moved[f.name] = value
         return replace(self, **moved)
 
