@@ -84,7 +84,7 @@ def main() -> None:
         metrics, objects = train(cfg)
         seconds = time.perf_counter() - start
         datamodule, model = objects["datamodule"], objects["module"].model.cpu()
-        datamodule._on_device = datamodule.prepared  # gather features on the CPU, where the model now is (there is no _move_to since the one data module)
+        datamodule.gather_on("cpu")  # where the model now is
         # The same val/test halves of dev as the model's, by their behaviors.tsv impression ids.
         meta = datamodule.source.load().impression_meta
         results = {"data": counts, "overrides": run_overrides, "train_seconds": round(seconds, 1), "machine": platform.processor() or platform.machine()}

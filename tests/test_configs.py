@@ -7,6 +7,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.conftest import CONF
+from twotower.baseline_run import is_baseline
 
 
 def options(group):
@@ -21,7 +22,12 @@ def test_data_configs_instantiate(compose_cfg, data, tmp_path):
     assert dm.schema.query and dm.schema.candidate
 
 
-@pytest.mark.parametrize("model", options("model"))
+def tower_options():
+    """The model options that build towers (the others are baselines, ``tests/test_baseline_models.py``)."""
+    return [o for o in options("model") if OmegaConf.load(CONF / "model" / f"{o}.yaml")["_target_"] == "twotower.model.build_two_tower"]
+
+
+@pytest.mark.parametrize("model", tower_options())
 def test_model_configs_build_towers(compose_cfg, model):
     # model=mind configures a click-history user tower: the history is then read through the item tower.
     through = ["+data.features.query.3.through_item_tower=true"] if model == "mind" else []
@@ -30,6 +36,11 @@ def test_model_configs_build_towers(compose_cfg, model):
     dm.setup()
     towers = instantiate(cfg.model)(preprocessor=dm.prepared.preprocessor)
     assert towers.query_tower.output_dim == cfg.model.output_dim
+
+
+@pytest.mark.parametrize("model", sorted(set(options("model")) - set(tower_options())))
+def test_baseline_model_configs_build_baselines(compose_cfg, model):
+    assert is_baseline(instantiate(compose_cfg(f"model={model}").model))
 
 
 @pytest.mark.parametrize("trainer", options("trainer"))

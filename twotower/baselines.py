@@ -4,7 +4,8 @@ Each baseline is fitted on a split's known interactions (train for ``val``, trai
 ``test``, as the two-tower sees them as history at test time) and scores every item for a batch
 of users. ``evaluate`` ranks through the datamodule's own ``EvalBatch`` (known items excluded,
 candidates restricted as the protocol says) into ``RetrievalMetrics`` and ``BeyondAccuracyMetrics``.
-Freshness baselines (``needs_times``) are fitted on the same interactions with when each happened.
+Freshness baselines (``needs_times``) are fitted on the same interactions with when each happened;
+content baselines (``needs_content``) on the users' histories and the items' candidate features.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from twotower.config_check import ConfigError
 from twotower.data.tables import ITEM, TIME, USER, require_columns
 from twotower.task.beyond_accuracy import beyond_accuracy_for_split
 from twotower.task.metrics import RetrievalMetrics
@@ -242,16 +244,109 @@ class EASE:
         return np.asarray(self.user_items[users] @ self.weights)
 
 
+@dataclass
+class KnownContent:
+    """What content baselines read when evaluating a split: histories and the items' candidate features.
+
+    Attributes:
+        histories: (n_users, n_items) how often each item is in each user's history: the history
+            feature's rows where the data has one (what the query tower reads), else the known interactions.
+        item_features: candidate feature -> (n_items, ...) its values as the feature store holds them.
+        kinds: candidate feature -> the name of its kind (``categorical``, ``multi_hot``, ...).
+        line_histories: (n_impressions, n_items) the same counts for each impression's own click
+            history, where the source records one per impression (news click logs' behaviors lines); else None.
+    """
+
+    histories: sp.csr_matrix
+    item_features: dict[str, np.ndarray]
+    kinds: dict[str, str]
+    line_histories: sp.csr_matrix | None = None
+
+
+def history_counts(table: torch.Tensor, n_items: int) -> sp.csr_matrix:
+    """(R, n_items) counts of each item in each row of a history table (R, L) of catalogue rows + 1 (0 = empty slot)."""
+    rows = table.cpu().numpy()
+    owner = np.broadcast_to(np.arange(len(rows))[:, None], rows.shape)[rows > 0]
+    # Duplicate (row, item) pairs are summed: an item clicked twice counts twice, as in the line itself.
+    return sp.csr_matrix((np.ones(len(owner), dtype=np.float32), (owner, rows[rows > 0] - 1)), shape=(len(rows), n_items))
+
+
+def known_content(datamodule, split: str) -> KnownContent:
+    """The histories and item features of ``datamodule`` as known when evaluating ``split``."""
+    prepared = datamodule.prepared
+    n_items = len(prepared.item_rows)
+    histories = history_counts(prepared.histories[split], n_items) if prepared.history_name else known_matrix(datamodule, split)
+    lines = prepared.impressions.histories if prepared.impressions is not None else None
+    return KnownContent(
+        histories=histories,
+        item_features={name: column.numpy() for name, column in prepared.items.cpu_columns().items()},
+        kinds={name: fitted.spec.kind for name, fitted in prepared.preprocessor.candidate.items()},
+        line_histories=None if lines is None else history_counts(lines, n_items),
+    )
+
+
+class ContentOverlap:
+    """History-candidate content overlap: an item's score is the share of the user's history items that
+    have its value of a categorical candidate feature (``category``: the share of the history in the
+    candidate's category). An impression with its own history line is scored with that line (``score_lines``).
+
+    Values out of the feature's vocabulary (index 0: unseen in training, or missing) match nothing:
+    they are many values merged into one index, and counting them as equal would credit unrelated items.
+    """
+
+    name = "content-overlap"
+    needs_content = True
+
+    def __init__(self, feature: str = "category"):
+        self.feature = feature
+
+    def fit(self, user_items: sp.csr_matrix | None, content: KnownContent) -> ContentOverlap:
+        # ConfigError (a ValueError): the command line prints a feature the data lacks as the user's to fix, not a traceback.
+        if self.feature not in content.kinds:
+            raise ConfigError(f"content overlap feature '{self.feature}' is not a candidate feature (candidate features: {', '.join(sorted(content.kinds))})")
+        if content.kinds[self.feature] != "categorical":
+            raise ConfigError(f"content overlap reads one value per item: feature '{self.feature}' is {content.kinds[self.feature]}, not categorical "
+                             f"(categorical candidate features: {', '.join(sorted(n for n, k in content.kinds.items() if k == 'categorical')) or 'none'})")
+        self.values = content.item_features[self.feature].astype(np.int64)  # (n_items,) vocabulary index, 0 = out of vocabulary
+        known = np.flatnonzero(self.values > 0)
+        # (n_items, n_values) one-hot of each item's value; out-of-vocabulary items have no entry, so column 0 stays empty.
+        self.one_hot = sp.csr_matrix((np.ones(len(known), dtype=np.float32), (known, self.values[known])),
+                                     shape=(len(self.values), int(self.values.max(initial=0)) + 1))
+        self.histories, self.lines = content.histories, content.line_histories
+        return self
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        return self._shares(self.histories[users])
+
+    def score_lines(self, lines: np.ndarray) -> np.ndarray:
+        """(len(lines), n_items) scores of impressions, each read with its own history line."""
+        if self.lines is None:
+            raise ValueError("the data records no click history per impression: score users, not lines")
+        return self._shares(self.lines[lines])
+
+    def _shares(self, histories: sp.csr_matrix) -> np.ndarray:
+        per_value = (histories @ self.one_hot).toarray()  # (R, n_values) history items with each value
+        length = np.asarray(histories.sum(1)).reshape(-1, 1)  # (R, 1); 0 for an empty history, whose shares are all 0
+        return (per_value[:, self.values] / np.maximum(length, 1)).astype(np.float32)  # (R, n_items)
+
+
+# What a recommender's ``fit`` takes after the known matrix, by the flag it sets (none set: the matrix alone).
+FIT_INPUTS = {"needs_times": known_events, "needs_content": known_content}
+
+
+def fit_known(recommender: Recommender | TimedRecommender, datamodule, split: str) -> Recommender | TimedRecommender:
+    """``recommender`` fitted on what is known when evaluating ``split`` (train for ``val``, train + val for ``test``)."""
+    extras = [read(datamodule, split) for flag, read in FIT_INPUTS.items() if getattr(recommender, flag, False)]
+    return recommender.fit(known_matrix(datamodule, split), *extras)
+
+
 def evaluate(recommender: Recommender | TimedRecommender, datamodule, split: str, ks: Sequence[int] = (10, 20, 50, 100), beyond_ks: Sequence[int] = (10, 20), seed: int = 0) -> dict[str, float]:
     """Fit on the split's known interactions, rank for every evaluated user, and return ``{"recall@20": ...}``.
 
     Ranking goes through ``datamodule.eval_batch`` and ``twotower.task.retrieval.top_k`` (the same
     exclusion and candidate rules as the model's evaluation), so the numbers are comparable with its ``split/name@k``.
     """
-    if getattr(recommender, "needs_times", False):
-        recommender.fit(known_matrix(datamodule, split), known_events(datamodule, split))
-    else:
-        recommender.fit(known_matrix(datamodule, split))
+    fit_known(recommender, datamodule, split)
     num_items = len(datamodule.prepared.item_rows)
     accuracy = RetrievalMetrics(ks)
     beyond = beyond_accuracy_for_split(datamodule, split, beyond_ks) if beyond_ks else None

@@ -285,7 +285,7 @@ def _unknown(key: str, name: str, accepted: list[str], receiver: str | None) -> 
     close = " or ".join(f"'{c}'" for c in difflib.get_close_matches(name, accepted, n=2))
     suggestion = f" (did you mean {close}?)" if close else ""
     what = f"{receiver} takes no argument '{name}'" if receiver else "unknown key"
-    return f"{full}: {what}{suggestion}; {'it takes' if receiver else 'known keys'}: {', '.join(sorted(accepted))}"
+    return f"{full}: {what}{suggestion}; {'it takes' if receiver else 'known keys'}: {', '.join(sorted(accepted)) or 'none'}"
 
 
 def _show(key: str, value: Any) -> str:

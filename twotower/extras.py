@@ -1,7 +1,7 @@
 """Config options that need an optional extra: refused up front with the ``pip install`` that brings it.
 
 A plain ``pip install twotower`` holds what training, export and serving need; the TensorBoard
-logger, the cluster launchers and the Optuna sweeper come with extras (``pyproject.toml``). Without
+logger, the cluster launchers, the Optuna sweeper and the baseline models come with extras (``pyproject.toml``). Without
 them Lightning, or Hydra while it sets up a sweep, fails on a missing import deep in a traceback.
 """
 from __future__ import annotations
@@ -17,6 +17,11 @@ NEEDS_EXTRA: dict[str, dict[str, tuple[str, str]]] = {
         "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "cluster"),
     },
     "hparams_search": {"ml100k_optuna": ("hydra_plugins.hydra_optuna_sweeper", "cluster")},
+    # The baselines (twotower.baselines) work on scipy sparse matrices; three fit through implicit (which needs scipy).
+    "model": {
+        **{option: ("scipy", "bench") for option in ("popularity", "recency_popularity", "trending", "ease", "content_overlap")},
+        **{option: ("implicit", "bench") for option in ("itemknn", "als", "bpr")},
+    },
 }
 
 

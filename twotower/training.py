@@ -1,6 +1,7 @@
 """``train(cfg)``: the whole training job from a composed Hydra config, callable without the CLI."""
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from twotower.baseline_run import evaluate_baseline, is_baseline
 from twotower.config_check import TrainConfig, check_config
 from twotower.module import TwoTowerModule
 from twotower.run_record import RunRecord, data_fingerprint
@@ -30,7 +32,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     Returns:
         metrics: every logged ``train/``, ``val/`` and ``test/`` value as floats.
         objects: ``datamodule``, ``module``, ``trainer``, ``best_checkpoint`` (a path or None) and
-            ``best_epoch`` (the epoch after which it was saved, counting from 1, or None).
+            ``best_epoch`` (the epoch after which it was saved, counting from 1, or None). Where ``model``
+            is a baseline (``twotower.baseline_run``), ``baseline`` (fitted for the last evaluated split)
+            and None for the module, trainer, checkpoint and epoch.
 
     Raises:
         ConfigError: before any work, for a key nothing reads or a value of the wrong type or out of range.
@@ -54,7 +58,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         record.refuse_other_data(recorded, run_dir, hydra_dir)
     if rank_zero_only.rank == 0:
         record.save(run_dir)
-    model = instantiate(cfg.model)(preprocessor=datamodule.prepared.preprocessor)
+    model = instantiate(cfg.model)
+    if is_baseline(model):  # model=popularity, ease, ...: fitted and scored by the same metric code, no towers to train
+        return _run_baseline(cfg, model, datamodule, run_dir)
+    model = model(preprocessor=datamodule.prepared.preprocessor)
     options = {**OmegaConf.to_container(cfg.loss, resolve=True), **OmegaConf.to_container(cfg.module, resolve=True)}
     table_optimizer = instantiate(cfg.table_optimizer) if cfg.get("table_optimizer") else None
     module = TwoTowerModule(model=model, optimizer=instantiate(cfg.optimizer), table_optimizer=table_optimizer, **options)
@@ -86,6 +93,18 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     _write_metrics(run_dir, metrics, cfg.monitor.metric, best, best_epoch)
     _say(f"run directory: {run_dir.resolve()}")
     return metrics, {"datamodule": datamodule, "module": module, "trainer": trainer, "best_checkpoint": best or None, "best_epoch": best_epoch}
+
+
+def _run_baseline(cfg: DictConfig, baseline: Any, datamodule: Any, run_dir: Path) -> tuple[dict[str, float], dict[str, Any]]:
+    """The trained run's closing steps for a baseline: its ``val/`` (and ``test/``) metrics, reported and written alike."""
+    # The module's cut-offs, its own default where the config leaves beyond_accuracy_ks unset.
+    beyond_ks = cfg.module.get("beyond_accuracy_ks", inspect.signature(TwoTowerModule).parameters["beyond_accuracy_ks"].default)
+    splits = ["val", "test"] if cfg.test else ["val"]
+    metrics = evaluate_baseline(baseline, datamodule, splits, list(cfg.module.ks), list(beyond_ks), cfg.seed)
+    _report(metrics, cfg.module.ks, None, None)
+    _write_metrics(run_dir, metrics, cfg.monitor.metric, None, None)
+    _say(f"run directory: {run_dir.resolve()}")
+    return metrics, {"datamodule": datamodule, "baseline": baseline, "module": None, "trainer": None, "best_checkpoint": None, "best_epoch": None}
 
 
 def _evaluate(run: Any, module: TwoTowerModule, datamodule: Any, checkpoint: str | None, prefix: str, logged: bool) -> dict[str, float]:
