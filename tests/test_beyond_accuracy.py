@@ -78,7 +78,7 @@ def test_module_logs_beyond_accuracy_next_to_accuracy(tmp_path):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("train", overrides=["data=synthetic", "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "logger=none", "callbacks=none", "test=false", f"paths.output_dir={tmp_path}"])
     metrics, _ = train(cfg)
-    for name in ("recall@20", "coverage@20", "diversity@20", "volume@20", "novelty@20", "gini@20", "longtail@20", "recall_light@20", "recall_heavy@10"):
+    for name in ("recall@20", "coverage@20", "diversity@20", "volume@20", "novelty@20", "gini@20", "longtail@20", "recall_light@20", "recall_heavy@10", "age@20", "fresh@20"):
         assert f"val/{name}" in metrics, sorted(metrics)
     assert 0.0 < metrics["val/coverage@20"] <= 1.0
     assert metrics["val/novelty@20"] > 0.0

@@ -51,6 +51,7 @@ from twotower.artifact_checks import (
     ids_of,
     parse_vocab,
 )
+from twotower.data.first_seen import FirstSeen, first_seen
 from twotower.data.tables import ITEM, USER
 from twotower.features import FittedFeature, Preprocessor
 from twotower.index import apply_search_params, read_index_file
@@ -59,6 +60,7 @@ from twotower.query_inputs import query_inputs
 from twotower.rerank import Rerank
 from twotower.retriever_arguments import (
     data_frame,
+    finite_number,
     flag,
     id_key,
     id_list,
@@ -69,6 +71,28 @@ from twotower.retriever_arguments import (
     rerank_of,
     top_k,
 )
+
+# The freshness boost's default half-life: a week, the window ``trending`` and the fresh@k metric use.
+FRESHNESS_HALF_LIFE = 7 * 86400.0
+
+
+@dataclass
+class Freshness:
+    """One query's freshness knob (``Retriever.recommend``), its arguments already checked."""
+
+    max_age: float | None
+    boost: float
+    half_life: float
+    now: float | None
+
+    def per_item(self, seen: FirstSeen) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(young, bonus): (n_items,) bool items no older than ``max_age`` and float32 score bonuses; None where unused."""
+        if self.max_age is None and self.boost == 0.0:
+            return None, None
+        ages = seen.ages(self.now)
+        young = ages <= self.max_age if self.max_age is not None else None
+        bonus = (self.boost * np.exp2(-ages / self.half_life)).astype(np.float32) if self.boost > 0 else None
+        return young, bonus
 
 
 @dataclass
@@ -106,7 +130,7 @@ class Retriever:
         self.user_ids, self.user_features, self.seen = np.asarray(user_ids, dtype=object), user_features, seen
         self._item_row = {v: i for i, v in enumerate(self.item_ids.tolist())}
         self._user_row = {v: i for i, v in enumerate(self.user_ids.tolist())}
-        self._events = events
+        self._set_events(events)
         self._add_lock = threading.Lock()
         self._search_params = search_params or {}  # re-applied to the index copies add_items makes
         self.history_name = next((n for n, f in preprocessor.query.items() if f.kind.from_interactions), None)
@@ -194,7 +218,9 @@ class Retriever:
         return self.index.d
 
     # ------------------------------------------------------------------ queries
-    def recommend(self, users: Sequence[Any] | pd.DataFrame, k: int = 10, exclude_seen: bool = True, rerank: Rerank | None = None) -> Recommendations:
+    def recommend(self, users: Sequence[Any] | pd.DataFrame, k: int = 10, exclude_seen: bool = True, rerank: Rerank | None = None,
+                  max_age: float | None = None, freshness_boost: float = 0.0, freshness_half_life: float = FRESHNESS_HALF_LIFE,
+                  now: float | None = None) -> Recommendations:
         """Top-k items for known user ids, or for raw user feature rows (a DataFrame with the users table's columns).
 
         Raw rows may carry a ``history`` column (the feature's name) of item-id lists, most recent
@@ -202,9 +228,24 @@ class Retriever:
         any feature go to the out-of-vocabulary path, and so does a missing (None/NaN) ``user_id``;
         missing numeric values follow the feature's ``missing`` setting, as in training.
         ``exclude_seen`` drops the items each user interacted with.
+
+        Freshness: an item's age is ``now`` minus its first interaction in the exported log, in the
+        log's time unit (seconds for the bundled data sets); an item with none (never interacted with,
+        or added by ``add_items``) or first seen after ``now`` is age 0.
+
+        Args:
+            max_age: drop items older than this (None: keep all); still k items where enough are young enough.
+            freshness_boost: add ``freshness_boost * 0.5 ** (age / freshness_half_life)`` to each item's
+                score before ranking (scores are cosines in [-1, 1]); the returned scores include it.
+            freshness_half_life: the age at which the boost is halved.
+            now: the time ages are counted to; default the log's latest event (the artifact's data end).
         """
         k = top_k(k, self.index.ntotal)
         exclude_seen, rerank = flag(exclude_seen, "exclude_seen"), rerank_of(rerank, k)
+        freshness = Freshness(None if max_age is None else positive_number(max_age, "max_age"),
+                              finite_number(freshness_boost, "freshness_boost", at_least=0.0),
+                              positive_number(freshness_half_life, "freshness_half_life"),
+                              None if now is None else finite_number(now, "now"))
         if isinstance(users, pd.DataFrame):
             features, seen = self._raw_user_features(users)
         else:
@@ -212,7 +253,7 @@ class Retriever:
             features = self._query_inputs({name: torch.from_numpy(array[rows]) for name, array in self.user_features.items()},
                                           {name: torch.from_numpy(array[rows]) for name, array in self.histories.items()})
             seen = [self._seen_of(r) for r in rows]
-        return self._search(self.encode_queries(features), k, seen if exclude_seen else None, rerank)
+        return self._search(self.encode_queries(features), k, seen if exclude_seen else None, rerank, freshness)
 
     def recommend_from_history(self, item_ids: Sequence[Any] | Sequence[Sequence[Any]], k: int = 10, rerank: Rerank | None = None) -> Recommendations:
         """Top-k items for visitors known only by the items they just viewed (most recent first).
@@ -319,31 +360,55 @@ class Retriever:
         if self.items is not None:
             self.items = pd.concat([self.items, table[[c for c in table.columns if c in self.items.columns]]], ignore_index=True)
         self._item_row = {**self._item_row, **{v: start + i for i, v in enumerate(keys)}}
+        # Never interacted with: new (age 0) to the freshness knob.
+        self._first_seen = FirstSeen(np.concatenate([self._first_seen.times, np.full(len(keys), np.nan)]), self._first_seen.end)
         self.index = index
         return np.asarray(keys, dtype=object)
 
     # ------------------------------------------------------------------ internals
-    def _search(self, queries: np.ndarray, k: int, exclude: list[np.ndarray] | None, rerank: Rerank | None) -> Recommendations:
+    def _search(self, queries: np.ndarray, k: int, exclude: list[np.ndarray] | None, rerank: Rerank | None,
+                freshness: Freshness | None = None) -> Recommendations:
         index = self.index  # one index for the whole query, whatever add_items publishes meanwhile
         n = index.ntotal
+        # Read after the index: add_items publishes the first-seen times first, so they cover every row it holds.
+        young, bonus = freshness.per_item(self._first_seen) if freshness is not None else (None, None)
         extra = max((len(e) for e in exclude), default=0) if exclude else 0
-        fetch = min(n, max(k * self.fetch_factor, rerank.fetch if rerank else k) + extra)
-        _, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), fetch)  # (U, fetch)
+        if young is not None:
+            extra += int((~young[:n]).sum())  # fetched past like excluded items, so k young ones are still found
+        wanted = rerank.fetch if rerank else k
+        fetch = min(n, max(k * self.fetch_factor, wanted) + extra)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
         out_rows = np.full((len(queries), k), -1, dtype=np.int64)
         out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        for q, found in enumerate(rows):
-            found = found[found >= 0]
-            if exclude:
-                found = found[~np.isin(found, exclude[q])]
-            if rerank is not None:
-                found = found[: rerank.fetch]  # the index's best rerank.fetch, after exclusions
-            vectors = np.asarray(self.item_vectors[found], dtype=np.float32)  # (N, dim)
-            exact = vectors @ queries[q]  # exact re-score: the index may approximate (PQ, HNSW)
-            if rerank is not None:
-                order = rerank.select(exact, vectors, k)
-            else:
-                order = np.argsort(-exact, kind="stable")[:k]
-            out_rows[q, : len(order)], out_scores[q, : len(order)] = found[order], exact[order]
+        pending = np.arange(len(queries))
+        while len(pending):
+            _, rows = index.search(queries[pending], fetch)  # (P, fetch)
+            short = []
+            for q, found in zip(pending, rows):
+                found = found[found >= 0]
+                # The boost can lift an item from below the fetched ones by at most freshness.boost: unless the
+                # wanted-th boosted score clears the lowest fetched score by that much, fetch twice as many.
+                floor = float(np.asarray(self.item_vectors[found[-1]], dtype=np.float32) @ queries[q]) if len(found) else -np.inf
+                if exclude:
+                    found = found[~np.isin(found, exclude[q])]
+                if young is not None:
+                    found = found[young[found]]
+                vectors = np.asarray(self.item_vectors[found], dtype=np.float32)  # (N, dim)
+                exact = vectors @ queries[q]  # exact re-score: the index may approximate (PQ, HNSW)
+                if bonus is not None:
+                    exact = exact + bonus[found]
+                    order = np.argsort(-exact, kind="stable")
+                    if fetch < n and (len(order) < wanted or exact[order[wanted - 1]] < floor + freshness.boost):
+                        short.append(q)
+                        continue
+                    found, vectors, exact = found[order], vectors[order], exact[order]
+                if rerank is not None:
+                    found, vectors, exact = found[: rerank.fetch], vectors[: rerank.fetch], exact[: rerank.fetch]  # the best rerank.fetch, after exclusions
+                    order = rerank.select(exact, vectors, k)
+                else:
+                    order = np.argsort(-exact, kind="stable")[:k]
+                out_rows[q, : len(order)], out_scores[q, : len(order)] = found[order], exact[order]
+            pending, fetch = np.asarray(short, dtype=np.int64), min(n, 2 * fetch)
         ids = np.where(out_rows >= 0, self.item_ids[np.maximum(out_rows, 0)], "")
         return Recommendations(ids, out_scores)
 
@@ -369,6 +434,11 @@ class Retriever:
                             f"{type(item_ids[row]).__name__}): give one visitor's list of ids, or a list of such lists")
         lists = [(h, f"item_ids[{i}]") for i, h in enumerate(item_ids)] if nested and all(nested) else [(item_ids, "item_ids")]
         return [[key for key in id_list(h, name) if key is not None] for h, name in lists]
+
+    def _set_events(self, events: dict[str, np.ndarray]) -> None:
+        """The exported log (``items``: catalogue rows, ``times``) and each item's first interaction in it (the freshness knob's ages)."""
+        self._events = events
+        self._first_seen = first_seen(events["items"], events["times"], len(self.item_ids))
 
     def _seen_of(self, user_row: int) -> np.ndarray:
         indptr = self.seen["indptr"]

@@ -106,6 +106,17 @@ def positive_number(value: Any, name: str) -> float:
     return float(value)
 
 
+def finite_number(value: Any, name: str, at_least: float | None = None) -> float:
+    """A finite number (>= ``at_least`` where given)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a finite number, got {type(value).__name__} {short(value)}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}={value} must be a finite number")
+    if at_least is not None and value < at_least:
+        raise ValueError(f"{name}={value} must be at least {at_least:g}")
+    return float(value)
+
+
 def rerank_of(value: Any, k: int) -> Rerank | None:
     """None or a ``Rerank`` (which checks its own fields) that fetches at least the ``k`` items it picks from."""
     if value is None:

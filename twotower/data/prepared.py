@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from torch.utils.data import IterableDataset
 
+from twotower.data.first_seen import FirstSeen, first_seen
 from twotower.data.impressions import Impressions
 from twotower.data.schema import Schema
 from twotower.data.serving_data import ServingLog
@@ -63,6 +64,8 @@ class Prepared:
         impressions: what users were shown and skipped, where the source records it (impression negatives, impression metrics).
         tables: the loaded tables (users and items as given; interactions, or the shard reader).
         serving_log: reads every logged interaction (all splits) for export (``twotower.data.serving_data``).
+        first_seen: per evaluation split, when each item was first seen in the interactions known before it
+            and when those end (the freshness metrics' item ages); None when the interactions have no times.
     """
 
     preprocessor: Preprocessor
@@ -86,6 +89,7 @@ class Prepared:
     stream: TrainStream | None = None
     impressions: Impressions | None = None
     serving_log: Callable[[], ServingLog] | None = None
+    first_seen: dict[str, FirstSeen] | None = None
 
     def to(self, device: torch.device) -> Prepared:
         """Every tensor, store and CSR on ``device``: once per process, not per batch."""
@@ -188,4 +192,5 @@ def prepare_tables(tables: Tables, schema: Schema, split: Callable[[pd.DataFrame
                     for s in ("val", "test")},
         histories=histories, history_name=history_name, split_counts=interactions[SPLIT].value_counts().reindex(list(SPLITS), fill_value=0).to_dict(),
         tables=tables, train_pairs=train_pairs, serving_log=serving_log,
+        first_seen=None if times is None else {s: first_seen(i[k].numpy(), times[k.numpy()], n_items) for s, k in known_before.items()},
     )

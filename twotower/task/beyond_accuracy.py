@@ -1,4 +1,4 @@
-"""Metrics beyond accuracy: coverage, diversity, volume, novelty, exposure, and recall by user activity.
+"""Metrics beyond accuracy: coverage, diversity, volume, novelty, exposure, freshness, and recall by user activity.
 
 Every metric reads the same ranked lists as ``RetrievalMetrics`` and is logged next to it as
 ``split/name@k``. Item similarity is model-independent (a fixed embedding of the items built
@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
+from twotower.task.freshness import FRESH_DAYS, fresh_share, item_age_days, list_age
 from twotower.task.metrics import metrics_at_k, retrieval_hits
 
 ACTIVITY_GROUPS = ("light", "medium", "heavy")
@@ -77,22 +78,34 @@ class BeyondAccuracyMetrics(Metric):
             medium / heavy at the terciles of the activity of the users that are evaluated.
         num_users: users who could interact (the denominator of the novelty probabilities).
         ks: cut-offs.
+        item_age_days: (n_items,) each item's age at the evaluation time, in days
+            (``twotower.task.freshness``); None (data without times): no freshness metrics at all.
+        fresh_days: items younger than this count as fresh.
 
     ``compute()`` returns ``{"coverage@20": ..., "diversity@20": ..., "recall_heavy@20": ...}``:
     coverage = distinct recommended items / candidate items; diversity = mean intra-list
     diversity; volume = mean log-det volume; novelty = mean -log2 of the recommended items'
     smoothed popularity (count + 1) / (num_users + 1); gini = Gini of exposure over the candidate
-    items; longtail = share of recommendations outside the most popular 20% of items.
+    items; longtail = share of recommendations outside the most popular 20% of items; with item ages,
+    age = mean age in days of the recommended items and fresh = share of them younger than ``fresh_days``.
     """
 
     full_state_update = False
 
-    def __init__(self, item_vectors: torch.Tensor, item_popularity: torch.Tensor, user_activity: torch.Tensor, num_users: int, ks: Sequence[int] = (10, 20), activity_cuts: Sequence[float] | None = None, **kwargs):
+    def __init__(self, item_vectors: torch.Tensor, item_popularity: torch.Tensor, user_activity: torch.Tensor, num_users: int, ks: Sequence[int] = (10, 20), activity_cuts: Sequence[float] | None = None,
+                 item_age_days: torch.Tensor | None = None, fresh_days: float = FRESH_DAYS, **kwargs):
         super().__init__(**kwargs)
         if item_vectors.shape[0] != item_popularity.shape[0]:
             raise ValueError(f"item_vectors has {item_vectors.shape[0]} rows, item_popularity {item_popularity.shape[0]}")
+        if item_age_days is not None and item_age_days.shape[0] != item_popularity.shape[0]:
+            raise ValueError(f"item_age_days has {item_age_days.shape[0]} rows, item_popularity {item_popularity.shape[0]}")
         self.ks = sorted(set(int(k) for k in ks))
         n_items = item_popularity.shape[0]
+        # Absent, not zero, without times: a 0-day age would read as "everything is brand new".
+        self.freshness = ("age", "fresh") if item_age_days is not None else ()
+        self.fresh_days = float(fresh_days)
+        if item_age_days is not None:
+            self.register_buffer("item_age_days", item_age_days.float())
         self.register_buffer("item_vectors", item_vectors.float())
         self.register_buffer("self_information", -torch.log2((item_popularity.double() + 1) / (num_users + 1)).float())
         n_head = int(round(HEAD_SHARE * n_items))
@@ -105,7 +118,7 @@ class BeyondAccuracyMetrics(Metric):
         self.add_state("users", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         for k in self.ks:
             self.add_state(f"exposure_{k}", default=torch.zeros(n_items, dtype=torch.float64), dist_reduce_fx="sum")
-            for name in ("diversity", "volume", "novelty", "longtail"):
+            for name in ("diversity", "volume", "novelty", "longtail", *self.freshness):
                 self.add_state(f"{name}_{k}", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
             for group in ACTIVITY_GROUPS:
                 self.add_state(f"recall_{group}_{k}", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
@@ -139,6 +152,7 @@ class BeyondAccuracyMetrics(Metric):
         # table are cache misses, the most expensive part of this update.
         deepest = top_items[:, :max(self.ks)]
         all_vectors, all_information, all_tail = self.item_vectors[deepest], self.self_information[deepest], self.long_tail[deepest]  # (U, K, d), (U, K), (U, K)
+        all_ages = self.item_age_days[deepest] if self.freshness else None  # (U, K)
         for k in self.ks:
             top = top_items[:, :k]  # (U, k)
             vectors = all_vectors[:, :k]  # (U, k, d)
@@ -152,6 +166,11 @@ class BeyondAccuracyMetrics(Metric):
             ):
                 state = getattr(self, f"{name}_{k}")
                 state += values.double().sum()
+            if self.freshness:
+                ages = all_ages[:, :k]  # (U, k) days
+                for name, values in (("age", list_age(ages)), ("fresh", fresh_share(ages, self.fresh_days))):
+                    state = getattr(self, f"{name}_{k}")
+                    state += values.sum()
             recall = metrics_at_k(hits, n_relevant, k)["recall"]
             for g, group in enumerate(ACTIVITY_GROUPS):
                 state = getattr(self, f"recall_{group}_{k}")
@@ -165,17 +184,19 @@ class BeyondAccuracyMetrics(Metric):
             exposure = getattr(self, f"exposure_{k}")[candidates]
             out[f"coverage@{k}"] = ((exposure > 0).double().sum() / candidates.sum().clamp(min=1)).float()
             out[f"gini@{k}"] = gini(exposure.cpu()).float()
-            for name in ("diversity", "volume", "novelty", "longtail"):
+            for name in ("diversity", "volume", "novelty", "longtail", *self.freshness):
                 out[f"{name}@{k}"] = (getattr(self, f"{name}_{k}") / users).float()
             for group in ACTIVITY_GROUPS:
                 out[f"recall_{group}@{k}"] = (getattr(self, f"recall_{group}_{k}") / getattr(self, f"users_{group}").clamp(min=1)).float()
         return out
 
 
-def beyond_accuracy_for_split(datamodule, split: str, ks: Sequence[int]) -> BeyondAccuracyMetrics:
-    """The metrics for one split of a set-up ``TwoTowerDataModule``: popularity, activity and item
-    similarity all come from the split's known interactions (train for val, train + val for test)."""
+def beyond_accuracy_for_split(datamodule, split: str, ks: Sequence[int], fresh_days: float = FRESH_DAYS) -> BeyondAccuracyMetrics:
+    """The metrics for one split of a set-up ``TwoTowerDataModule``: popularity, activity, item
+    similarity and item ages all come from the split's known interactions (train for val, train + val
+    for test); ages at the latest of them. Without times (``prepared.first_seen`` None) no freshness metrics."""
     known = datamodule.prepared.known[split]
+    first_seen = datamodule.prepared.first_seen  # None: a source without times
     num_users, num_items = len(datamodule.prepared.user_rows), len(datamodule.prepared.item_rows)
     all_users = torch.arange(num_users, device=known.indptr.device)
     rows = torch.repeat_interleave(all_users, known.row_lengths(all_users))
@@ -185,6 +206,8 @@ def beyond_accuracy_for_split(datamodule, split: str, ks: Sequence[int]) -> Beyo
         user_activity=known.row_lengths(all_users).cpu(),
         num_users=num_users,
         ks=ks,
+        item_age_days=None if first_seen is None else item_age_days(first_seen[split].ages()),
+        fresh_days=fresh_days,
     )
     metrics.set_activity_cuts(datamodule.prepared.eval_users[split])
     return metrics
