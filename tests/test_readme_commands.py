@@ -145,6 +145,8 @@ RUN = {
         Run(METRICS, (CHECKPOINT,), {"data.split._target_": SPLITS + "PredefinedSplit"},
             data=lambda root: readme_data.write_own_tables(root, split="files")),
     # Evaluation protocols.
+    # A baseline as the model: fitted and scored, no checkpoint; the same metrics table and metrics.json.
+    "python train.py model=ease": Run(METRICS, ("{run}/metrics.json",), {"model._target_": "twotower.baselines.EASE"}),
     "python train.py protocol=cold_items":
         Run(METRICS, (CHECKPOINT,), {"data.split._target_": SPLITS + "ColdStartItems", "data.candidates": "heldout"}),
     # MIND: the generator's output stands in for /data/MINDsmall too.
