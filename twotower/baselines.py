@@ -94,23 +94,29 @@ def known_events(datamodule, split: str) -> KnownEvents:
     return KnownEvents(users, items, interactions.loc[known, TIME].to_numpy(dtype=np.float64), n_items)
 
 
-class Popularity:
+class _SameForEveryone:
+    """A non-personalised baseline: ``fit`` sets one score per item (``self.scores``), every user gets it."""
+
+    scores: np.ndarray
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self.scores, (len(users), len(self.scores)))
+
+
+class Popularity(_SameForEveryone):
     """Every user gets the items with the most known interactions."""
 
     name = "popularity"
 
     def fit(self, user_items: sp.csr_matrix) -> Popularity:
-        self.counts = np.asarray(user_items.sum(0)).ravel().astype(np.float32)
+        self.scores = np.asarray(user_items.sum(0)).ravel().astype(np.float32)
         return self
-
-    def score(self, users: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(self.counts, (len(users), len(self.counts)))
 
 
 DAY = 86400.0  # seconds
 
 
-class RecencyPopularity:
+class RecencyPopularity(_SameForEveryone):
     """Popularity with each known interaction weighted by 2^(-age / half-life), its age measured from the
     latest known interaction (the end of the training data): yesterday's views count, last year's fade."""
 
@@ -128,11 +134,8 @@ class RecencyPopularity:
         self.scores = np.bincount(events.items, weights, minlength=events.num_items).astype(np.float32)
         return self
 
-    def score(self, users: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(self.scores, (len(users), len(self.scores)))
 
-
-class Trending:
+class Trending(_SameForEveryone):
     """The items with the most known interactions in the last ``window_days`` before the end of the
     training data; ties (items equally hot, or not seen in the window at all) go to the most popular overall.
 
@@ -157,9 +160,6 @@ class Trending:
         # Dense rank: items equal in both counts share a position, so the evaluation's seeded jitter orders them.
         self.scores = np.unique(key, return_inverse=True)[1].reshape(-1).astype(np.float32)
         return self
-
-    def score(self, users: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(self.scores, (len(users), len(self.scores)))
 
 
 class ItemKNN:
