@@ -102,6 +102,8 @@ def questions(retriever: Retriever) -> list[tuple[str, str, dict[str, Any] | Non
     return [
         ("POST", "/recommend", {"user_id": users[0], "k": K}),
         ("POST", "/recommend", {"user_id": int(users[2]), "k": K, "exclude_seen": False}),
+        ("POST", "/recommend", {"user_id": users[3], "k": K, "freshness_boost": 0.3, "freshness_half_life": 86400.0}),
+        ("POST", "/recommend", {"user_id": users[3], "k": K, "max_age": 11 * 86400.0}),
         ("POST", "/recommend", {"user": {"user_id": "visitor", "segment": "S-never-seen", "age": 41}, "k": K}),
         ("POST", "/recommend", {"user": {"user_id": users[1], "segment": "S1", "age": 30}}),
         ("POST", "/recommend", {"user": {"user_id": None, "segment": "S2", "age": 25, "history": items[3:6]}, "k": K}),
@@ -123,7 +125,8 @@ def answer_of(retriever: Retriever, method: str, path: str, body: dict[str, Any]
         found = retriever.recommend_from_history(body["history"], k=body.get("k", 10))
     else:
         users = pd.DataFrame([body["user"]]) if "user" in body else [body["user_id"]]
-        found = retriever.recommend(users, k=body.get("k", 10), exclude_seen=body.get("exclude_seen", True))
+        freshness = {name: body[name] for name in ("max_age", "freshness_boost", "freshness_half_life", "now") if name in body}
+        found = retriever.recommend(users, k=body.get("k", 10), exclude_seen=body.get("exclude_seen", True), **freshness)
     return {"items": [{"item_id": i, "score": s} for i, s in zip(found.item_ids[0].tolist(), found.scores[0].tolist()) if i != ""]}
 
 
@@ -133,6 +136,14 @@ def test_answers_are_the_retrievers(server, retriever):
         assert status == 200, (path, body, got)
         assert got == answer_of(retriever, method, path, body), (path, body)
         assert len(got["items"]) == (body or {}).get("k", K if "popular" in path else 10)
+
+
+def test_the_freshness_knob_reaches_the_retriever(server, retriever):
+    user = retriever.user_ids.tolist()[3]
+    _, plain = call(server, "POST", "/recommend", {"user_id": user, "k": K})
+    for knob in ({"freshness_boost": 0.3, "freshness_half_life": 86400.0}, {"max_age": 11 * 86400.0}):
+        _, fresh = call(server, "POST", "/recommend", {"user_id": user, "k": K, **knob})
+        assert fresh != plain, knob  # the knob changes the answer (and test_answers_are_the_retrievers: exactly as in process)
 
 
 def test_a_user_with_more_k_than_items_left_gets_only_real_items(server, retriever):
@@ -163,6 +174,10 @@ REFUSALS = [
     ("POST", "/recommend", {"history": ["x" * 300]}, 422, ["body", "history", 0], "at most 256 characters"),
     ("POST", "/recommend", {"history": ["1"], "exclude_seen": False}, 422, ["body", "exclude_seen"], "does not apply to a history"),
     ("POST", "/recommend", {"user_id": "0", "exclude_seen": "no"}, 422, ["body", "exclude_seen"], "exclude_seen='no'"),
+    ("POST", "/recommend", {"user_id": "0", "max_age": 0}, 422, ["body", "max_age"], "max_age=0: Input should be greater than 0"),
+    ("POST", "/recommend", {"user_id": "0", "freshness_boost": -1}, 422, ["body", "freshness_boost"], "freshness_boost=-1"),
+    ("POST", "/recommend", {"user_id": "0", "now": "today"}, 422, ["body", "now"], "now='today'"),
+    ("POST", "/recommend", {"history": ["1"], "freshness_boost": 0.1}, 422, ["body", "freshness_boost"], "does not apply to a history"),
     ("POST", "/similar", {"item_id": "no-such-item"}, 404, ["body", "item_id"], "item_id='no-such-item': is not in the served catalogue"),
     ("POST", "/similar", {"item_id": "1", "k": 0}, 422, ["body", "k"], "k=0"),
     ("POST", "/similar", {}, 422, ["body", "item_id"], "item_id: Field required"),

@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
 
 from twotower.artifact import MAX_ID_CHARS, ArtifactError
-from twotower.retriever import Recommendations, Retriever
+from twotower.retriever import FRESHNESS_HALF_LIFE, Recommendations, Retriever
 from twotower.retriever_arguments import short
 from twotower.serving_http.live import LiveRetriever
 
@@ -57,6 +57,14 @@ class RecommendRequest(BaseModel):
     history: list[Id] | None = None
     k: Count = 10
     exclude_seen: StrictBool = True
+    # The freshness knob of ``Retriever.recommend`` (ages in the log's unit, seconds for the bundled data).
+    max_age: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    freshness_boost: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    freshness_half_life: Annotated[float, Field(gt=0, allow_inf_nan=False)] = FRESHNESS_HALF_LIFE
+    now: Annotated[float, Field(allow_inf_nan=False)] | None = None
+
+    def freshness(self) -> dict[str, Any]:
+        return {"max_age": self.max_age, "freshness_boost": self.freshness_boost, "freshness_half_life": self.freshness_half_life, "now": self.now}
 
 
 class SimilarRequest(BaseModel):
@@ -111,11 +119,13 @@ def create_app(live: LiveRetriever, max_k: int = MAX_K, watch_s: float = 0.0) ->
         value = getattr(request, field)
         with _refusals(field, value, "is not a user of the served model; a visitor without a profile is served by history (or GET /popular)"):
             if field == "user_id":
-                return _items(retriever.recommend([value], k=k, exclude_seen=request.exclude_seen))
+                return _items(retriever.recommend([value], k=k, exclude_seen=request.exclude_seen, **request.freshness()))
             if field == "user":
-                return _items(retriever.recommend(pd.DataFrame([value]), k=k, exclude_seen=request.exclude_seen))
+                return _items(retriever.recommend(pd.DataFrame([value]), k=k, exclude_seen=request.exclude_seen, **request.freshness()))
             if not request.exclude_seen:
                 raise Problem(422, ("body", "exclude_seen"), False, "does not apply to a history: its items are always left out of the answer")
+            for name in request.model_fields_set & set(request.freshness()):
+                raise Problem(422, ("body", name), getattr(request, name), "does not apply to a history (the freshness knob serves user_id and user)")
             return _items(retriever.recommend_from_history(value, k=k))
 
     @app.post("/similar", response_model=Items)
