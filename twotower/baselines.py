@@ -20,6 +20,7 @@ import torch
 from twotower.config_check import ConfigError
 from twotower.data.tables import ITEM, TIME, USER, require_columns
 from twotower.task.beyond_accuracy import beyond_accuracy_for_split
+from twotower.task.freshness import DAY
 from twotower.task.metrics import RetrievalMetrics
 from twotower.task.retrieval import top_k
 
@@ -111,9 +112,6 @@ class Popularity(_SameForEveryone):
     def fit(self, user_items: sp.csr_matrix) -> Popularity:
         self.scores = np.asarray(user_items.sum(0)).ravel().astype(np.float32)
         return self
-
-
-DAY = 86400.0  # seconds
 
 
 class RecencyPopularity(_SameForEveryone):
