@@ -196,3 +196,14 @@ def test_popularity_against_itself_and_a_random_scorer_on_a_generated_mind_set(m
     assert constant["random_hit_rate@1"].value == pytest.approx(np.mean(shares), abs=1e-12)
     for name, estimate in replay_clicks(popularity, label, impression).items():
         assert estimate.low <= estimate.value <= estimate.high, name
+
+
+def test_the_sign_test_is_the_exact_binomial_tail():
+    from twotower.task.logged_impressions import sign_test
+
+    assert sign_test(2, 2) == 0.5  # 2 x P(0 of 2) = 2 / 4
+    assert sign_test(3, 10) == pytest.approx(2 * (1 + 10 + 45 + 120) / 1024)  # 2 x P(X <= 3), X ~ Bin(10, 1/2)
+    assert sign_test(5, 10) == 1.0 and sign_test(0, 0) == 1.0
+    stats = pytest.importorskip("scipy.stats")
+    for successes, trials in [(450, 1000), (2400, 5000), (1312, 2230)]:  # thousands of impressions: no underflow
+        assert sign_test(successes, trials) == pytest.approx(stats.binomtest(successes, trials).pvalue, rel=1e-9)
