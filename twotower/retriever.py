@@ -386,9 +386,7 @@ class Retriever:
             short = []
             for q, found in zip(pending, rows):
                 found = found[found >= 0]
-                # The boost can lift an item from below the fetched ones by at most freshness.boost: unless the
-                # wanted-th boosted score clears the lowest fetched score by that much, fetch twice as many.
-                floor = float(np.asarray(self.item_vectors[found[-1]], dtype=np.float32) @ queries[q]) if len(found) else -np.inf
+                lowest = found[-1] if len(found) else -1  # the index's last fetched item, before any filter
                 if exclude:
                     found = found[~np.isin(found, exclude[q])]
                 if young is not None:
@@ -396,6 +394,9 @@ class Retriever:
                 vectors = np.asarray(self.item_vectors[found], dtype=np.float32)  # (N, dim)
                 exact = vectors @ queries[q]  # exact re-score: the index may approximate (PQ, HNSW)
                 if bonus is not None:
+                    # The boost can lift an item from below the fetched ones by at most freshness.boost: unless the
+                    # wanted-th boosted score clears the lowest fetched score by that much, fetch twice as many.
+                    floor = float(np.asarray(self.item_vectors[lowest], dtype=np.float32) @ queries[q]) if lowest >= 0 else -np.inf
                     exact = exact + bonus[found]
                     order = np.argsort(-exact, kind="stable")
                     if fetch < n and (len(order) < wanted or exact[order[wanted - 1]] < floor + freshness.boost):
