@@ -64,7 +64,12 @@ def _tables_through_the_item_tower(root):
     return [*_tables(root), "+data.features.query.3.through_item_tower=true", "+model.click_history={pooling: mean}"]
 
 
-CONFIGS = {"movielens": _movielens, "tables": _tables, "synthetic": _synthetic, "mind": _mind, "mind_text": _mind_text, "shards": _shards,
+def _movielens_with_time(root):
+    """The time kinds: the request's time (each rating's in training, the data end at serving) and the film's release date."""
+    return ["experiment=movielens_time", *_movielens(root)]
+
+
+CONFIGS = {"movielens": _movielens, "movielens_with_time": _movielens_with_time, "tables": _tables, "synthetic": _synthetic, "mind": _mind, "mind_text": _mind_text, "shards": _shards,
            "mind_with_user_ids": _mind_with_user_ids, "tables_through_the_item_tower": _tables_through_the_item_tower}
 
 
@@ -79,12 +84,13 @@ def test_trained_model_exports_and_serves_its_own_ranking(name, tmp_path, compos
     data = datamodule.serving_data()
     item_vocab_index = datamodule.prepared.item_vocab_index.cpu()
     gather_items = lambda rows: {k: v[rows] for k, v in data.item_features.items()}  # noqa: E731
+    now = retriever.data_end  # what a request without its own ``now`` is served at
 
     with torch.no_grad():
         items = encode_catalogue(model.encode_candidate, [data.item_features])  # (n_items, D), the data module's tensors, not the artifact's
         rows = torch.arange(0, len(data.user_ids), max(1, len(data.user_ids) // 7))
         inputs = query_inputs(datamodule.prepared.preprocessor.query, {k: v[rows] for k, v in data.user_features.items()},
-                              {k: v[rows] for k, v in data.log.histories.items()}, item_vocab_index, gather_items)
+                              {k: v[rows] for k, v in data.log.histories.items()}, item_vocab_index, gather_items, now)
         seen = torch.stack(data.log.seen.gather(rows))
         expected_scores, expected_rows = rank(model.encode_query(inputs), items, K, exclude=seen)
     served = retriever.recommend(data.user_ids[rows].tolist(), k=K)
@@ -102,7 +108,7 @@ def test_trained_model_exports_and_serves_its_own_ranking(name, tmp_path, compos
         visits = [[str(data.item_ids[r - 1]) for r in row.tolist() if r > 0] for row in clicks]
         with torch.no_grad():
             visitor = query_inputs(datamodule.prepared.preprocessor.query, retriever._visitor_features(len(visits)), {history: clicks},
-                                   item_vocab_index, gather_items)
+                                   item_vocab_index, gather_items, now)
             viewed = torch.nonzero(clicks > 0).T
             viewed[1] = clicks[clicks > 0] - 1
             expected_scores, expected_rows = rank(model.encode_query(visitor), items, K, exclude=viewed)

@@ -17,6 +17,7 @@ ITEMS = pd.DataFrame({
     "title": ["Blue train", "Kind of blue", None, "Train 1984"],
     "price": [1.0, 3.0, 7.0, np.nan],
     "vector": [np.array([1.0, 0.0]), np.array([0.0, 1.0]), None, np.array([0.5, 0.5])],
+    "launched": ["2024-01-01", "2024-03-01 12:00", None, "2024-02-01"],
 })
 # One spec per table kind, each with the settings it reads; fitted on ITEMS.
 SPECS = [
@@ -27,6 +28,7 @@ SPECS = [
     FeatureSpec("hashed", "text", column="title", hash_buckets=50),
     FeatureSpec("price", "numeric", missing="mean", transform="log1p"),
     FeatureSpec("vector", "dense", missing="zero"),
+    FeatureSpec("launched", "time", calendar=True),
 ]
 IDS = Vocabulary.fit(["a", "b", "c", "a"])  # d is an item unseen in training
 
@@ -36,7 +38,7 @@ def fitted(spec: FeatureSpec) -> FittedFeature:
 
 
 def test_the_built_in_kinds_are_registered_in_order():
-    assert registered_kinds() == ("id", "categorical", "multi_hot", "numeric", "text", "dense", "history")
+    assert registered_kinds() == ("id", "categorical", "multi_hot", "numeric", "text", "dense", "history", "time", "request_time")
 
 
 def test_each_kind_transforms_as_written():
@@ -49,6 +51,8 @@ def test_each_kind_transforms_as_written():
     # Numbers stay raw (the encoder standardises); a missing price is the raw value of the train mean of log1p(price).
     np.testing.assert_allclose(out["price"].numpy(), [1.0, 3.0, 7.0, np.expm1(np.log1p([1.0, 3.0, 7.0]).mean())], rtol=1e-6)
     assert out["vector"].tolist() == [[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.5, 0.5]]
+    # Times stay raw Unix seconds (the encoder buckets their age); d's launch is out of training's items, so fitting ignores it.
+    np.testing.assert_array_equal(out["launched"].numpy(), [1704067200.0, 1709294400.0, np.nan, 1706745600.0])
 
 
 def test_the_numeric_encoder_standardises_clips_to_the_training_range_and_reads_nan_as_the_mean():
@@ -72,7 +76,7 @@ def test_fitted_state_round_trips_through_json(spec):
     before = fitted(spec)
     after = FittedFeature.from_json(json.loads(json.dumps(before.to_json())))
     assert after.spec == before.spec
-    torch.testing.assert_close(after.transform(ITEMS, "items.csv"), before.transform(ITEMS, "items.csv"))
+    torch.testing.assert_close(after.transform(ITEMS, "items.csv"), before.transform(ITEMS, "items.csv"), equal_nan=True)
 
 
 @pytest.mark.parametrize("spec", [*SPECS, FeatureSpec("history", "history", max_len=5)], ids=lambda s: s.name)

@@ -110,6 +110,7 @@ def questions(retriever: Retriever) -> list[tuple[str, str, dict[str, Any] | Non
         ("POST", "/recommend", {"history": items[10:13], "k": K}),
         ("POST", "/recommend", {"history": ["never-seen", items[20]], "k": K}),
         ("POST", "/recommend", {"history": [], "k": K}),
+        ("POST", "/recommend", {"history": items[10:13], "k": K, "now": 1e9}),  # the request's time applies to a history too
         ("POST", "/similar", {"item_id": items[7], "k": K}),
         ("GET", f"/popular?k={K}", None),
     ]
@@ -122,7 +123,7 @@ def answer_of(retriever: Retriever, method: str, path: str, body: dict[str, Any]
     elif path == "/similar":
         found = retriever.similar_items([body["item_id"]], k=body.get("k", 10))
     elif "history" in body:
-        found = retriever.recommend_from_history(body["history"], k=body.get("k", 10))
+        found = retriever.recommend_from_history(body["history"], k=body.get("k", 10), now=body.get("now"))
     else:
         users = pd.DataFrame([body["user"]]) if "user" in body else [body["user_id"]]
         freshness = {name: body[name] for name in ("max_age", "freshness_boost", "freshness_half_life", "now") if name in body}

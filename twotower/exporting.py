@@ -171,7 +171,7 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
         rows = torch.arange(min(2, len(data.user_ids)))
         example = query_inputs(query, {k: v[rows] for k, v in data.user_features.items()},
                                {k: v[rows] for k, v in data.log.histories.items()}, datamodule.prepared.item_vocab_index.cpu(),
-                               lambda items: {k: v[items] for k, v in data.item_features.items()})
+                               lambda items: {k: v[items] for k, v in data.item_features.items()}, now=float(data.log.event_times.max(initial=0.0)))
         if cfg.torchscript:
             _torchscript(model.query_tower, example).save(str(out.file(QUERY_TORCHSCRIPT)))
         if cfg.torch_export:

@@ -214,6 +214,11 @@ class Retriever:
         return retriever
 
     @property
+    def data_end(self) -> float:
+        """The exported log's latest time: the default ``now`` of requests (0 for an empty log)."""
+        return self._first_seen.end if self._first_seen.end is not None else 0.0
+
+    @property
     def dim(self) -> int:
         return self.index.d
 
@@ -247,20 +252,21 @@ class Retriever:
                               positive_number(freshness_half_life, "freshness_half_life"),
                               None if now is None else finite_number(now, "now"))
         if isinstance(users, pd.DataFrame):
-            features, seen = self._raw_user_features(users)
+            features, seen = self._raw_user_features(users, freshness.now)
         else:
             rows = self._rows(id_list(users, "users"), self._user_row, "user", "users")
             features = self._query_inputs({name: torch.from_numpy(array[rows]) for name, array in self.user_features.items()},
-                                          {name: torch.from_numpy(array[rows]) for name, array in self.histories.items()})
+                                          {name: torch.from_numpy(array[rows]) for name, array in self.histories.items()}, freshness.now)
             seen = [self._seen_of(r) for r in rows]
         return self._search(self.encode_queries(features), k, seen if exclude_seen else None, rerank, freshness)
 
-    def recommend_from_history(self, item_ids: Sequence[Any] | Sequence[Sequence[Any]], k: int = 10, rerank: Rerank | None = None) -> Recommendations:
+    def recommend_from_history(self, item_ids: Sequence[Any] | Sequence[Sequence[Any]], k: int = 10, rerank: Rerank | None = None,
+                               now: float | None = None) -> Recommendations:
         """Top-k items for visitors known only by the items they just viewed (most recent first).
 
         ``item_ids`` is one visitor's list or a list of lists (never a bare string). The viewed items
         are excluded; ids the model does not know, and missing ones, are skipped. A visitor with no
-        item the model knows gets ``popular`` items.
+        item the model knows gets ``popular`` items. ``now``: the request's time, as in ``recommend``.
         """
         histories = self._histories(item_ids)
         k = top_k(k, self.index.ntotal)
@@ -268,7 +274,8 @@ class Retriever:
         if self.history_name is None:
             raise ValueError("the query tower has no history feature; recommend_from_history needs one")
         rows = self._history_rows(histories)
-        features = self._query_inputs(self._visitor_features(len(histories)), {self.history_name: rows})
+        features = self._query_inputs(self._visitor_features(len(histories)), {self.history_name: rows},
+                                      None if now is None else finite_number(now, "now"))
         seen = [np.asarray([self._item_row[i] for i in h if i in self._item_row], dtype=np.int64) for h in histories]
         result = self._search(self.encode_queries(features), k, seen, rerank)
         # A visitor the towers know nothing of: read by id, no viewed item in the vocabulary; read through the item tower, none in the catalogue.
@@ -453,7 +460,7 @@ class Retriever:
         rows = np.arange(min(2, len(self.user_ids)))
         stored = {name: torch.from_numpy(array[rows]) for name, array in self.user_features.items()}
         visitor = self._visitor_features(1)
-        table = {name: torch.cat([stored[name], visitor[name]]) for name in visitor}
+        table = {name: torch.cat([stored[name], visitor[name]]) for name in stored}
         histories = {name: torch.cat([torch.from_numpy(array[rows]), torch.zeros(1, array.shape[1], dtype=torch.long)]) for name, array in self.histories.items()}
         inputs = {QUERY_TOWER: self._query_inputs(table, histories),
                   CANDIDATE_TOWER: self._empty_features(self.preprocessor.candidate, 1)}
@@ -486,14 +493,16 @@ class Retriever:
             out[row, : len(known)] = torch.tensor(known, dtype=torch.long)
         return out
 
-    def _query_inputs(self, table: dict[str, torch.Tensor], histories: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Table features and history rows of a batch -> every input the query tower reads (``twotower.query_inputs``)."""
+    def _query_inputs(self, table: dict[str, torch.Tensor], histories: dict[str, torch.Tensor], now: float | None = None) -> dict[str, torch.Tensor]:
+        """Table features and history rows of a batch asked for at ``now`` (default: the log's end) -> every input the
+        query tower reads (``twotower.query_inputs``)."""
         # add_items grows these before it publishes the new ids' rows, so any row a history holds is in both.
         item_features = self.item_features
         return query_inputs(self.preprocessor.query, table, histories, self._item_vocab_index,
-                            lambda rows: {name: torch.from_numpy(array[rows.numpy()]) for name, array in item_features.items()})
+                            lambda rows: {name: torch.from_numpy(array[rows.numpy()]) for name, array in item_features.items()},
+                            self.data_end if now is None else now)
 
-    def _raw_user_features(self, users: pd.DataFrame) -> tuple[dict[str, torch.Tensor], list[np.ndarray]]:
+    def _raw_user_features(self, users: pd.DataFrame, now: float | None) -> tuple[dict[str, torch.Tensor], list[np.ndarray]]:
         frame = data_frame(users, "users")
         features = self.preprocessor.transform("query", frame, "users")
         known = np.full(len(frame), -1, dtype=np.int64)
@@ -513,4 +522,4 @@ class Retriever:
             else:
                 stored = torch.from_numpy(self.histories[name][np.maximum(known, 0)])
                 histories[name] = stored.masked_fill(torch.from_numpy(known < 0).unsqueeze(1), 0)
-        return self._query_inputs(features, histories), seen
+        return self._query_inputs(features, histories, now), seen

@@ -130,6 +130,10 @@ class TwoTowerDataModule(pl.LightningDataModule):
             prepared = prepare_tables(self.source.load(), self.schema, self.split, self.seed, self.candidates)
         for step in self.steps:
             step.check(prepared)
+        per_request = [n for n, f in prepared.preprocessor.query.items() if f.kind.per_request]
+        if per_request and (prepared.train_times is None or prepared.first_seen is None):
+            raise ValueError(f"feature(s) {per_request} read each training interaction's time, which this source "
+                             f"({type(self.source).__name__}) does not keep with its training pairs: remove them")
         self.prepared = self._on_device = prepared
 
     @property
@@ -197,19 +201,26 @@ class TwoTowerDataModule(pl.LightningDataModule):
         lines = None  # each click reads its own impression's history where the source records one per impression
         if not streamed and data.impressions is not None and data.impressions.histories is not None:
             lines = data.impressions.of_train_pair[rows]
-        query = self.query_features(users, "train", clicked=items, impressions=lines)
+        times = None if streamed or data.train_times is None else data.train_times[rows]
+        query = self.query_features(users, "train", clicked=items, impressions=lines, times=times)
         batch = Batch(query, data.items.gather(items), users, items, data.item_log_q[items])
         for step in self.steps:
             step(batch, data, None if streamed else rows)
         return batch
 
-    def query_features(self, users: torch.Tensor, split: str, clicked: torch.Tensor | None = None, impressions: torch.Tensor | None = None) -> Features:
+    def query_features(self, users: torch.Tensor, split: str, clicked: torch.Tensor | None = None, impressions: torch.Tensor | None = None,
+                       times: torch.Tensor | None = None) -> Features:
         """The users' query-tower inputs: their features, and their ``split`` history as the history feature reads it
         (``twotower.features.history.history_inputs``); ``clicked`` (B,) item rows are removed from their row's history,
         so a training target is never visible in its own history. ``impressions`` (B,): each row reads that
-        impression's own history (``Impressions.histories``) instead of the user's."""
+        impression's own history (``Impressions.histories``) instead of the user's. ``times`` (B,) float64: the time
+        each row's query is for, which per-request features read (training: the interaction's; default, for an
+        evaluation split: the end of the data known before it, as a recommender asked at the split would be)."""
         data = self.data
         query = data.users.gather(users)
+        for name, fitted in data.preprocessor.query.items():
+            if fitted.kind.per_request:
+                query[name] = times if times is not None else torch.full((len(users),), data.first_seen[split].end, dtype=torch.float64, device=users.device)
         if data.history_name:
             # (B, L) catalogue rows + 1, 0 = empty slot
             rows = data.histories[split][users] if impressions is None else data.impressions.histories[impressions]

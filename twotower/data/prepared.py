@@ -60,12 +60,15 @@ class Prepared:
         history_name: the query side's history feature, if any.
         split_counts: interactions per split.
         train_pairs: (n_train, 2) (user row, item row) training pairs in memory, or None when ``stream`` gives them.
+        train_times: (n_train,) float64 Unix seconds of each training pair, where the interactions have times and are in
+            memory: what a per-request feature (``request_time``) reads in training.
         stream: the streamed training pairs of a source too big to hold.
         impressions: what users were shown and skipped, where the source records it (impression negatives, impression metrics).
         tables: the loaded tables (users and items as given; interactions, or the shard reader).
         serving_log: reads every logged interaction (all splits) for export (``twotower.data.serving_data``).
         first_seen: per evaluation split, when each item was first seen in the interactions known before it
-            and when those end (the freshness metrics' item ages); None when the interactions have no times.
+            and when those end (the freshness metrics' item ages, and the time a per-request feature reads
+            at evaluation); None when the interactions have no times.
     """
 
     preprocessor: Preprocessor
@@ -86,6 +89,7 @@ class Prepared:
     split_counts: dict[str, int]
     tables: Tables
     train_pairs: torch.Tensor | None = None
+    train_times: torch.Tensor | None = None
     stream: TrainStream | None = None
     impressions: Impressions | None = None
     serving_log: Callable[[], ServingLog] | None = None
@@ -192,5 +196,6 @@ def prepare_tables(tables: Tables, schema: Schema, split: Callable[[pd.DataFrame
                     for s in ("val", "test")},
         histories=histories, history_name=history_name, split_counts=interactions[SPLIT].value_counts().reindex(list(SPLITS), fill_value=0).to_dict(),
         tables=tables, train_pairs=train_pairs, serving_log=serving_log,
+        train_times=None if times is None else torch.from_numpy(times[part["train"].numpy()]),
         first_seen=None if times is None else {s: first_seen(i[k].numpy(), times[k.numpy()], n_items) for s, k in known_before.items()},
     )

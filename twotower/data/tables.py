@@ -110,7 +110,7 @@ def _id_key(value, where: str) -> str:
     raise ValueError(f"{where} has the id {value!r} of type {type(value).__name__}; ids are strings or integers")
 
 
-def timestamp_seconds(times: pd.Series, name: str) -> pd.Series:
+def timestamp_seconds(times: pd.Series, name: str, column: str = TIME, allow_missing: bool = False) -> pd.Series:
     """Timestamps as Unix seconds (float64).
 
     datetime64 columns of any unit (parquet keeps microseconds or milliseconds) and tz-aware ones
@@ -119,8 +119,13 @@ def timestamp_seconds(times: pd.Series, name: str) -> pd.Series:
     microseconds or nanoseconds and are refused, naming the column and value, rather than guessed:
     divide them by 1e3, 1e6 or 1e9, or store a datetime column.
 
+    Args:
+        name: the table, for errors; ``column``: the column ``times`` is, for errors.
+        allow_missing: missing cells (None, NaN, NaT) become NaN instead of an error; a cell that is
+            there but not a time is refused all the same.
+
     Raises:
-        ValueError: a missing, non-numeric or implausibly large timestamp, naming ``name``, the column, the row and the value.
+        ValueError: a missing (unless allowed), non-numeric or implausibly large timestamp, naming ``name``, the column, the row and the value.
     """
     if isinstance(times.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(times):
         seconds = (times - pd.Timestamp(0, tz=getattr(times.dt, "tz", None))) / pd.Timedelta(seconds=1)
@@ -128,14 +133,16 @@ def timestamp_seconds(times: pd.Series, name: str) -> pd.Series:
     else:
         seconds = pd.to_numeric(times, errors="coerce").astype("float64")
     bad = seconds.isna().to_numpy() | ~np.isfinite(seconds.to_numpy())
+    if allow_missing:
+        bad &= times.notna().to_numpy()
     if bad.any():
         row = int(np.argmax(bad))
-        raise ValueError(f"{name}: column '{TIME}' has a missing or non-numeric value at row {row}: {times.iloc[row]!r}")
+        raise ValueError(f"{name}: column '{column}' has a {'non-numeric' if allow_missing else 'missing or non-numeric'} value at row {row}: {times.iloc[row]!r}")
     large = np.abs(seconds.to_numpy()) > MAX_TIMESTAMP_SECONDS
     if large.any():
         row = int(np.argmax(large))
         raise ValueError(
-            f"{name}: column '{TIME}' has the value {times.iloc[row]!r} at row {row}, beyond {MAX_TIMESTAMP_SECONDS:g} "
+            f"{name}: column '{column}' has the value {times.tolist()[row]!r} at row {row}, beyond {MAX_TIMESTAMP_SECONDS:g} "
             "Unix seconds (year 5138): it looks like milliseconds, microseconds or nanoseconds; timestamps are "
             "Unix seconds, so divide by 1e3, 1e6 or 1e9 (or store a datetime column)"
         )

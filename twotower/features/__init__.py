@@ -3,7 +3,7 @@
 Importing the package registers the built-in kinds, in the order error messages list them.
 """
 # Each module registers its kind; the order of these imports is the order error messages list the kinds in.
-from twotower.features import id, categorical, multi_hot, numeric, text, dense, history  # noqa: F401, I001
+from twotower.features import id, categorical, multi_hot, numeric, text, dense, history, time  # noqa: F401, I001
 from twotower.features.base import (
     FeatureKind,
     FeatureSpec,

@@ -68,6 +68,9 @@ class FeatureKind(abc.ABC):
         from_interactions: built from the user's interactions (catalogue rows of past items, see
             ``twotower.features.history.history_inputs``), not read from a table column.
         query_only: only the query (user) tower may have it.
+        per_request: its value comes with each query, not from a table (``request_time``: each
+            interaction's time in training, the split's start at evaluation, ``now`` at serving); it
+            is fitted on the training interactions (``Preprocessor.fit_with_ids``'s ``events``).
         shares_item_ids: its encoder reads the candidate tower's item-id embedding table when the
             towers share it (``share_item_embedding``), so it is as wide as that table.
     """
@@ -78,7 +81,13 @@ class FeatureKind(abc.ABC):
     identity: ClassVar[bool] = False
     from_interactions: ClassVar[bool] = False
     query_only: ClassVar[bool] = False
+    per_request: ClassVar[bool] = False
     shares_item_ids: ClassVar[bool] = False
+
+    @property
+    def in_tables(self) -> bool:
+        """Whether the feature's values are read from the users or items table (stored per row, exported per user)."""
+        return not (self.from_interactions or self.per_request)
 
     def check(self, spec: FeatureSpec) -> None:  # noqa: B027 - a hook; kinds with nothing to check keep it
         """Raises ValueError naming the feature when a field's value is not one this kind can use."""
@@ -185,6 +194,7 @@ class FeatureSpec:
             a vocabulary, so words first seen after training (fresh news) still get an embedding.
         through_item_tower: for ``history``, the user tower reads the history items through the item
             tower itself (``ClickHistoryTower``), not through an item-id embedding.
+        calendar: for ``time`` and ``request_time``, also embed the hour of the day and the day of the week.
 
     Each field but ``name``, ``kind`` and ``column`` belongs to the kinds that read it (``FeatureKind.fields``):
     set on another kind's feature it would be silently ignored, so it is refused.
@@ -201,6 +211,7 @@ class FeatureSpec:
     prefix: int | None = None
     hash_buckets: int | None = None
     through_item_tower: bool = False
+    calendar: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -282,18 +293,33 @@ class Preprocessor:
 
     @classmethod
     def fit(cls, schema: Schema, train: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, names: dict[str, str]) -> Preprocessor:
-        """Fits on the users and items of the ``train`` interactions."""
+        """Fits on the users and items of the ``train`` interactions (and per-request features on those interactions)."""
         user_ids = Vocabulary.fit(train[USER].tolist())
         item_ids = Vocabulary.fit(train[ITEM].tolist())
-        return cls.fit_with_ids(schema, user_ids, item_ids, users, items, names)
+        return cls.fit_with_ids(schema, user_ids, item_ids, users, items, names, events=train)
 
     @classmethod
     def fit_with_ids(cls, schema: Schema, user_ids: Vocabulary, item_ids: Vocabulary, users: pd.DataFrame, items: pd.DataFrame,
-                     names: dict[str, str]) -> Preprocessor:
-        """Fits the features on the users and items in the train-split id vocabularies (which hold exactly those)."""
+                     names: dict[str, str], events: pd.DataFrame | None = None) -> Preprocessor:
+        """Fits the features on the users and items in the train-split id vocabularies (which hold exactly those).
+
+        Args:
+            events: the training interactions, which per-request features (``FeatureKind.per_request``) are fitted on.
+
+        Raises:
+            ValueError: a per-request feature and no ``events`` (a source that does not give them).
+        """
         seen_users = users[users[USER].isin(user_ids.values)]
         seen_items = items[items[ITEM].isin(item_ids.values)]
-        query = {s.name: fit_feature(s, seen_users, names["users"], user_ids) for s in schema.query}
+        query = {}
+        for s in schema.query:
+            if kind_of(s.kind).per_request:
+                if events is None:
+                    raise ValueError(f"feature '{s.name}' of kind {s.kind} is fitted on the training interactions' times, and this source "
+                                     f"(interactions: {names.get('interactions')}) does not give them to its features: remove the feature")
+                query[s.name] = fit_feature(s, events, names["interactions"], user_ids)
+            else:
+                query[s.name] = fit_feature(s, seen_users, names["users"], user_ids)
         candidate = {s.name: fit_feature(s, seen_items, names["items"], item_ids) for s in schema.candidate}
         return cls(query, candidate, user_ids, item_ids)
 
@@ -301,8 +327,8 @@ class Preprocessor:
         return self.query if side == "query" else self.candidate
 
     def transform(self, side: str, frame: pd.DataFrame, table: str) -> dict[str, torch.Tensor]:
-        """Tensors for every table-backed feature of a side (features built from interactions are not in tables)."""
-        return {name: f.transform(frame, table) for name, f in self.side(side).items() if not f.kind.from_interactions}
+        """Tensors for every table-backed feature of a side (features built from interactions or given per request are not in tables)."""
+        return {name: f.transform(frame, table) for name, f in self.side(side).items() if f.kind.in_tables}
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -86,8 +86,9 @@ def read_ml100k(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
             raise ValueError(f"{path / 'u.item'}: genre column '{genre}' has value {items[genre].iloc[row]!r} at line {row + 1} (expected 0 or 1)")
     flags = items[list(GENRES)].to_numpy().astype(int).astype(bool)
     items["genres"] = ["|".join(g for g, on in zip(GENRES, row) if on) for row in flags]
-    items["year"] = pd.to_datetime(items["release_date"], format="%d-%b-%Y", errors="coerce").dt.year.astype("float64")
-    items = items[[ITEM, "title", "genres", "year"]]
+    released = pd.to_datetime(items["release_date"], format="%d-%b-%Y", errors="coerce")
+    items["year"], items["released"] = released.dt.year.astype("float64"), released  # a number, and a time (kind time)
+    items = items[[ITEM, "title", "genres", "year", "released"]]
     users["zip_prefix"] = users["zip_code"].astype(str).str[:2]
     return ratings, users, items
 
