@@ -67,6 +67,20 @@ def test_now_is_overridable(retriever):
     assert retriever.recommend(["3"], k=10, max_age=10 * DAY, now=50 * DAY).item_ids[0].tolist() == default
 
 
+def test_a_visitors_history_takes_the_same_knob(retriever):
+    history = list(retriever.item_ids[[40, 41]])
+    everything = retriever.recommend_from_history(history, k=len(retriever.item_ids))
+    ids = everything.item_ids[0][everything.item_ids[0] != ""]
+    got = retriever.recommend_from_history(history, k=10, max_age=10 * DAY)
+    assert got.item_ids[0].tolist() == [i for i in ids if i in young_ids(retriever)][:10]
+    assert retriever.recommend_from_history(history, k=5, freshness_boost=10.0).item_ids[0].tolist() == got.item_ids[0][:5].tolist()
+    # A visitor the towers know nothing of gets the popular items, here only the young ones.
+    popular = [i for i in retriever.popular(len(retriever.item_ids)).item_ids[0] if i in young_ids(retriever)]
+    assert retriever.recommend_from_history(["never-seen"], k=4, max_age=10 * DAY).item_ids[0].tolist() == popular[:4]
+    with pytest.raises(ValueError, match=r"max_age=0 must be a finite number > 0"):
+        retriever.recommend_from_history(history, k=5, max_age=0)
+
+
 def test_an_added_item_is_new_to_the_filter(tmp_path_factory):
     fresh = Retriever.load(trained_and_exported(tmp_path_factory.mktemp("export"))[1])
     new = fresh.items.iloc[[0]].assign(item_id="new-1")

@@ -110,7 +110,7 @@ def questions(retriever: Retriever) -> list[tuple[str, str, dict[str, Any] | Non
         ("POST", "/recommend", {"history": items[10:13], "k": K}),
         ("POST", "/recommend", {"history": ["never-seen", items[20]], "k": K}),
         ("POST", "/recommend", {"history": [], "k": K}),
-        ("POST", "/recommend", {"history": items[10:13], "k": K, "now": 1e9}),  # the request's time applies to a history too
+        ("POST", "/recommend", {"history": items[10:13], "k": K, "now": 1e9, "freshness_boost": 0.2}),  # the knob serves histories too
         ("POST", "/similar", {"item_id": items[7], "k": K}),
         ("GET", f"/popular?k={K}", None),
     ]
@@ -118,15 +118,15 @@ def questions(retriever: Retriever) -> list[tuple[str, str, dict[str, Any] | Non
 
 def answer_of(retriever: Retriever, method: str, path: str, body: dict[str, Any] | None) -> dict[str, list[dict[str, Any]]]:
     """What ``retriever`` answers the request in process, as the server should send it."""
+    freshness = {name: body[name] for name in ("max_age", "freshness_boost", "freshness_half_life", "now") if name in (body or {})}
     if path.startswith("/popular"):
         found = retriever.popular(int(path.split("=")[1]))
     elif path == "/similar":
         found = retriever.similar_items([body["item_id"]], k=body.get("k", 10))
     elif "history" in body:
-        found = retriever.recommend_from_history(body["history"], k=body.get("k", 10), now=body.get("now"))
+        found = retriever.recommend_from_history(body["history"], k=body.get("k", 10), **freshness)
     else:
         users = pd.DataFrame([body["user"]]) if "user" in body else [body["user_id"]]
-        freshness = {name: body[name] for name in ("max_age", "freshness_boost", "freshness_half_life", "now") if name in body}
         found = retriever.recommend(users, k=body.get("k", 10), exclude_seen=body.get("exclude_seen", True), **freshness)
     return {"items": [{"item_id": i, "score": s} for i, s in zip(found.item_ids[0].tolist(), found.scores[0].tolist()) if i != ""]}
 
@@ -178,7 +178,7 @@ REFUSALS = [
     ("POST", "/recommend", {"user_id": "0", "max_age": 0}, 422, ["body", "max_age"], "max_age=0: Input should be greater than 0"),
     ("POST", "/recommend", {"user_id": "0", "freshness_boost": -1}, 422, ["body", "freshness_boost"], "freshness_boost=-1"),
     ("POST", "/recommend", {"user_id": "0", "now": "today"}, 422, ["body", "now"], "now='today'"),
-    ("POST", "/recommend", {"history": ["1"], "freshness_boost": 0.1}, 422, ["body", "freshness_boost"], "does not apply to a history"),
+    ("POST", "/recommend", {"history": ["1"], "max_age": -1}, 422, ["body", "max_age"], "max_age=-1: Input should be greater than 0"),
     ("POST", "/similar", {"item_id": "no-such-item"}, 404, ["body", "item_id"], "item_id='no-such-item': is not in the served catalogue"),
     ("POST", "/similar", {"item_id": "1", "k": 0}, 422, ["body", "k"], "k=0"),
     ("POST", "/similar", {}, 422, ["body", "item_id"], "item_id: Field required"),

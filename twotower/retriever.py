@@ -95,6 +95,12 @@ class Freshness:
         return young, bonus
 
 
+def freshness_of(max_age: float | None, boost: float, half_life: float, now: float | None) -> Freshness:
+    """The freshness knob's arguments, checked: a wrong type raises TypeError, a wrong value ValueError, naming the argument."""
+    return Freshness(None if max_age is None else positive_number(max_age, "max_age"), finite_number(boost, "freshness_boost", at_least=0.0),
+                     positive_number(half_life, "freshness_half_life"), None if now is None else finite_number(now, "now"))
+
+
 @dataclass
 class Recommendations:
     """One row per query: ``item_ids`` (U, k) id strings (an object array) and ``scores`` (U, k) float32, best first.
@@ -247,10 +253,7 @@ class Retriever:
         """
         k = top_k(k, self.index.ntotal)
         exclude_seen, rerank = flag(exclude_seen, "exclude_seen"), rerank_of(rerank, k)
-        freshness = Freshness(None if max_age is None else positive_number(max_age, "max_age"),
-                              finite_number(freshness_boost, "freshness_boost", at_least=0.0),
-                              positive_number(freshness_half_life, "freshness_half_life"),
-                              None if now is None else finite_number(now, "now"))
+        freshness = freshness_of(max_age, freshness_boost, freshness_half_life, now)
         if isinstance(users, pd.DataFrame):
             features, seen = self._raw_user_features(users, freshness.now)
         else:
@@ -261,28 +264,33 @@ class Retriever:
         return self._search(self.encode_queries(features), k, seen if exclude_seen else None, rerank, freshness)
 
     def recommend_from_history(self, item_ids: Sequence[Any] | Sequence[Sequence[Any]], k: int = 10, rerank: Rerank | None = None,
+                               max_age: float | None = None, freshness_boost: float = 0.0, freshness_half_life: float = FRESHNESS_HALF_LIFE,
                                now: float | None = None) -> Recommendations:
         """Top-k items for visitors known only by the items they just viewed (most recent first).
 
         ``item_ids`` is one visitor's list or a list of lists (never a bare string). The viewed items
         are excluded; ids the model does not know, and missing ones, are skipped. A visitor with no
-        item the model knows gets ``popular`` items. ``now``: the request's time, as in ``recommend``.
+        item the model knows gets ``popular`` items (no older than ``max_age``, where given). The
+        freshness knob and ``now`` are ``recommend``'s.
         """
         histories = self._histories(item_ids)
         k = top_k(k, self.index.ntotal)
         rerank = rerank_of(rerank, k)
+        freshness = freshness_of(max_age, freshness_boost, freshness_half_life, now)
         if self.history_name is None:
             raise ValueError("the query tower has no history feature; recommend_from_history needs one")
         rows = self._history_rows(histories)
-        features = self._query_inputs(self._visitor_features(len(histories)), {self.history_name: rows},
-                                      None if now is None else finite_number(now, "now"))
+        features = self._query_inputs(self._visitor_features(len(histories)), {self.history_name: rows}, freshness.now)
         seen = [np.asarray([self._item_row[i] for i in h if i in self._item_row], dtype=np.int64) for h in histories]
-        result = self._search(self.encode_queries(features), k, seen, rerank)
+        result = self._search(self.encode_queries(features), k, seen, rerank, freshness)
         # A visitor the towers know nothing of: read by id, no viewed item in the vocabulary; read through the item tower, none in the catalogue.
         read = rows if self.preprocessor.query[self.history_name].spec.through_item_tower else features[self.history_name]
         cold = (read == 0).all(1).numpy()
         if cold.any():
-            fallback = self.popular(k + max(len(s) for s in seen))
+            young, _ = freshness.per_item(self._first_seen)
+            fallback = self.popular(len(self.item_ids) if young is not None else k + max(len(s) for s in seen))
+            if young is not None:
+                fallback = Recommendations(*(a[:, young[[self._item_row[i] for i in fallback.item_ids[0]]]] for a in (fallback.item_ids, fallback.scores)))
             for row in np.flatnonzero(cold):
                 viewed = set(histories[row])
                 keep = np.fromiter((i not in viewed for i in fallback.item_ids[0]), dtype=bool, count=fallback.item_ids.shape[1])

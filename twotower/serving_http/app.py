@@ -57,8 +57,8 @@ class RecommendRequest(BaseModel):
     history: list[Id] | None = None
     k: Count = 10
     exclude_seen: StrictBool = True
-    # The freshness knob of ``Retriever.recommend`` (ages in the log's unit, seconds for the bundled data); ``now``
-    # is also the request's time, which a ``request_time`` feature reads (histories too).
+    # The freshness knob of ``Retriever.recommend`` and ``recommend_from_history`` (ages in the log's unit, seconds for
+    # the bundled data); ``now`` is also the request's time, which a ``request_time`` feature reads.
     max_age: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     freshness_boost: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     freshness_half_life: Annotated[float, Field(gt=0, allow_inf_nan=False)] = FRESHNESS_HALF_LIFE
@@ -125,9 +125,7 @@ def create_app(live: LiveRetriever, max_k: int = MAX_K, watch_s: float = 0.0) ->
                 return _items(retriever.recommend(pd.DataFrame([value]), k=k, exclude_seen=request.exclude_seen, **request.freshness()))
             if not request.exclude_seen:
                 raise Problem(422, ("body", "exclude_seen"), False, "does not apply to a history: its items are always left out of the answer")
-            for name in request.model_fields_set & (set(request.freshness()) - {"now"}):
-                raise Problem(422, ("body", name), getattr(request, name), "does not apply to a history (the freshness knob serves user_id and user)")
-            return _items(retriever.recommend_from_history(value, k=k, now=request.now))
+            return _items(retriever.recommend_from_history(value, k=k, **request.freshness()))
 
     @app.post("/similar", response_model=Items)
     async def similar(request: SimilarRequest) -> Items:
