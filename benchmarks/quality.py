@@ -42,7 +42,8 @@ PROTOCOLS = {
     "cold-start items": ["protocol=cold_items"],
     "cold-start users": ["protocol=cold_users"],
 }
-TWO_TOWER = {"two-tower id-only": "id_only", "two-tower content-only": "content_only", "two-tower hybrid": "ml100k_best"}
+TWO_TOWER = {"two-tower id-only": "id_only", "two-tower content-only": "content_only", "two-tower hybrid": "ml100k_best",
+             "two-tower hybrid + request time": "ml100k_temporal"}
 COLUMNS = ["recall@20", "ndcg@10", "coverage@20", "diversity@20", "novelty@20", "longtail@20", "recall_light@20", "recall_heavy@20"]
 
 

@@ -65,8 +65,9 @@ def _tables_through_the_item_tower(root):
 
 
 def _movielens_with_time(root):
-    """The time kinds: the request's time (each rating's in training, the data end at serving) and the film's release date."""
-    return ["experiment=movielens_time", *_movielens(root)]
+    """The time kinds: the request's time (each rating's in training, the data end at serving) with the calendar, and the film's release date."""
+    return ["experiment=ml100k_temporal", *_movielens(root), "+data.features.query.6.calendar=true",
+            "data.features.candidate=[{name: item_id, kind: id}, {name: genres, kind: multi_hot, separator: '|'}, {name: released, kind: time}]"]
 
 
 CONFIGS = {"movielens": _movielens, "movielens_with_time": _movielens_with_time, "tables": _tables, "synthetic": _synthetic, "mind": _mind, "mind_text": _mind_text, "shards": _shards,
