@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -114,7 +115,7 @@ def main() -> None:
     args = parser.parse_args()
     quiet()
     start = time.perf_counter()
-    command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/quality.py " + shlex.join(sys.argv[1:])
     results: dict[str, dict[str, dict[str, float]]] = {protocol: {} for protocol in args.protocols}
 
     def save() -> str:
