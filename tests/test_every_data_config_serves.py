@@ -17,6 +17,7 @@ from twotower.artifact import QUERY_ONNX, QUERY_PROGRAM
 from twotower.datasets.mind.generator import generate_mind
 from twotower.exporting import export, find_checkpoint, load_checkpoint
 from twotower.query_inputs import query_inputs
+from twotower.task.popularity_prior import PopularityPrior, with_column
 from twotower.task.retrieval import encode_catalogue, rank
 from twotower.training import train
 
@@ -65,8 +66,9 @@ def _tables_through_the_item_tower(root):
 
 
 def _movielens_with_time(root):
-    """The time kinds: the request's time (each rating's in training, the data end at serving) with the calendar, and the film's release date."""
-    return ["experiment=ml100k_temporal", *_movielens(root), "+data.features.query.6.calendar=true",
+    """The time kinds: the request's time (each rating's in training, the data end at serving) with the calendar, and the film's release
+    date; and ml100k_temporal's popularity prior (its weight forced above 0, served as the index's extra dimension)."""
+    return ["experiment=ml100k_temporal", *_movielens(root), "+data.features.query.6.calendar=true", "module.popularity_prior_weights=[0.5]",
             "data.features.candidate=[{name: item_id, kind: id}, {name: genres, kind: multi_hot, separator: '|'}, {name: released, kind: time}]"]
 
 
@@ -93,7 +95,12 @@ def test_trained_model_exports_and_serves_its_own_ranking(name, tmp_path, compos
         inputs = query_inputs(datamodule.prepared.preprocessor.query, {k: v[rows] for k, v in data.user_features.items()},
                               {k: v[rows] for k, v in data.log.histories.items()}, item_vocab_index, gather_items, now)
         seen = torch.stack(data.log.seen.gather(rows))
-        expected_scores, expected_rows = rank(model.encode_query(inputs), items, K, exclude=seen)
+        queries = model.encode_query(inputs)
+        if retriever.prior is not None:  # the blend the run validated: [q, w(user)] . [c, popularity over the whole log]
+            popularity, _ = PopularityPrior.item_scores(retriever.prior.counts(data.log.event_items, data.log.event_times, len(data.item_ids)))
+            items = with_column(items, torch.from_numpy(popularity))
+            queries = with_column(queries, retriever.prior.user_weights(data.log.seen.row_lengths(rows)))
+        expected_scores, expected_rows = rank(queries, items, K, exclude=seen)
     served = retriever.recommend(data.user_ids[rows].tolist(), k=K)
     _assert_same_top_k(served, expected_scores.numpy(), data.item_ids[expected_rows.numpy()])
     _assert_portable_towers_match(artifact, model, inputs)
@@ -112,7 +119,10 @@ def test_trained_model_exports_and_serves_its_own_ranking(name, tmp_path, compos
                                    item_vocab_index, gather_items, now)
             viewed = torch.nonzero(clicks > 0).T
             viewed[1] = clicks[clicks > 0] - 1
-            expected_scores, expected_rows = rank(model.encode_query(visitor), items, K, exclude=viewed)
+            queries = model.encode_query(visitor)
+            if retriever.prior is not None:
+                queries = with_column(queries, retriever.prior.user_weights((clicks > 0).sum(1)))
+            expected_scores, expected_rows = rank(queries, items, K, exclude=viewed)
         served = retriever.recommend_from_history(visits, k=K)
         has_history = np.asarray([len(v) > 0 for v in visits])
         _assert_same_top_k(served, expected_scores.numpy(), data.item_ids[expected_rows.numpy()], rows=np.flatnonzero(has_history))

@@ -14,10 +14,10 @@ from tests import readme_data
 from tests.export_fixtures import export_config
 from twotower import Retriever
 from twotower.data.datamodule import TwoTowerDataModule
+from twotower.data.schema import Schema
 from twotower.data.sources import TableSource
 from twotower.data.splits import HashSplit
 from twotower.data.streaming.source import ShardSource
-from twotower.data.schema import Schema
 from twotower.data.vocab import Vocabulary
 from twotower.exporting import export, find_checkpoint, load_checkpoint
 from twotower.features import FeatureSpec, FittedFeature, Preprocessor, fit_feature

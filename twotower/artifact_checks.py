@@ -47,6 +47,7 @@ from twotower.data.vocab import Vocabulary, _key
 from twotower.features import FittedFeature, Preprocessor
 from twotower.index import factory_key, holds_exact_vectors
 from twotower.model.saving import tower_class
+from twotower.task.popularity_prior import PopularityPrior
 
 COUNTS = ("items", "users", "interactions", "indexed")
 #: Search parameters an artifact may set, with their largest value: each bounds the work (and memory) of every query.
@@ -188,14 +189,30 @@ def ids_of(root: Path, name: str, array: np.ndarray, vocabulary: Vocabulary, voc
     return ids
 
 
+def prior_of(root: Path, manifest: Mapping[str, Any]) -> PopularityPrior | None:
+    """The manifest's popularity prior, or None (none blended in; absent in artifacts written before it existed)."""
+    stored = manifest.get("popularity_prior")
+    if stored is None:
+        return None
+    try:
+        prior = PopularityPrior.from_json(stored)
+    except (TypeError, ValueError) as err:
+        raise ArtifactError(f"{root / MANIFEST}: popularity_prior is {_short(stored)}: {err}") from None
+    if not prior.active:
+        raise ArtifactError(f"{root / MANIFEST}: popularity_prior has weight 0; an artifact without a prior records null")
+    return prior
+
+
 def check_index(root: Path, manifest: Mapping[str, Any], infos: Any, index: faiss.Index, tower_dims: Mapping[str, int],
-                item_ids: np.ndarray, item_vectors: np.ndarray) -> tuple[dict[str, float], int]:
+                item_ids: np.ndarray, item_vectors: np.ndarray, prior: PopularityPrior | None = None) -> tuple[dict[str, float], int]:
     """The index against the towers, the manifest, ``index_infos.json`` and the item vectors; returns the search
-    parameters to apply and the fetch factor (candidates per requested item re-ranked exactly, ``IndexSpec.fetch_factor``)."""
+    parameters to apply and the fetch factor (candidates per requested item re-ranked exactly, ``IndexSpec.fetch_factor``).
+    With a popularity ``prior`` the index's vectors have one dimension more than the towers': the prior's column."""
     dim, counts, key = manifest["dim"], manifest["counts"], manifest["index"]["key"]
+    extra, column = (1, " + the popularity prior's column") if prior is not None else (0, "")
     for name, tower_dim in tower_dims.items():
-        _expect(root / name / TOWER_CONFIG, f"the {_side(name)} tower outputs dim", tower_dim, f"{INDEX} has dim", index.d)
-    _expect(root / MANIFEST, "dim", dim, f"{INDEX} has dim", index.d)
+        _expect(root / name / TOWER_CONFIG, f"the {_side(name)} tower outputs dim{column}", tower_dim + extra, f"{INDEX} has dim", index.d)
+    _expect(root / MANIFEST, f"dim{column}", dim + extra, f"{INDEX} has dim", index.d)
     _expect(root / MANIFEST, "counts.indexed", counts["indexed"], f"{INDEX} holds vectors:", index.ntotal)
     _expect(root / MANIFEST, "counts.items", counts["items"], f"{INDEX} holds vectors:", index.ntotal)
     _expect(root / ITEM_IDS, "holds item ids:", len(item_ids), f"{INDEX} holds vectors:", index.ntotal)
@@ -219,11 +236,11 @@ def check_index(root: Path, manifest: Mapping[str, Any], infos: Any, index: fais
         raise ArtifactError(f"{root / INDEX_INFOS}: fetch_factor={_short(fetch_factor)}, expected an integer in [1, {MAX_FETCH_FACTOR}]")
     _expect(root / ITEM_VECTORS, "has dtype", str(item_vectors.dtype), "expected", "float32")
     _expect(root / ITEM_VECTORS, "has shape", tuple(item_vectors.shape), f"{ITEM_IDS} x dim gives", (len(item_ids), index.d))
-    _check_vectors_match(root, index, item_vectors)
+    _check_vectors_match(root, index, item_vectors, extra)
     return params, fetch_factor
 
 
-def _check_vectors_match(root: Path, index: faiss.Index, item_vectors: np.ndarray) -> None:
+def _check_vectors_match(root: Path, index: faiss.Index, item_vectors: np.ndarray, extra: int) -> None:
     """Finite item vectors that are the index's: all compared where the index stores them exactly, and a sample searched in any index."""
     n = index.ntotal
     exact = holds_exact_vectors(index)
@@ -242,7 +259,9 @@ def _check_vectors_match(root: Path, index: faiss.Index, item_vectors: np.ndarra
     if not n:
         return
     rows = np.unique(np.linspace(0, n - 1, min(n, SPOT_CHECK_ROWS)).astype(np.int64))
-    queries = np.ascontiguousarray(item_vectors[rows], dtype=np.float32)  # (S, dim)
+    queries = np.array(item_vectors[rows], dtype=np.float32)  # (S, dim)
+    if extra:
+        queries[:, -extra:] = 0.0  # the towers' part alone: the prior's column would favour popular items over the item itself
     _, found = index.search(queries, min(n, 10))  # (S, 10)
     # Each query is an item's own vector, so an index that holds it finds it, or an item scoring as high.
     best = np.einsum("sd,skd->sk", queries, np.asarray(item_vectors[np.maximum(found, 0).ravel()]).reshape(*found.shape, -1))
@@ -304,9 +323,11 @@ def check_item_features(root: Path, preprocessor: Preprocessor, configs: Mapping
                                     f"is {item_ids[row]!r} (index {expected[row]}): the rows are not of one catalogue order")
 
 
-def check_item_vectors_encode(root: Path, candidate_tower: torch.nn.Module, item_features: Mapping[str, np.ndarray], item_vectors: np.ndarray) -> None:
+def check_item_vectors_encode(root: Path, candidate_tower: torch.nn.Module, item_features: Mapping[str, np.ndarray], item_vectors: np.ndarray,
+                              popularity: np.ndarray | None = None) -> None:
     """A sample of items encoded again from their stored features by the candidate tower gives their stored vectors:
-    vectors, features and tower are of one export and one row order."""
+    vectors, features and tower are of one export and one row order. ``popularity``: the popularity prior's column
+    computed again from the stored log, which the vectors' last column must be."""
     n = len(item_vectors)
     if not n:
         return
@@ -316,12 +337,18 @@ def check_item_vectors_encode(root: Path, candidate_tower: torch.nn.Module, item
             encoded = candidate_tower.eval()({name: torch.from_numpy(np.asarray(array[rows])) for name, array in item_features.items()}).numpy()
     except Exception as err:  # noqa: BLE001 - whatever a tower built from untrusted files raises, the files are at fault
         raise ArtifactError(f"{root / CANDIDATE_TOWER / TOWER_CONFIG}: the tower cannot encode {ITEM_FEATURES}: {err!r}") from None
-    stored = np.asarray(item_vectors[rows], dtype=np.float32)
+    stored = np.asarray(item_vectors[rows], dtype=np.float32)[:, : encoded.shape[1]]
     worst = np.abs(encoded - stored).max(axis=1)  # (S,)
     if (worst > VECTOR_TOLERANCE).any():
         row = int(rows[np.argmax(worst)])
         raise ArtifactError(f"{root / ITEM_VECTORS}: row {row} differs by {worst.max():.3g} from the candidate tower's vector of "
                             f"{ITEM_FEATURES} row {row}: the vectors are not this tower's encoding of these items")
+    if popularity is not None:
+        differs = np.abs(np.asarray(item_vectors[:, -1]) - popularity)
+        if (differs > VECTOR_TOLERANCE).any():
+            row = int(np.argmax(differs))
+            raise ArtifactError(f"{root / ITEM_VECTORS}: row {row}'s popularity column is {item_vectors[row, -1]:.6g}, the popularity prior "
+                                f"of {MANIFEST} gives {popularity[row]:.6g} from {ITEM_EVENTS}: the vectors are not of this log")
 
 
 def check_histories(root: Path, preprocessor: Preprocessor, histories: Mapping[str, np.ndarray], n_users: int, n_items: int) -> None:

@@ -62,8 +62,8 @@ class Paths:
     output_dir: str
 
 
-# train.py passes the towers and both optimizers to the module itself.
-ModuleArguments = Annotated[dict, ArgumentsOf("twotower.module.TwoTowerModule", ("model", "optimizer", "table_optimizer"))]
+# train.py passes the towers, both optimizers and the monitored metric (from monitor:) to the module itself.
+ModuleArguments = Annotated[dict, ArgumentsOf("twotower.module.TwoTowerModule", ("model", "optimizer", "table_optimizer", "monitor", "monitor_mode"))]
 
 
 @dataclass

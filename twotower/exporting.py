@@ -52,6 +52,7 @@ from twotower.plots import plot_recall_vs_latency
 from twotower.portable import export_program, serving_signature, write_onnx
 from twotower.progress import progress
 from twotower.query_inputs import query_inputs
+from twotower.task.popularity_prior import PopularityPrior
 from twotower.task.retrieval import encode_catalogue
 from twotower.tracking import log_exported_artifact, wandb_logger_config
 
@@ -143,6 +144,15 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
     queries = encode(model.query_tower, len(sample), lambda rows: datamodule.eval_batch(sample[rows], "val").query, device, cfg.chunk_size, "encoding queries")
     # Without a terminal the bars are off: one line for the encoding, and the index line below, instead.
     log.info("encoded %d items and %d queries on %s in %.1fs", len(item_vectors), len(queries), device, time.perf_counter() - started)
+    prior = PopularityPrior.from_json(meta["popularity_prior"]) if meta.get("popularity_prior") else None
+    if prior is not None and prior.active:
+        # The blend the checkpoint was validated with, as the index's extra dimension: popularity over the whole exported log.
+        popularity, _ = PopularityPrior.item_scores(prior.counts(data.log.event_items, data.log.event_times, len(data.item_ids)))
+        item_vectors = np.concatenate([item_vectors, popularity[:, None]], axis=1)  # (n_items, D + 1)
+        weights = prior.user_weights(datamodule.prepared.known["val"].row_lengths(sample).cpu()).numpy()
+        queries = np.concatenate([queries, weights[:, None]], axis=1)
+    else:
+        prior = None
     started = time.perf_counter()
     index, infos = build_and_measure(item_vectors, queries, IndexSpec.from_config(OmegaConf.to_container(cfg.index, resolve=True)))
     log.info("index %s built, tuned and measured in %.1fs: recall@10 %.4f, p99 %.2f ms", infos["key"], time.perf_counter() - started,
@@ -182,9 +192,10 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "libraries": {"twotower": twotower.__version__, "torch": torch.__version__, "faiss": faiss.__version__,
                           "numpy": np.__version__, "pandas": pd.__version__, "safetensors": safetensors.__version__},
-            "dim": int(index.d),
+            "dim": int(model.query_tower.output_dim),
             "metric": "inner_product",
-            "normalized": bool(model.query_tower.normalize and model.candidate_tower.normalize),
+            "normalized": bool(model.query_tower.normalize and model.candidate_tower.normalize) and prior is None,
+            "popularity_prior": None if prior is None else prior.to_json(),
             "counts": {"items": len(data.item_ids), "users": len(data.user_ids), "interactions": len(data.log.event_items), "indexed": int(index.ntotal)},
             "index": {"key": infos["key"], "search_params": infos["search_params"], "fetch_factor": infos["fetch_factor"], "recall@10": infos.get("recall@10")},
             "towers": digests,

@@ -1,6 +1,7 @@
 """The LightningModule: in-batch softmax training and full-catalogue evaluation."""
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
@@ -15,7 +16,10 @@ from twotower.distributed import gather_remote_candidates, world
 from twotower.model.two_tower import TwoTower
 from twotower.optim import build_optimizer
 from twotower.task.beyond_accuracy import BeyondAccuracyMetrics, beyond_accuracy_for_split
+from twotower.task.impression_metrics import ImpressionMetrics
 from twotower.task.losses import Columns, RetrievalLoss, RowNegatives
+from twotower.task.metrics import RetrievalMetrics
+from twotower.task.popularity_prior import PopularityPrior, with_column
 from twotower.task.retrieval import RANK_CHUNK, RetrievalTask, Scratch, encode_catalogue, rank
 
 
@@ -48,6 +52,14 @@ class TwoTowerModule(pl.LightningModule):
         progress_bar_loss: show each step's loss in the progress bar. Lightning turns every
             ``prog_bar`` value into a Python float after every step: one host-device sync per
             step, which stalls a GPU. False: the loss still goes to the loggers and the epoch mean.
+        popularity_prior_weights: candidate weights of the popularity prior blended into the scores
+            (``twotower.task.popularity_prior``); each validation ranks with every one and keeps the one
+            with the best ``monitor`` (logged as ``val/popularity_prior``, stored in checkpoints, exported).
+            ``[0.0]``: no prior.
+        popularity_prior_signal: known interactions at which a user's prior weight is halved (None: the same for all).
+        popularity_prior_half_life_days: the prior counts interactions halved every this many days before
+            the known log's end (None: plain counts).
+        monitor, monitor_mode: the metric (``val/recall@20``) the prior's weight is chosen by, and whether higher is better.
     """
 
     def __init__(
@@ -70,6 +82,11 @@ class TwoTowerModule(pl.LightningModule):
         table_optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         compile: bool = False,
         progress_bar_loss: bool = True,
+        popularity_prior_weights: Sequence[Annotated[float, AT_LEAST_0]] = (0.0,),
+        popularity_prior_signal: Annotated[float, ABOVE_0] | None = None,
+        popularity_prior_half_life_days: Annotated[float, ABOVE_0] | None = None,
+        monitor: str = "val/recall@20",
+        monitor_mode: Literal["min", "max"] = "max",
     ):
         super().__init__()
         if lr_schedule not in ("constant", "cosine"):
@@ -93,6 +110,11 @@ class TwoTowerModule(pl.LightningModule):
         # The W&B run that tracks training (id, project), when one does: export logs its artifact into it.
         self.wandb_run: dict[str, str] | None = None
         self.checkpoint_epoch: int | None = None  # set when weights are restored from a checkpoint
+        if not popularity_prior_weights:
+            raise ValueError("popularity_prior_weights is empty: give [0.0] for no prior")
+        self.prior_candidates = [PopularityPrior(float(w), popularity_prior_signal, popularity_prior_half_life_days) for w in popularity_prior_weights]
+        self.popularity_prior = self.prior_candidates[0]  # validation keeps the best candidate; checkpoints store it
+        self._evaluations: list[_Evaluation] = []
 
     @property
     def temperature(self) -> torch.Tensor:
@@ -105,11 +127,15 @@ class TwoTowerModule(pl.LightningModule):
             "preprocessor": self.trainer.datamodule.prepared.preprocessor.to_json(),
             "run_config": self.run_config,
             "wandb_run": self.wandb_run,
+            "popularity_prior": self.popularity_prior.to_json(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The epoch the restored weights finished (counting from 1): train.py names it in its closing summary.
         self.checkpoint_epoch = checkpoint["epoch"] + 1
+        stored = checkpoint.get("twotower", {}).get("popularity_prior")
+        if stored is not None:
+            self.popularity_prior = PopularityPrior.from_json(stored)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -175,6 +201,27 @@ class TwoTowerModule(pl.LightningModule):
         self._scores = Scratch()  # rank's score buffer, kept from batch to batch of this evaluation
         if self.hparams.beyond_accuracy_ks and split not in self._beyond:
             self._beyond[split] = beyond_accuracy_for_split(self.trainer.datamodule, split, self.hparams.beyond_accuracy_ks).to(self.device)
+        # Validation ranks with every candidate prior (the first with the task's own metrics), testing with the one kept.
+        priors = self.prior_candidates if split == "val" else [self.popularity_prior]
+        popularity = self._item_popularity(split) if any(p.active for p in priors) else None  # (n_items,) z
+        self._evaluations = [
+            _Evaluation(prior, self._catalogue if not prior.active else with_column(self._catalogue, popularity),
+                        *((self.task.metrics[split], self.task.impression_metrics[split], self._beyond.get(split)) if n == 0 else
+                          (copy.deepcopy(self.task.metrics[split]), copy.deepcopy(self.task.impression_metrics[split]), copy.deepcopy(self._beyond.get(split)))))
+            for n, prior in enumerate(priors)
+        ]
+
+    def _item_popularity(self, split: str) -> torch.Tensor:
+        """(n_items,) the prior's ``z`` from the interactions known before ``split`` (a source that keeps no times: the training ones)."""
+        data, prior = self.trainer.datamodule.data, self.prior_candidates[0]
+        if data.known_events is not None:
+            counts = prior.counts(*data.known_events[split], len(data.item_rows))
+        elif prior.half_life_days is None:
+            counts = data.item_counts.double().cpu().numpy()
+        else:
+            raise ValueError(f"popularity_prior_half_life_days={prior.half_life_days} weighs interactions by their age, and this source keeps "
+                             "no interaction times: set it to null (plain counts)")
+        return torch.from_numpy(PopularityPrior.item_scores(counts)[0]).to(self.device)
 
     def validation_step(self, batch: EvalBatch, batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -183,18 +230,28 @@ class TwoTowerModule(pl.LightningModule):
         self._evaluate(batch, "test")
 
     def _evaluate(self, batch: EvalBatch, split: str) -> None:
-        metrics = self.task.metrics[split]
-        query = self.model.encode_query(batch.query)  # (U, D)
-        k = max(metrics.ks + list(self.hparams.beyond_accuracy_ks))
-        top = rank(query, self._catalogue, k, batch.exclude, batch.candidates, self.hparams.rank_chunk, self._scores).indices  # (U, k)
-        metrics.update(top, batch.targets, self._catalogue.shape[0])
-        if split in self._beyond:
-            self._beyond[split].update(top, batch.targets, batch.users, self._catalogue.shape[0], batch.candidates)
+        vectors = self.model.encode_query(batch.query)  # (U, D)
+        k = max(self.task.metrics[split].ks + list(self.hparams.beyond_accuracy_ks))
+        impression_vectors = None
         if batch.impressions is not None:
-            position, item, impression, label = batch.impressions
-            shown_to = query if batch.impression_query is None else self.model.encode_query(batch.impression_query)  # (U or I, D)
-            scores = (shown_to[position] * self._catalogue[item]).sum(-1)  # (n,) one per shown item
-            self.task.impression_metrics[split].update(scores, label, impression)
+            impression_vectors = vectors if batch.impression_query is None else self.model.encode_query(batch.impression_query)  # (U or I, D)
+        known = self.trainer.datamodule.data.known[split]
+        for evaluation in self._evaluations:
+            query = vectors
+            if evaluation.prior.active:  # [q, w(u)]: the prior's column, weighted by what is known of each user
+                query = with_column(vectors, evaluation.prior.user_weights(known.row_lengths(batch.users)))
+            top = rank(query, evaluation.catalogue, k, batch.exclude, batch.candidates, self.hparams.rank_chunk, self._scores).indices  # (U, k)
+            evaluation.metrics.update(top, batch.targets, evaluation.catalogue.shape[0])
+            if evaluation.beyond is not None:
+                evaluation.beyond.update(top, batch.targets, batch.users, evaluation.catalogue.shape[0], batch.candidates)
+            if batch.impressions is not None:
+                position, item, impression, label = batch.impressions
+                shown_to = impression_vectors
+                if evaluation.prior.active:
+                    users = batch.users if batch.impression_users is None else batch.impression_users
+                    shown_to = with_column(impression_vectors, evaluation.prior.user_weights(known.row_lengths(users)))
+                scores = (shown_to[position] * evaluation.catalogue[item]).sum(-1)  # (n,) one per shown item
+                evaluation.impression_metrics.update(scores, label, impression)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
@@ -203,16 +260,40 @@ class TwoTowerModule(pl.LightningModule):
         self._log_metrics("test")
 
     def _log_metrics(self, split: str) -> None:
-        metrics, impression_metrics = self.task.metrics[split], self.task.impression_metrics[split]
-        values = metrics.compute()  # already reduced across processes
-        metrics.reset()
-        if split in self._beyond:
-            values.update(self._beyond[split].compute())
-            self._beyond[split].reset()
-        if impression_metrics.update_called:
-            values.update(impression_metrics.compute())
-            impression_metrics.reset()
+        results = [evaluation.compute() for evaluation in self._evaluations]
+        values = results[0]
+        if len(results) > 1:
+            name = self.hparams.monitor.removeprefix(f"{split}/")
+            if name not in values:
+                raise ValueError(f"monitor '{self.hparams.monitor}' is not a {split} metric ({', '.join(sorted(values))}): the popularity prior's "
+                                 "weight cannot be chosen by it")
+            sign = 1.0 if self.hparams.monitor_mode == "max" else -1.0
+            best = max(range(len(results)), key=lambda n: (sign * float(results[n][name]), -n))  # ties: the earlier candidate
+            self.popularity_prior, values = self._evaluations[best].prior, results[best]
+        if self.popularity_prior.active or len(results) > 1:
+            values["popularity_prior"] = torch.tensor(self.popularity_prior.weight)
         self._catalogue = self._scores = None
+        self._evaluations = []
         for name, value in values.items():
             # The values are computed over every rank already (torchmetrics syncs); sync_dist averages equal values and tells Lightning so.
             self.log(f"{split}/{name}", value, prog_bar=name in ("recall@20", "ndcg@10", "impression_auc"), sync_dist=True)
+
+
+class _Evaluation:
+    """One ranking of an evaluation: the prior it blends in, the catalogue's vectors (with the prior's column) and its metrics."""
+
+    def __init__(self, prior: PopularityPrior, catalogue: torch.Tensor, metrics: RetrievalMetrics, impression_metrics: ImpressionMetrics,
+                 beyond: BeyondAccuracyMetrics | None):
+        self.prior, self.catalogue, self.metrics, self.impression_metrics, self.beyond = prior, catalogue, metrics, impression_metrics, beyond
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """Every metric of the ranking (reduced across processes), then reset."""
+        values = self.metrics.compute()
+        self.metrics.reset()
+        if self.beyond is not None:
+            values.update(self.beyond.compute())
+            self.beyond.reset()
+        if self.impression_metrics.update_called:
+            values.update(self.impression_metrics.compute())
+            self.impression_metrics.reset()
+        return values

@@ -50,6 +50,7 @@ from twotower.artifact_checks import (
     check_users,
     ids_of,
     parse_vocab,
+    prior_of,
 )
 from twotower.data.first_seen import FirstSeen, first_seen
 from twotower.data.tables import ITEM, USER
@@ -71,6 +72,7 @@ from twotower.retriever_arguments import (
     rerank_of,
     top_k,
 )
+from twotower.task.popularity_prior import PopularityPrior
 
 # The freshness boost's default half-life: a week, the window ``trending`` and the fresh@k metric use.
 FRESHNESS_HALF_LIFE = 7 * 86400.0
@@ -127,8 +129,11 @@ class Retriever:
                  item_ids: np.ndarray, item_vectors: np.ndarray, items: pd.DataFrame | None, user_ids: np.ndarray,
                  user_features: dict[str, np.ndarray], seen: dict[str, np.ndarray], events: dict[str, np.ndarray],
                  search_params: dict[str, Any] | None = None, item_features: dict[str, np.ndarray] | None = None,
-                 histories: dict[str, np.ndarray] | None = None, fetch_factor: int = 1):
+                 histories: dict[str, np.ndarray] | None = None, fetch_factor: int = 1, prior: PopularityPrior | None = None):
         self.artifact, self.index = artifact, index
+        # The popularity prior the model was validated with: the index's last dimension holds each item's
+        # popularity, and every query appends its user's weight (``twotower.task.popularity_prior``).
+        self.prior = prior
         self.fetch_factor = fetch_factor  # candidates per requested item, re-ranked exactly (``IndexSpec.fetch_factor``)
         self.query_tower, self.candidate_tower, self.preprocessor = query_tower.eval(), candidate_tower.eval(), preprocessor
         # Python strings, not a fixed-width unicode array: one long id added later would widen every entry to its length.
@@ -137,6 +142,7 @@ class Retriever:
         self._item_row = {v: i for i, v in enumerate(self.item_ids.tolist())}
         self._user_row = {v: i for i, v in enumerate(self.user_ids.tolist())}
         self._set_events(events)
+        self._new_item_popularity = self._popularity()[1] if prior is not None else 0.0
         self._add_lock = threading.Lock()
         self._search_params = search_params or {}  # re-applied to the index copies add_items makes
         self.history_name = next((n for n, f in preprocessor.query.items() if f.kind.from_interactions), None)
@@ -192,7 +198,9 @@ class Retriever:
             raise ArtifactError(str(err)) from None
         item_ids = ids_of(root, ITEM_IDS, artifact.array(ITEM_IDS, mmap=True), preprocessor.item_ids, f"{CANDIDATE_TOWER}/{TOWER_VOCAB}")
         item_vectors = artifact.array(ITEM_VECTORS, mmap=True)
-        search_params, fetch_factor = check_index(root, manifest, artifact.json(INDEX_INFOS), index, {n: towers[n].output_dim for n in (QUERY_TOWER, CANDIDATE_TOWER)}, item_ids, item_vectors)
+        prior = prior_of(root, manifest)
+        search_params, fetch_factor = check_index(root, manifest, artifact.json(INDEX_INFOS), index, {n: towers[n].output_dim for n in (QUERY_TOWER, CANDIDATE_TOWER)},
+                                                  item_ids, item_vectors, prior)
         try:
             apply_search_params(index, search_params)
         except RuntimeError as err:  # a parameter this kind of index does not have
@@ -202,7 +210,8 @@ class Retriever:
         check_users(root, preprocessor, configs, user_ids, user_features, seen, events, manifest["counts"], len(item_ids))
         item_features, histories = artifact.arrays(ITEM_FEATURES), artifact.arrays(USER_HISTORIES)
         check_item_features(root, preprocessor, configs, item_features, item_ids)
-        check_item_vectors_encode(root, towers[CANDIDATE_TOWER], item_features, item_vectors)
+        popularity = PopularityPrior.item_scores(prior.counts(events["items"], events["times"], len(item_ids)))[0] if prior is not None else None
+        check_item_vectors_encode(root, towers[CANDIDATE_TOWER], item_features, item_vectors, popularity)
         check_histories(root, preprocessor, histories, len(user_ids), len(item_ids))
         check_histories_match_users(root, histories, user_features, preprocessor.item_ids.lookup(item_ids.tolist()))
         items = None
@@ -215,7 +224,7 @@ class Retriever:
                 raise ArtifactError(f"{artifact.file(ITEMS)} is not a parquet table: {err}") from None
             check_items_table(root, items, item_ids)
         retriever = cls(artifact, index, towers[QUERY_TOWER], towers[CANDIDATE_TOWER], preprocessor, item_ids, item_vectors, items,
-                        user_ids, user_features, seen, events, search_params, item_features, histories, fetch_factor)
+                        user_ids, user_features, seen, events, search_params, item_features, histories, fetch_factor, prior)
         retriever._check_towers_encode()
         return retriever
 
@@ -226,6 +235,7 @@ class Retriever:
 
     @property
     def dim(self) -> int:
+        """The index's dimension: the towers' output, plus one for the popularity prior's column where there is one."""
         return self.index.d
 
     # ------------------------------------------------------------------ queries
@@ -261,7 +271,7 @@ class Retriever:
             features = self._query_inputs({name: torch.from_numpy(array[rows]) for name, array in self.user_features.items()},
                                           {name: torch.from_numpy(array[rows]) for name, array in self.histories.items()}, freshness.now)
             seen = [self._seen_of(r) for r in rows]
-        return self._search(self.encode_queries(features), k, seen if exclude_seen else None, rerank, freshness)
+        return self._search(self._blend(self.encode_queries(features), seen), k, seen if exclude_seen else None, rerank, freshness)
 
     def recommend_from_history(self, item_ids: Sequence[Any] | Sequence[Sequence[Any]], k: int = 10, rerank: Rerank | None = None,
                                max_age: float | None = None, freshness_boost: float = 0.0, freshness_half_life: float = FRESHNESS_HALF_LIFE,
@@ -282,7 +292,7 @@ class Retriever:
         rows = self._history_rows(histories)
         features = self._query_inputs(self._visitor_features(len(histories)), {self.history_name: rows}, freshness.now)
         seen = [np.asarray([self._item_row[i] for i in h if i in self._item_row], dtype=np.int64) for h in histories]
-        result = self._search(self.encode_queries(features), k, seen, rerank, freshness)
+        result = self._search(self._blend(self.encode_queries(features), seen), k, seen, rerank, freshness)
         # A visitor the towers know nothing of: read by id, no viewed item in the vocabulary; read through the item tower, none in the catalogue.
         read = rows if self.preprocessor.query[self.history_name].spec.through_item_tower else features[self.history_name]
         cold = (read == 0).all(1).numpy()
@@ -304,7 +314,9 @@ class Retriever:
         keys = id_list(item_ids, "item_ids") if is_sequence(item_ids) else [id_key(item_ids, "item_ids")]
         k = top_k(k, self.index.ntotal)
         rows = self._rows(keys, self._item_row, "item", "item_ids")
-        queries = np.ascontiguousarray(self.item_vectors[rows], dtype=np.float32)
+        queries = np.array(self.item_vectors[rows], dtype=np.float32)
+        if self.prior is not None:
+            queries[:, -1] = 0.0  # similar by the towers alone, not pulled towards what is popular
         return self._search(queries, k, [np.asarray([r]) for r in rows], None)
 
     def popular(self, k: int = 10) -> Recommendations:
@@ -327,7 +339,7 @@ class Retriever:
         return self._top_by(item_ids, np.bincount(self._events["items"], weights=weights, minlength=len(item_ids)).astype(np.float32), k)
 
     def encode_queries(self, features: dict[str, torch.Tensor]) -> np.ndarray:
-        """(U, dim) float32 query vectors."""
+        """(U, D) float32 query vectors: the query tower's output (without the popularity prior's column)."""
         with torch.inference_mode():
             return self.query_tower(features).numpy().astype(np.float32, copy=False)
 
@@ -360,7 +372,9 @@ class Retriever:
         features = self.preprocessor.transform("candidate", table, "new items table")
         vocab_index = torch.from_numpy(self.preprocessor.item_ids.lookup(keys))
         with torch.inference_mode():
-            vectors = self.candidate_tower(features).numpy().astype(np.float32)  # (n_new, dim)
+            vectors = self.candidate_tower(features).numpy().astype(np.float32)  # (n_new, D)
+        if self.prior is not None:  # never interacted with: the popularity of an item with no interaction
+            vectors = np.concatenate([vectors, np.full((len(vectors), 1), self._new_item_popularity, dtype=np.float32)], axis=1)
         # Queries keep running meanwhile: FAISS may not search an index while vectors are added to
         # it, so the vectors go into a copy. Rows only grow, and the index is published last, so a
         # query that finds a new row finds it in the arrays; one still on the old index sees the old catalogue.
@@ -381,6 +395,18 @@ class Retriever:
         return np.asarray(keys, dtype=object)
 
     # ------------------------------------------------------------------ internals
+    def _blend(self, queries: np.ndarray, seen: list[np.ndarray]) -> np.ndarray:
+        """(U, D) query vectors -> what the index is searched with: with a popularity prior, each user's weight
+        (from the number of items ``seen``) appended, as evaluation ranked with it."""
+        if self.prior is None:
+            return queries
+        weights = self.prior.user_weights(torch.tensor([len(s) for s in seen], dtype=torch.float32)).numpy()
+        return np.concatenate([queries, weights[:, None]], axis=1)
+
+    def _popularity(self) -> tuple[np.ndarray, float]:
+        """The popularity prior's column over the exported log, and the value of an item never interacted with."""
+        return PopularityPrior.item_scores(self.prior.counts(self._events["items"], self._events["times"], len(self.item_ids)))
+
     def _search(self, queries: np.ndarray, k: int, exclude: list[np.ndarray] | None, rerank: Rerank | None,
                 freshness: Freshness | None = None) -> Recommendations:
         index = self.index  # one index for the whole query, whatever add_items publishes meanwhile
@@ -420,7 +446,7 @@ class Retriever:
                     found, vectors, exact = found[order], vectors[order], exact[order]
                 if rerank is not None:
                     found, vectors, exact = found[: rerank.fetch], vectors[: rerank.fetch], exact[: rerank.fetch]  # the best rerank.fetch, after exclusions
-                    order = rerank.select(exact, vectors, k)
+                    order = rerank.select(exact, vectors[:, : self.dim - (self.prior is not None)], k)  # diversity by the towers' vectors
                 else:
                     order = np.argsort(-exact, kind="stable")[:k]
                 out_rows[q, : len(order)], out_scores[q, : len(order)] = found[order], exact[order]
@@ -479,9 +505,10 @@ class Retriever:
                     vectors = tower(inputs[name])
             except Exception as err:  # noqa: BLE001 - whatever a tower built from untrusted files raises, the files are at fault
                 raise ArtifactError(f"{self.artifact.path / name / TOWER_CONFIG}: the tower cannot encode its inputs: {err!r}") from None
-            if tuple(vectors.shape) != (n, self.dim) or not torch.isfinite(vectors).all():
+            dim = self.dim - (self.prior is not None)  # the towers' own output, before the prior's column
+            if tuple(vectors.shape) != (n, dim) or not torch.isfinite(vectors).all():
                 raise ArtifactError(f"{self.artifact.path / name / TOWER_WEIGHTS}: the tower encodes {n} inputs as {tuple(vectors.shape)} "
-                                    f"values{'' if torch.isfinite(vectors).all() else ' with NaN or inf'}, expected finite ({n}, {self.dim})")
+                                    f"values{'' if torch.isfinite(vectors).all() else ' with NaN or inf'}, expected finite ({n}, {dim})")
 
     def _visitor_features(self, n: int) -> dict[str, torch.Tensor]:
         """Query inputs of anonymous visitors: every feature on its out-of-vocabulary / missing path."""

@@ -64,7 +64,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     model = model(preprocessor=datamodule.prepared.preprocessor)
     options = {**OmegaConf.to_container(cfg.loss, resolve=True), **OmegaConf.to_container(cfg.module, resolve=True)}
     table_optimizer = instantiate(cfg.table_optimizer) if cfg.get("table_optimizer") else None
-    module = TwoTowerModule(model=model, optimizer=instantiate(cfg.optimizer), table_optimizer=table_optimizer, **options)
+    module = TwoTowerModule(model=model, optimizer=instantiate(cfg.optimizer), table_optimizer=table_optimizer,
+                            monitor=cfg.monitor.metric, monitor_mode=cfg.monitor.mode, **options)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     if any("Wandb" in str(c.get("_target_", "")) for c in (cfg.get("logger") or {}).values()):

@@ -239,7 +239,8 @@ class TwoTowerDataModule(pl.LightningDataModule):
             if data.impressions.histories is not None:
                 # Each impression scored with its own history: one query per distinct impression of the batch.
                 lines, shown[0] = torch.unique(shown[2], return_inverse=True)
-                batch.impression_query = self.query_features(data.impressions.user_of[lines], split, impressions=lines)
+                batch.impression_users = data.impressions.user_of[lines]
+                batch.impression_query = self.query_features(batch.impression_users, split, impressions=lines)
             batch.impressions = shown
         return batch
 

@@ -69,6 +69,8 @@ class Prepared:
         first_seen: per evaluation split, when each item was first seen in the interactions known before it
             and when those end (the freshness metrics' item ages, and the time a per-request feature reads
             at evaluation); None when the interactions have no times.
+        known_events: per evaluation split, the (item rows, times) of the interactions known before it (the
+            popularity prior's counts); None when the interactions have no times.
     """
 
     preprocessor: Preprocessor
@@ -94,6 +96,7 @@ class Prepared:
     impressions: Impressions | None = None
     serving_log: Callable[[], ServingLog] | None = None
     first_seen: dict[str, FirstSeen] | None = None
+    known_events: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
     def to(self, device: torch.device) -> Prepared:
         """Every tensor, store and CSR on ``device``: once per process, not per batch."""
@@ -198,4 +201,5 @@ def prepare_tables(tables: Tables, schema: Schema, split: Callable[[pd.DataFrame
         tables=tables, train_pairs=train_pairs, serving_log=serving_log,
         train_times=None if times is None else torch.from_numpy(times[part["train"].numpy()]),
         first_seen=None if times is None else {s: first_seen(i[k].numpy(), times[k.numpy()], n_items) for s, k in known_before.items()},
+        known_events=None if times is None else {s: (i[k].numpy(), times[k.numpy()]) for s, k in known_before.items()},
     )

@@ -122,7 +122,7 @@ class EvalBatch(_Movable):
     ``impressions`` (optional) lists the items shown to these users as four stacked rows, shape
     (4, n): query position, item row, impression id, label (1 = clicked). The query position is a row
     of ``impression_query`` where that is given (each impression's own query inputs: its history
-    line), else the position in the batch (the user's query).
+    line, of the user ``impression_users`` names), else the position in the batch (the user's query).
     """
 
     query: Features
@@ -132,6 +132,7 @@ class EvalBatch(_Movable):
     candidates: torch.Tensor | None = None
     impressions: torch.Tensor | None = None
     impression_query: Features | None = None
+    impression_users: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.users)
