@@ -95,10 +95,12 @@ def quiet() -> None:
 
 
 def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
-    lines = ["| protocol | model | " + " | ".join(COLUMNS) + " | seconds |", "|" + "---|" * (len(COLUMNS) + 3)]
+    # The popularity prior's weight, where a row tuned one on validation (twotower.task.popularity_prior).
+    columns = COLUMNS + ["popularity_prior"] * any("popularity_prior" in values for rows in results.values() for values in rows.values())
+    lines = ["| protocol | model | " + " | ".join(columns) + " | seconds |", "|" + "---|" * (len(columns) + 3)]
     for protocol, rows in results.items():
         for model, values in rows.items():
-            cells = [f"{values[c]:.4f}" if c in values else "-" for c in COLUMNS]
+            cells = [f"{values[c]:.4f}" if c in values else "-" for c in columns]
             lines.append(f"| {protocol} | {model} | " + " | ".join(cells) + f" | {values['seconds']:.0f} |")
     return "\n".join(lines)
 

@@ -129,3 +129,15 @@ def test_an_exported_prior_serves_the_blend_it_was_validated_with(tmp_path, comp
     resign(artifact)
     with pytest.raises(ArtifactError, match=r"popularity column is .* the popularity prior of manifest.json gives .* from item_events"):
         Retriever.load(artifact)
+
+
+def test_a_recency_weighted_prior_on_data_without_times_is_refused_before_training(tmp_path, compose_cfg):
+    paths = readme_data.write_own_tables(tmp_path)
+    cfg = compose_cfg("data=tables", f"data.source.interactions={paths['clicks']}", f"data.source.users={paths['users']}",
+                      f"data.source.items={paths['items']}", "data.source.timestamp=null", "protocol=random", "logger=none",
+                      "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "callbacks=none",
+                      "module.popularity_prior_weights=[0.0,1.0]", "module.popularity_prior_half_life_days=30")
+    with pytest.raises(ValueError, match=r"popularity_prior_half_life_days=30 weighs interactions by their age, and this source keeps no "
+                                         r"interaction times: set it to null"):
+        train(cfg)
+    assert not list(tmp_path.glob("**/*.ckpt"))  # refused before the first epoch

@@ -204,12 +204,17 @@ class TwoTowerModule(pl.LightningModule):
         # Validation ranks with every candidate prior (the first with the task's own metrics), testing with the one kept.
         priors = self.prior_candidates if split == "val" else [self.popularity_prior]
         popularity = self._item_popularity(split) if any(p.active for p in priors) else None  # (n_items,) z
-        self._evaluations = [
-            _Evaluation(prior, self._catalogue if not prior.active else with_column(self._catalogue, popularity),
-                        *((self.task.metrics[split], self.task.impression_metrics[split], self._beyond.get(split)) if n == 0 else
-                          (copy.deepcopy(self.task.metrics[split]), copy.deepcopy(self.task.impression_metrics[split]), copy.deepcopy(self._beyond.get(split)))))
-            for n, prior in enumerate(priors)
-        ]
+        self._evaluations = []
+        for n, prior in enumerate(priors):
+            catalogue = with_column(self._catalogue, popularity) if prior.active else self._catalogue  # (n_items, D [+ 1])
+            metrics = (self.task.metrics[split], self.task.impression_metrics[split], self._beyond.get(split))
+            if n:  # the other candidates rank into fresh copies
+                metrics = tuple(copy.deepcopy(m) for m in metrics)
+            self._evaluations.append(_Evaluation(prior, catalogue, *metrics))
+
+    def setup(self, stage: str) -> None:
+        if any(p.active for p in self.prior_candidates):
+            self._item_popularity("val")  # a prior the data cannot give is refused before any training, not after an epoch
 
     def _item_popularity(self, split: str) -> torch.Tensor:
         """(n_items,) the prior's ``z`` from the interactions known before ``split`` (a source that keeps no times: the training ones)."""
@@ -270,7 +275,7 @@ class TwoTowerModule(pl.LightningModule):
             sign = 1.0 if self.hparams.monitor_mode == "max" else -1.0
             best = max(range(len(results)), key=lambda n: (sign * float(results[n][name]), -n))  # ties: the earlier candidate
             self.popularity_prior, values = self._evaluations[best].prior, results[best]
-        if self.popularity_prior.active or len(results) > 1:
+        if len(self.prior_candidates) > 1 or self.popularity_prior.active:  # the weight in use, where there is one to tell
             values["popularity_prior"] = torch.tensor(self.popularity_prior.weight)
         self._catalogue = self._scores = None
         self._evaluations = []
