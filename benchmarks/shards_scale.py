@@ -28,6 +28,13 @@ deleted after each size unless ``--keep``. Results: ``benchmarks/results/shards_
 - ``stream (baseline)``: the same with ``twotower/`` as of ``--baseline`` (extracted by ``git archive``).
 
     python -m benchmarks.shards_scale --throughput --sizes 1e7
+
+``--device-feed DEVICE`` (a step of ``benchmarks/gpu_throughput.sh``) measures the data path feeding the device, in this
+process, with one torch and one Arrow thread: shards of the first ``--sizes`` rows are written, read bare (as above), then
+two epochs of ``train_dataloader()`` are run with every (B, 2) batch copied to ``DEVICE`` (``non_blocking``; the batches
+are page-locked when CUDA is available), and a section is appended to ``--out``:
+
+    python -m benchmarks.shards_scale --device-feed cuda --sizes 2e7 --out benchmarks/results/throughput-gpu.md
 """
 from __future__ import annotations
 
@@ -156,6 +163,58 @@ def stream_child(paths: tuple[str, str, str], eval_users: int) -> dict:
             "rows_read": dm.prepared.stream.shards.num_rows, "peak_mb": peak_rss_mb(), "twotower": str(Path(twotower.__file__).parent)}
 
 
+def device_feed(directory: Path, rows: int, device: str, eval_users: int) -> dict:
+    """Two epochs of the sharded training stream, every batch copied to ``device``, next to a bare pyarrow read
+    (with the process's torch and Arrow threads as they are: ``main`` sets one of each)."""
+    import torch
+
+    from twotower.data import TwoTowerDataModule
+    from twotower.data.splits import HashSplit
+    from twotower.data.streaming import ShardSource
+
+    gb = generate(directory, rows)
+    bare = bare_read(directory / "shards")
+    paths = (str(directory / "shards"), str(directory / "users.parquet"), str(directory / "items.parquet"))
+    dm = TwoTowerDataModule(ShardSource(*paths, timestamp="timestamp", eval_users=eval_users), FEATURES, HashSplit(), batch_size=BATCH)
+    start = time.perf_counter()
+    dm.setup("fit")
+    setup_s = time.perf_counter() - start
+    target = torch.device(device)
+    torch.zeros(1, device=target)  # the CUDA context is made before the clock starts
+    epochs, pinned = [], False
+    for _ in range(2):  # the first also pays for page-locked host blocks that later epochs reuse
+        start, pairs = time.perf_counter(), 0
+        for batch in dm.train_dataloader():
+            rows_on_device = batch["rows"].to(target, non_blocking=True)
+            pinned = pinned or batch["rows"].is_pinned()
+            pairs += len(rows_on_device)
+        if target.type == "cuda":
+            torch.cuda.synchronize(target)
+        epochs.append(time.perf_counter() - start)
+    name = torch.cuda.get_device_name(target) if target.type == "cuda" else f"CPU ({machine()})"
+    return {"rows": rows, "gb": gb, "device": name, "read_s": bare["read_s"], "setup_s": setup_s, "epochs_s": epochs, "pairs": pairs,
+            "pinned": pinned, "load": os.getloadavg()}
+
+
+def feed_section(r: dict) -> str:
+    best = min(r["epochs_s"])
+    copy = ("copied to the device with `non_blocking=True`, one synchronize at the end of the epoch" if "CPU" not in r["device"]
+            else "handed to `.to('cpu')`, which copies nothing: the stream alone")
+    return "\n".join([
+        "", "## Data path feeding the device: the sharded training stream (issue 20)", "",
+        f"`python -m benchmarks.shards_scale --device-feed ...` on {r['device']}: {r['rows']:,} synthetic rows in parquet shards "
+        f"({r['gb'] * 1000:,.0f} MB; {N_USERS:,} users and items, HashSplit), one torch and one Arrow thread. Each epoch: every batch of "
+        f"`TwoTowerDataModule.train_dataloader()` ((1024, 2) int64 user and item rows, {'page-locked' if r['pinned'] else 'not page-locked'}) "
+        f"{copy}. The bare read: both id columns of every shard to numpy, record batches of 65,536 rows, the faster of two passes. "
+        f"`vs pyarrow`: the read's time over the faster epoch's. Set-up (one scan, not timed below): {r['setup_s']:.1f} s. "
+        f"Load (1 min): {r['load'][0]:.1f}.", "",
+        "| rows | bare pyarrow read s | rows/s | epoch 1 s | epoch 2 s | pairs/s (faster epoch) | vs pyarrow |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {r['rows']:,} | {r['read_s']:.3f} | {r['rows'] / r['read_s'] / 1e6:.1f}M | {r['epochs_s'][0]:.3f} | {r['epochs_s'][1]:.3f} | "
+        f"{r['pairs'] / best / 1e6:.2f}M | {r['read_s'] / best:.0%} |", "",
+    ])
+
+
 def baseline_tree(commit: str, directory: Path) -> Path:
     """A directory holding ``twotower/`` as of ``commit`` (git archive) and this benchmark, to run children from."""
     tree = directory / f"baseline-{commit}"
@@ -257,7 +316,14 @@ def throughput(directory: Path, eval_users: int, baseline: str) -> dict:
     runs["baseline"] = measure("stream", directory, 0, eval_users, cwd=tree)
     runs["stream"] = measure("stream", directory, 0, eval_users)
     runs["pyarrow_after"] = measure("pyarrow", directory, 0, eval_users)
-    return {"baseline_commit": baseline, "load": os.getloadavg(), **runs}
+    return {"baseline_commit": baseline, "tree": tree_name(), "load": os.getloadavg(), **runs}
+
+
+def tree_name() -> str:
+    """The measured tree: HEAD's short hash, and whether ``twotower/`` has uncommitted changes."""
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--", "twotower"]).returncode != 0
+    return f"{head} + uncommitted twotower/ changes" if dirty else head
 
 
 def throughput_section(results: list[dict]) -> list[str]:
@@ -282,7 +348,7 @@ def throughput_section(results: list[dict]) -> list[str]:
         bound = min(t["pyarrow_before"].get("read_s", float("inf")), t["pyarrow_after"].get("read_s", float("inf")))
         lead = f"| {r['rows']:,} | {t['load'][0]:.1f} |"
         lines.append(f"{lead} bare pyarrow read | | | {bound:.2f} | | {r['rows'] / bound / 1e6:.1f}M | 100% | |")
-        for key, name in (("baseline", f"shards, baseline {t['baseline_commit']}"), ("stream", "shards, this tree")):
+        for key, name in (("baseline", f"shards, baseline {t['baseline_commit']}"), ("stream", f"shards, {t.get('tree', 'the tree of that run')}")):
             m = t[key]
             if "error" in m:
                 lines.append(f"{lead} {name} | failed: {m['error']} | | | | | | |")
@@ -291,7 +357,7 @@ def throughput_section(results: list[dict]) -> list[str]:
                          f"{m['rows_read'] / m['epoch_s'] / 1e6:.1f}M | {bound / m['epoch_s']:.0%} | {m['peak_mb']:,.0f} |")
     lines += [
         "",
-        "Where the time went before (cProfile, 10M rows, baseline 65dd2eb, load 1.5-2.2). Set-up, 20.3 s profiled: "
+        "Where the time went at 65dd2eb (cProfile, 10M rows, baseline 65dd2eb, load 1.5-2.2). Set-up, 20.3 s profiled: "
         "`RecentItems._merge` 11.7 s and its `argsort` 2.2 s, 70% of it: the rows are time-ordered and were read oldest "
         "first, so every row beat its user's last kept history slot and was buffered and lexsorted with the whole kept "
         "table (100,000 users x 50) at every flush; reading and id lookup (pandas `get_indexer`) 1.6 s; split hashing "
@@ -301,26 +367,50 @@ def throughput_section(results: list[dict]) -> list[str]:
         "features gathered on the CPU (a 1024 x 50 history per batch), which a GPU run does on the device: the stream "
         "alone already gave 3-5M pairs/s.",
         "",
-        "What changed: ids map to rows through one `take` from a dense table (or not at all when the ids are the rows); "
-        "the hash split is computed with the item side's first mix done once per item and integer thresholds (the same "
-        "codes, pinned by tests/test_streaming_labels.py); a reader thread (`streaming/prefetch.py`) reads, labels and "
+        "What changed then (the rows with baseline 65dd2eb): ids map to rows through one `take` from a dense table (or not at all when "
+        "the ids are the rows); the hash split is computed with the item side's first mix done once per item and integer thresholds "
+        "(the same codes, pinned by tests/test_streaming_labels.py); a reader thread (`streaming/prefetch.py`) reads, labels and "
         "writes training pairs straight into blocks of at least 1Mi pairs, two blocks ahead; the shuffle permutes the "
         "held buffer and a block together once per block and hands out views (`BlockShuffle`), pinned when CUDA is "
         "available. The set-up scan reads row groups last first, so a user's older rows fail one comparison, with ties "
         "settled by row number so the histories are unchanged; the evaluation sample is widened to int64 one subset "
         "at a time.",
         "",
-        "Batch order is not the baseline's: a row now leaves the buffer as a uniform draw from the held rows and the "
-        "incoming block (a window of at least the buffer), rather than one batch-sized draw at a time. Kept: every "
-        "training row of a rank at most once per epoch (all but the ragged end), the same steps on every rank, the "
-        "same seeded order for a given seed, epoch and rank, the same split of every row.",
+        "Where the time went at ed7cbd8 (timers and cProfile, 10M rows, the Intel box, load under 1 before each run; every figure "
+        "one thread alone): the reader 0.28 s per epoch (pyarrow read and id checks 0.15 s, the split hash of every row 0.075 s, "
+        "selecting the training pairs 0.06 s), the shuffle 0.26 s (numpy's `permutation` 15-22 ms per 1.3M-row pool, 7 pools: "
+        "its bounded draws, not its swaps, are the cost; gathers of (n, 2) int64 rows), and 0.11 s of `DataLoader` per 7,028 "
+        "batches (15 us a batch, `twotower/data/datamodule.py`'s loader, not the stream). This box's two vCPUs do about 1.2 times "
+        "the work of one (two processes of pure Python take 0.27 s each where one alone takes 0.165 s), so the reader thread "
+        "overlaps little here and the epoch is close to the sum of the parts.",
         "",
-        "Reading (of the run recorded here, against issue 20): training batches at 18-19M pairs/s per process (goal: 5M), "
-        "6x the baseline at 10M rows and 4x at 100M; 21% of the bare pyarrow read (goal: 50%, not met): the reader thread "
-        "alone (read, hash-split, keep the training pairs) takes 2-2.5 times the bare read, and the shuffle about as long again "
-        "on the other core. Set-up over 100M rows 14 s (goal: 60 s; baseline 119 s in this run, 228 s in the table above), "
-        "peak RSS 1,467 MB (baseline 1,652 MB in this run, 1,573 MB above); at 10M rows the new set-up peaks 100 MB higher "
-        "than the baseline's (the history tables keep each slot's row number, for ties).",
+        "What changed (the rows with baseline ed7cbd8): the set-up scan, which labels every row anyway, keeps each row group's "
+        "training rows as a bit mask (`np.packbits`, 1 bit a row: 12.5 MB per process at 100M rows), and each epoch's reader "
+        "selects by it instead of hashing again (the same split of every row: tests/test_shards.py checks the masks against "
+        "`HashCodes` row for row; the split column is no longer read by the stream); the pairs are kept as int32 when both "
+        "tables' rows fit (half the bytes to write, concatenate and gather) and widened to the int64 (B, 2) tensors on hand-out; "
+        "the pool's permutation is `torch.randperm` (int32, 2.5x numpy's). Tried and not kept: in-place (`out=`) hashing "
+        "(no faster: numpy reuses its small temporaries), `np.compress` and boolean-mask selection (slower than `flatnonzero` + "
+        "`take`), `take(out=)` into int32 (buffered, slower), `torch.index_select` for the gathers (2x numpy's `take`), a "
+        "bucketed (Rao-Sandelius) permutation (slower: the draws, not cache misses, are the cost), pyarrow's `use_threads` off "
+        "(within noise).",
+        "",
+        "Batch order: the pool is still permuted once per block and every row still goes out once per epoch (all but the ragged "
+        "end), with the same steps on every rank and the same order for a given seed, epoch and rank; the order itself differs "
+        "from ed7cbd8's (another generator). `torch.randperm` below 214M rows is Fisher-Yates with each swap's pick among the k "
+        "rows left drawn as a 32-bit number modulo k, so each pick is uniform up to a relative error below k / 2**32 (3e-4 for "
+        "the 1.3M-row pools here); numpy's picks were exactly uniform.",
+        "",
+        "Reading (against issue 20): the last run's training batches at 23.1M pairs/s per process at 10M rows and 17.5M at 100M "
+        "(goal: 5M), 1.5x ed7cbd8 in the same run at both sizes; 37% and 24% of the bare pyarrow read (goal: 50%, not met). "
+        "Where the time goes now (10M rows, one thread): pyarrow read and id checks 0.15 s, selecting by the masks 0.05 s, "
+        "the permutations 0.07 s, the gathers and the widening 0.09 s, handing out batches 0.03 s, and the `DataLoader` "
+        "0.07-0.11 s: the bare read is 0.10-0.11 s, so 50% needs the rest of the work (0.2 s on one thread) overlapped with the "
+        "read on a second core, which this box does not have. Left, outside the stream: the `DataLoader` per batch "
+        "(iterating the stream directly skips it); handing out int32 rows and widening on the device (saves the 0.03 s widening "
+        "and half the host-to-device bytes; needs `train_batch` to widen). The 100M rows ran with the other engineer's jobs "
+        "on the box (load 2.3 at the end, both paths equally slower than at 10M). Set-up over 100M rows 22 s in this run (ed7cbd8: "
+        "18 s; the masks' packing is under 1 s of it, the rest the load), peak RSS 1,534 MB (ed7cbd8: 1,498 MB; the masks are 12.5 MB).",
     ]
     return lines
 
@@ -337,7 +427,8 @@ def main() -> None:
     parser.add_argument("--append", action="store_true", help="add to the results already in --out's .json")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "shards_scale.md"))
     parser.add_argument("--throughput", action="store_true", help="the data path alone: bare pyarrow vs --baseline vs this tree (see the module doc)")
-    parser.add_argument("--baseline", default="65dd2eb", help="the commit whose twotower/ --throughput compares against")
+    parser.add_argument("--device-feed", metavar="DEVICE", help="the stream feeding DEVICE (cpu, cuda): appends a section to --out (see the module doc)")
+    parser.add_argument("--baseline", default="ed7cbd8", help="the commit whose twotower/ --throughput compares against")
     parser.add_argument("--child", choices=["shards", "memory", "train", "imports", "pyarrow", "stream"])
     args = parser.parse_args()
     if args.child:
@@ -345,6 +436,22 @@ def main() -> None:
         return
     sizes = lambda text: [int(float(s)) for s in text.split(",") if s]  # noqa: E731
     out = Path(args.out)
+    if args.device_feed:
+        import torch
+
+        torch.set_num_threads(1)
+        pa.set_cpu_count(1)
+        pa.set_io_thread_count(1)
+        directory = Path(args.dir) / "device_feed"
+        if directory.exists():
+            shutil.rmtree(directory)
+        result = device_feed(directory, sizes(args.sizes)[0], args.device_feed, args.eval_users)
+        print("  device feed", result, flush=True)
+        with out.open("a") as f:
+            f.write(feed_section(result))
+        if not args.keep:
+            shutil.rmtree(directory)
+        return
     results = json.loads(out.with_suffix(".json").read_text()) if args.append and out.with_suffix(".json").exists() else []
     for rows in sizes(args.sizes):
         directory = Path(args.dir) / f"rows{rows}"

@@ -18,6 +18,7 @@ from twotower.data import TwoTowerDataModule
 from twotower.data.sources import TableSource
 from twotower.data.splits import HashSplit, PredefinedSplit
 from twotower.data.streaming import ShardSource
+from twotower.data.streaming.labels import HashCodes
 from twotower.data.streaming.scan import RecentItems
 from twotower.data.streaming.stream import ShardBatches, ShardStream
 from twotower.training import train
@@ -110,7 +111,7 @@ def test_each_epoch_is_a_seeded_shuffle(tables):
 
     def epoch(seed, number):
         stream = dm.prepared.stream
-        return torch.cat(list(ShardStream(stream.shards, stream.train_rows_per_group, stream.labels, 256, seed).batches(0, 1, number, 64)))
+        return torch.cat(list(ShardStream(stream.shards, stream.train_rows_per_group, stream.train_masks, 256, seed).batches(0, 1, number, 64)))
 
     assert torch.equal(epoch(0, 0), epoch(0, 0))
     assert not torch.equal(epoch(0, 0), epoch(0, 1))
@@ -131,6 +132,22 @@ def test_an_epoch_of_many_blocks_sends_each_training_row_once(tables, monkeypatc
     epoch = [tuple(p) for p in torch.cat(list(batches)).tolist()]
     assert len(epoch) == len(set(epoch)) == len(train) // 64 * 64
     assert set(epoch) <= train
+
+
+@pytest.mark.parametrize("read_rows", [64, 37])  # record batches that split row groups evenly, and raggedly
+def test_the_scans_train_masks_are_the_split_of_every_row(tables, read_rows):
+    """The stream keeps the rows the set-up scan marked (1 bit a row, per row group), not a split of its own."""
+    _, root = tables
+    dm = sharded(root)
+    stream, tables_ = dm.prepared.stream, dm.prepared.tables
+    codes = HashCodes(HashSplit(seed=3), tables_.users, tables_.items)
+    assert len(stream.train_masks) == len(stream.shards.row_groups)
+    for chunk in stream.shards.chunks(read_rows=read_rows):
+        group = stream.shards.row_groups[chunk.row_group]
+        marked = np.unpackbits(stream.train_masks[chunk.row_group], count=group.rows).view(bool)
+        start = chunk.offset - group.offset
+        np.testing.assert_array_equal(marked[start : start + len(chunk.users)], codes.train(chunk))
+    assert sum(int(np.unpackbits(m).sum()) for m in stream.train_masks) == dm.prepared.split_counts["train"]
 
 
 def test_evaluation_sample_is_bounded_and_the_same_users_in_every_process(tables):

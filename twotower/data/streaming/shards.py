@@ -187,11 +187,12 @@ class InteractionShards:
         owner = np.minimum((middles * world_size / self.num_rows).astype(int), world_size - 1)
         return np.flatnonzero(owner == rank).tolist()
 
-    def chunks(self, row_groups: Sequence[int] | None = None, read_rows: int | None = None, times: bool = True) -> Iterator[Chunk]:
+    def chunks(self, row_groups: Sequence[int] | None = None, read_rows: int | None = None, times: bool = True, splits: bool = True) -> Iterator[Chunk]:
         """Record batches (of ``read_rows``, default the source's) of the given row groups (all, in
-        order, when None), ids checked and mapped to rows; ``times=False`` leaves the timestamp column unread."""
+        order, when None), ids checked and mapped to rows; ``times=False`` / ``splits=False`` leave the
+        timestamp / split column unread."""
         order = range(len(self.row_groups)) if row_groups is None else row_groups
-        columns = [name for key, name in self.columns.items() if times or key != TIME]
+        columns = [name for key, name in self.columns.items() if (times or key != TIME) and (splits or key != SPLIT)]
         file, reader = None, None
         for position in order:
             group = self.row_groups[position]
@@ -225,7 +226,7 @@ class InteractionShards:
             times = column.to_numpy().astype(np.float64)
             if np.isnan(times).any():
                 raise ValueError(f"interaction shard {path}: column '{self.columns[TIME]}' has NaN, first at row {offset + int(np.argmax(np.isnan(times)))} of the directory")
-        if self.has_split:
+        if self.has_split and self.columns[SPLIT] in batch.schema.names:
             column = _decoded(batch.column(self.columns[SPLIT]))
             found = pc.index_in(column, value_set=pa.array(SPLITS))
             bad = found.is_null().to_numpy(zero_copy_only=False)
