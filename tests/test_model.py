@@ -89,6 +89,27 @@ def test_oov_index_has_its_own_learned_vector():
     assert not torch.equal(enc(torch.tensor([0]))[0], torch.zeros(4))
 
 
+def test_an_unknown_id_adds_nothing_until_id_dropout_trains_its_row():
+    """The id kind's out-of-vocabulary row starts at zero and AdamW (weight decay on) leaves it there while no row reads it."""
+    model = two_tower()
+    table = model.candidate_tower.encoders["item_id"].embedding.weight
+    assert torch.equal(table[0], torch.zeros(4)) and table[1:].abs().sum() > 0
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1)
+
+    def step(item_ids):
+        candidates = batch_candidate() | {"item_id": item_ids}
+        loss = (model.encode_query(batch_query()) * model.encode_candidate(candidates)).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(3):
+        step(torch.tensor([1, 2, 6]))  # known ids only (history padding reads row 0 as nothing either)
+    assert torch.equal(table[0], torch.zeros(4))
+    step(torch.tensor([1, 0, 6]))  # an id replaced by the unknown index, as id dropout does
+    assert table[0].abs().sum() > 0
+
+
 def test_text_mean_pooling_matches_manual_mean():
     enc = TextEncoder(9, 3)
     torch.testing.assert_close(enc(torch.tensor([[1, 4, 0]]))[0], enc.embedding.weight[[1, 4]].mean(0))

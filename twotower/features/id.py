@@ -1,7 +1,10 @@
 """``id``: the user's or item's own id, an embedding per id seen in training.
 
 Its vocabulary is the train-split id vocabulary itself, so an id unseen in training (a new user or
-item) takes the learned out-of-vocabulary row. Being the entity's identity, it is what content-only
+item) takes the out-of-vocabulary row. That row starts at zero: an unknown id adds nothing to the
+tower's input rather than an untrained random vector, so a new entity is encoded from its content
+alone. Without id dropout nothing ever reads it in training and it stays zero (no gradient, and weight
+decay keeps zero at zero); with id dropout it is learned from there. Being the entity's identity, it is what content-only
 towers drop and what id dropout and new-user rows hide, so that content learns to stand in for it.
 """
 from __future__ import annotations
@@ -52,6 +55,12 @@ class IdKind(OneValueKind):
         if ids is None:
             raise ValueError(f"feature '{spec.name}' of kind id needs the train-split id vocabulary of {table}")
         return FittedFeature(spec, vocab=ids)
+
+    def build_encoder(self, spec: Mapping[str, Any]) -> nn.Module:
+        encoder = super().build_encoder(spec)
+        with torch.no_grad():
+            encoder.embedding.weight[0].zero_()  # the out-of-vocabulary row: see the module doc
+        return encoder
 
     def transform(self, fitted: FittedFeature, frame: pd.DataFrame, table: str) -> torch.Tensor:
         return torch.from_numpy(fitted.vocab.lookup(column(frame, fitted.spec, table).tolist()))  # (n,)
