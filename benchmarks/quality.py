@@ -44,7 +44,7 @@ PROTOCOLS = {
     "cold-start users": ["protocol=cold_users"],
 }
 TWO_TOWER = {"two-tower id-only": "id_only", "two-tower content-only": "content_only", "two-tower hybrid": "ml100k_best",
-             "two-tower hybrid + request time": "ml100k_temporal"}
+             "two-tower hybrid + request time": "ml100k_temporal", "two-tower hybrid, cold-start tuned": "ml100k_cold_items"}
 COLUMNS = ["recall@20", "ndcg@10", "coverage@20", "diversity@20", "novelty@20", "longtail@20", "recall_light@20", "recall_heavy@20"]
 
 

@@ -72,7 +72,12 @@ def _movielens_with_time(root):
             "data.features.candidate=[{name: item_id, kind: id}, {name: genres, kind: multi_hot, separator: '|'}, {name: released, kind: time}]"]
 
 
-CONFIGS = {"movielens": _movielens, "movielens_with_time": _movielens_with_time, "tables": _tables, "synthetic": _synthetic, "mind": _mind, "mind_text": _mind_text, "shards": _shards,
+def _movielens_cold_items(root):
+    """ml100k_cold_items: uniform corpus negatives next to the in-batch ones, attention over the title's words."""
+    return ["experiment=ml100k_cold_items", *_movielens(root)]
+
+
+CONFIGS = {"movielens": _movielens, "movielens_with_time": _movielens_with_time, "movielens_cold_items": _movielens_cold_items, "tables": _tables, "synthetic": _synthetic, "mind": _mind, "mind_text": _mind_text, "shards": _shards,
            "mind_with_user_ids": _mind_with_user_ids, "tables_through_the_item_tower": _tables_through_the_item_tower}
 
 
