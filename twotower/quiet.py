@@ -23,8 +23,6 @@ CHATTY_LOGGERS = (
 IRRELEVANT_WARNINGS = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated",
      "Lightning's own call into torch's pytree API; nothing a user or twotower calls"),
-    (r"Your `IterableDataset` has `__len__` defined",
-     "about DataLoader worker processes; twotower's loaders have none (batches are index tensors gathered on the device)"),
     (r"The `srun` command is available on your system but is not used",
      "printed on any machine with SLURM's tools, e.g. a login node; cluster runs go through the submitit launcher"),
     (r"The number of training batches \(\d+\) is smaller than the logging interval",

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import IterableDataset
 
 from twotower.constraints import AT_LEAST_0, AT_LEAST_1, AT_LEAST_2, FRACTION
 from twotower.data.prepared import Prepared, prepare_tables
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 class IndexBatches(IterableDataset):
     """Shuffled chunks of ``range(n)``, one shard per process; a new permutation each epoch.
 
-    The DataLoader only moves these small index tensors; features are gathered on the device.
+    The loaders hand over only these small index tensors; features are gathered on the device.
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool, rank: int = 0, world_size: int = 1):
@@ -158,7 +158,11 @@ class TwoTowerDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return trainer.current_epoch if trainer is not None else 0
 
-    def train_dataloader(self) -> DataLoader:
+    # The loaders are the batch iterables themselves, not torch DataLoaders: the batches are index tensors made
+    # whole by the source (no per-sample fetching or collation to do), and a DataLoader's own per-batch work
+    # (7 us a batch, one epoch of 100M rows: 70,000 batches) was a quarter of the sharded stream's epoch
+    # (benchmarks/results/shards_scale.md). Lightning takes any iterable; the ranks' shares are the sources' own.
+    def train_dataloader(self) -> _Tagged:
         rank, world = self._rank()
         data = self.prepared
         if data.train_pairs is None:
@@ -166,23 +170,23 @@ class TwoTowerDataModule(pl.LightningDataModule):
             if len(batches) == 0:
                 raise ValueError(f"batch_size={self.batch_size} is larger than the training interactions of some process "
                                  f"({data.stream.description}, processes: {world}): write more, smaller row groups")
-            return DataLoader(_Tagged(batches, "train"), batch_size=None)
+            return _Tagged(batches, "train")
         rows = IndexBatches(len(data.train_pairs), self.batch_size, shuffle=True, seed=self.seed, drop_last=True, rank=rank, world_size=world)
         if len(rows) == 0:
             raise ValueError(f"batch_size={self.batch_size} is larger than the {len(data.train_pairs)} training interactions per process")
         rows.epoch = self._epoch()
-        return DataLoader(_Tagged(rows, "train"), batch_size=None)
+        return _Tagged(rows, "train")
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> _Tagged:
         return self._eval_loader("val")
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> _Tagged:
         return self._eval_loader("test")
 
-    def _eval_loader(self, split: str) -> DataLoader:
+    def _eval_loader(self, split: str) -> _Tagged:
         rank, world = self._rank()
         users = self.prepared.eval_users[split][rank::world]
-        return DataLoader(_Tagged(users.split(self.eval_batch_size), split), batch_size=None)
+        return _Tagged(users.split(self.eval_batch_size), split)
 
     # ------------------------------------------------------------------ gathering on the device
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> Batch | EvalBatch:
@@ -255,8 +259,8 @@ class TwoTowerDataModule(pl.LightningDataModule):
         return serving_data(self.prepared)
 
 
-class _Tagged(IterableDataset):
-    """Tags each index tensor with its split, so the device-side hook knows what to gather."""
+class _Tagged:
+    """A loader: each index tensor of ``batches`` tagged with its split, so the device-side hook knows what to gather."""
 
     def __init__(self, batches, split: str):
         self.batches, self.split = batches, split
