@@ -401,16 +401,18 @@ def throughput_section(results: list[dict]) -> list[str]:
         "rows left drawn as a 32-bit number modulo k, so each pick is uniform up to a relative error below k / 2**32 (3e-4 for "
         "the 1.3M-row pools here); numpy's picks were exactly uniform.",
         "",
-        "Reading (against issue 20): the last run's training batches at 23.1M pairs/s per process at 10M rows and 17.5M at 100M "
-        "(goal: 5M), 1.5x ed7cbd8 in the same run at both sizes; 37% and 24% of the bare pyarrow read (goal: 50%, not met). "
-        "Where the time goes now (10M rows, one thread): pyarrow read and id checks 0.15 s, selecting by the masks 0.05 s, "
-        "the permutations 0.07 s, the gathers and the widening 0.09 s, handing out batches 0.03 s, and the `DataLoader` "
-        "0.07-0.11 s: the bare read is 0.10-0.11 s, so 50% needs the rest of the work (0.2 s on one thread) overlapped with the "
-        "read on a second core, which this box does not have. Left, outside the stream: the `DataLoader` per batch "
-        "(iterating the stream directly skips it); handing out int32 rows and widening on the device (saves the 0.03 s widening "
-        "and half the host-to-device bytes; needs `train_batch` to widen). The 100M rows ran with the other engineer's jobs "
-        "on the box (load 2.3 at the end, both paths equally slower than at 10M). Set-up over 100M rows 22 s in this run (ed7cbd8: "
-        "18 s; the masks' packing is under 1 s of it, the rest the load), peak RSS 1,534 MB (ed7cbd8: 1,498 MB; the masks are 12.5 MB).",
+        "Then (the rows with baseline 52ce599, tree 6fec6b9): the data module's loaders are the batch iterables themselves, not "
+        "torch `DataLoader`s, whose own work was 7 us a batch (0.05-0.1 s of a 10M-row epoch's 7,028 batches).",
+        "",
+        "Reading (against issue 20): the last runs' training batches at 30.4M pairs/s per process at 10M rows and 40.9M at 100M "
+        "(goal: 5M), 1.2x and 1.3x 52ce599 in the same runs (the same code as the rows before, which ran at load 2.3-2.8 "
+        "beside other jobs: compare within a run); 45% and 63% of the bare pyarrow read (goal: 50%: met at 100M rows, "
+        "not at 10M, where the read is 0.11 s and the stream's fixed work per row group and block weighs more). Where the time "
+        "went before the loaders change (10M rows, one thread): pyarrow read and id checks 0.15 s, selecting by the masks 0.05 s, "
+        "the permutations 0.07 s, the gathers and the widening 0.09 s, handing out batches 0.03 s, the `DataLoader` 0.07-0.11 s. "
+        "Left: handing out int32 rows and widening on the device (saves the widening and half the host-to-device bytes; needs "
+        "`train_batch` to widen). Set-up over 100M rows 17.7 s in the last run (goal: 60 s; 228 s in the table above), peak RSS "
+        "1,519 MB (goal: not above 1,573 MB; the masks are 12.5 MB).",
     ]
     return lines
 
