@@ -160,7 +160,7 @@ class TwoTowerDataModule(pl.LightningDataModule):
 
     # The loaders are the batch iterables themselves, not torch DataLoaders: the batches are index tensors made
     # whole by the source (no per-sample fetching or collation to do), and a DataLoader's own per-batch work
-    # (7 us a batch, one epoch of 100M rows: 70,000 batches) was a quarter of the sharded stream's epoch
+    # (7 us a batch, one epoch of 100M rows: 70,000 batches) was a sixth to a quarter of the sharded stream's epoch
     # (benchmarks/results/shards_scale.md). Lightning takes any iterable; the ranks' shares are the sources' own.
     def train_dataloader(self) -> _Tagged:
         rank, world = self._rank()
