@@ -111,7 +111,7 @@ def test_each_epoch_is_a_seeded_shuffle(tables):
 
     def epoch(seed, number):
         stream = dm.prepared.stream
-        return torch.cat(list(ShardStream(stream.shards, stream.train_rows_per_group, stream.train_masks, 256, seed).batches(0, 1, number, 64)))
+        return torch.cat(list(ShardStream(stream.shards, stream.train_masks, 256, seed).batches(0, 1, number, 64)))
 
     assert torch.equal(epoch(0, 0), epoch(0, 0))
     assert not torch.equal(epoch(0, 0), epoch(0, 1))

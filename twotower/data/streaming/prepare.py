@@ -97,7 +97,7 @@ def prepare_shards(tables: ShardedTables, schema: Schema, split: Callable, seed:
         heldout={s: pairs(part == code) for s, code in (("val", VAL), ("test", TEST))},
         eval_users={s: torch.unique(u[part == code]).long() for s, code in (("val", VAL), ("test", TEST))},
         candidates={"val": None, "test": None}, histories=histories, history_name=history_name, split_counts=counts, tables=tables,
-        stream=ShardStream(shards, stats.train_rows, stats.train_masks, shuffle_buffer, seed, pin_memory), serving_log=serving_log,
+        stream=ShardStream(shards, stats.train_masks, shuffle_buffer, seed, pin_memory), serving_log=serving_log,
     )
 
 

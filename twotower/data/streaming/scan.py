@@ -21,7 +21,6 @@ class ShardScan:
     split_counts: np.ndarray  # (3,) rows per split (train, val, test)
     user_counts: np.ndarray  # (n_users,) train rows per user
     item_counts: np.ndarray  # (n_items,) train rows per item
-    train_rows: np.ndarray  # (n_row_groups,) train rows per row group
     train_masks: list[np.ndarray]  # per row group, np.packbits of its rows' "is train": 1 bit a row, so epochs skip the hashing
     sample: dict[str, np.ndarray]  # "users", "items", "splits": every row of the sampled users
     history: dict[str, np.ndarray] | None  # "val" (train rows), "test" (train + val rows): (n_users, L) item rows, -1 = empty
@@ -153,7 +152,6 @@ def scan(
     split_counts = np.zeros(3, dtype=np.int64)
     user_counts = np.zeros(n_users, dtype=np.int64)
     item_counts = np.zeros(n_items, dtype=np.int64)
-    train_rows = np.zeros(len(shards.row_groups), dtype=np.int64)
     train_masks: list[np.ndarray] = [np.zeros(0, dtype=np.uint8)] * len(shards.row_groups)
     group_parts: list[np.ndarray] = []  # the row group being read (its chunks come in order, one group at a time)
     kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -165,7 +163,6 @@ def scan(
         train = codes == TRAIN
         user_counts += np.bincount(chunk.users[train], minlength=n_users)
         item_counts += np.bincount(chunk.items[train], minlength=n_items)
-        train_rows[chunk.row_group] += int(train.sum())
         group_parts.append(train)
         if chunk.offset + len(train) == shards.row_groups[chunk.row_group].offset + shards.row_groups[chunk.row_group].rows:
             train_masks[chunk.row_group] = np.packbits(np.concatenate(group_parts))
@@ -178,4 +175,4 @@ def scan(
             recent["test"].add(chunk.users, chunk.items, keys, chunk.offset, among=codes != TEST)
     users, items, splits = (np.concatenate(parts) for parts in zip(*kept))
     history = {s: r.table() for s, r in recent.items()} if recent else None
-    return ShardScan(split_counts, user_counts, item_counts, train_rows, train_masks, {"users": users, "items": items, "splits": splits}, history)
+    return ShardScan(split_counts, user_counts, item_counts, train_masks, {"users": users, "items": items, "splits": splits}, history)

@@ -127,15 +127,14 @@ class ShardStream:
     """``Prepared.stream`` of sharded interactions: each process's row groups (``InteractionShards.assign``), shuffled.
 
     Args:
-        train_rows_per_group: (n_row_groups,) training pairs in each row group (from the set-up scan).
         train_masks: per row group, ``np.packbits`` of which of its rows train (from the set-up scan): the split
             is computed once, not once per epoch.
         pin_memory: page-lock the training batches when CUDA is available (never without it).
     """
 
-    def __init__(self, shards: InteractionShards, train_rows_per_group: np.ndarray, train_masks: list[np.ndarray], shuffle_buffer: int, seed: int,
-                 pin_memory: bool = True):
-        self.shards, self.train_rows_per_group, self.train_masks = shards, train_rows_per_group, train_masks
+    def __init__(self, shards: InteractionShards, train_masks: list[np.ndarray], shuffle_buffer: int, seed: int, pin_memory: bool = True):
+        self.shards, self.train_masks = shards, train_masks
+        self.train_rows_per_group = np.array([int(np.unpackbits(mask).sum()) for mask in train_masks], dtype=np.int64)  # packbits pads with 0
         self.shuffle_buffer, self.seed, self.pin_memory = shuffle_buffer, seed, pin_memory
         self.description = f"row groups: {len(shards.row_groups)} of {len(shards.files)} shards in {shards.directory}"
 
