@@ -4,8 +4,9 @@ Its vocabulary is the train-split id vocabulary itself, so an id unseen in train
 item) takes the out-of-vocabulary row. That row starts at zero: an unknown id adds nothing to the
 tower's input rather than an untrained random vector, so a new entity is encoded from its content
 alone. Without id dropout nothing ever reads it in training and it stays zero (no gradient, and weight
-decay keeps zero at zero); with id dropout it is learned from there. Being the entity's identity, it is what content-only
-towers drop and what id dropout and new-user rows hide, so that content learns to stand in for it.
+decay keeps zero at zero); with id dropout it is learned from there. Being the entity's identity, it is
+what content-only towers drop and what id dropout and new-user rows hide, so that content learns to
+stand in for it.
 """
 from __future__ import annotations
 
