@@ -134,6 +134,23 @@ def test_an_epoch_of_many_blocks_sends_each_training_row_once(tables, monkeypatc
     assert set(epoch) <= train
 
 
+def test_streamed_rows_are_int32_and_train_as_their_int64_widening(tables):
+    """Both tables fit int32, so batches are int32 (half the bytes to pin and copy); ``train_batch`` widens them and
+    builds exactly the batch of the same rows as int64."""
+    _, root = tables
+    dm = sharded(root)
+    rows = next(iter(dm.train_dataloader()))["rows"]
+    assert rows.dtype == torch.int32 and rows.shape == (64, 2)
+    narrow, wide = dm.train_batch(rows), dm.train_batch(rows.long())
+    assert narrow.query_ids.dtype == narrow.candidate_ids.dtype == torch.int64
+    assert torch.equal(narrow.query_ids, wide.query_ids) and torch.equal(narrow.candidate_ids, wide.candidate_ids)
+    torch.testing.assert_close(narrow.log_q, wide.log_q)
+    for name, value in wide.query.items():
+        assert torch.equal(narrow.query[name], value), name
+    for name, value in wide.candidate.items():
+        assert torch.equal(narrow.candidate[name], value), name
+
+
 @pytest.mark.parametrize("read_rows", [64, 37])  # record batches that split row groups evenly, and raggedly
 def test_the_scans_train_masks_are_the_split_of_every_row(tables, read_rows):
     """The stream keeps the rows the set-up scan marked (1 bit a row, per row group), not a split of its own."""

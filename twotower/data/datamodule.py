@@ -198,10 +198,11 @@ class TwoTowerDataModule(pl.LightningDataModule):
         return self.eval_batch(batch["rows"], batch["split"])
 
     def train_batch(self, rows: torch.Tensor) -> Batch:
-        """The training batch of ``rows``: positions in ``train_pairs`` (B,), or streamed (B, 2) (user row, item row) pairs."""
+        """The training batch of ``rows``: positions in ``train_pairs`` (B,), or streamed (B, 2) (user row, item row) pairs
+        (int32 or int64: widened here, on the device, where it costs nothing beside the copy it halves)."""
         data = self.data
         streamed = rows.dim() == 2
-        users, items = (rows if streamed else data.train_pairs[rows]).unbind(1)
+        users, items = (rows.long() if streamed else data.train_pairs[rows]).unbind(1)
         lines = None  # each click reads its own impression's history where the source records one per impression
         if not streamed and data.impressions is not None and data.impressions.histories is not None:
             lines = data.impressions.of_train_pair[rows]

@@ -17,8 +17,10 @@ from twotower.data.tables import ITEM, USER
 class ShardBatches(IterableDataset):
     """One rank's training pairs: its row groups in a seeded random order, through a shuffle buffer.
 
-    Yields exactly ``steps`` (B, 2) int64 tensors of (user row, item row) per epoch, so every rank
-    takes the same number of steps; the rows left over are the ragged end of the rank's share.
+    Yields exactly ``steps`` (B, 2) tensors of (user row, item row) per epoch, so every rank takes the
+    same number of steps; the rows left over are the ragged end of the rank's share. They are int32 when
+    both tables' rows fit (half the bytes to gather, pin and copy to the device; ``train_batch`` widens
+    them there), else int64.
 
     A background thread reads the row groups and keeps the training pairs (by the set-up scan's masks), handing
     over blocks of at least ``BLOCK_ROWS`` pairs (``prefetch`` blocks ahead); this thread shuffles each
@@ -89,17 +91,17 @@ class BlockShuffle:
     among the k rows left by a 32-bit draw modulo k, so each pick's chances are uniform up to a relative error
     below k / 2**32 (3e-4 for a pool of 1.3M rows), where numpy's picks are exactly uniform.
 
-    Rows go out as int64 whatever the blocks hold (the row tensors every source hands the trainer).
+    Rows go out in the blocks' type.
     """
 
     def __init__(self, capacity: int, batch_size: int, rng: np.random.Generator, pin_memory: bool = False):
         self.capacity, self.batch_size, self.pin_memory = capacity, batch_size, pin_memory
         self.generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
-        self.held = np.empty((0, 2), dtype=np.int64)
+        self.held: np.ndarray | None = None
 
     def push(self, block: np.ndarray) -> torch.Tensor:
         """(m, 2): the rows going out, shuffled; m is a multiple of the batch size."""
-        pool = np.concatenate([self.held, block]) if len(self.held) else block
+        pool = np.concatenate([self.held, block]) if self.held is not None and len(self.held) else block
         order = self._permutation(len(pool))
         out = max(len(pool) - self.capacity, 0) // self.batch_size * self.batch_size
         self.held = pool.take(order[out:], axis=0)
@@ -107,7 +109,7 @@ class BlockShuffle:
 
     def drain(self) -> torch.Tensor:
         """Every row still held, shuffled."""
-        rows, self.held = self.held, self.held[:0]
+        rows, self.held = (np.empty((0, 2), dtype=np.int64) if self.held is None else self.held), None
         return self._gathered(rows, self._permutation(len(rows)))
 
     def _permutation(self, n: int) -> np.ndarray:
@@ -115,12 +117,8 @@ class BlockShuffle:
         return torch.randperm(n, generator=self.generator, dtype=torch.int32 if narrow else torch.int64).numpy()
 
     def _gathered(self, pool: np.ndarray, order: np.ndarray) -> torch.Tensor:
-        rows = pool.take(order, axis=0)
-        if rows.dtype == np.int64 and not self.pin_memory:
-            return torch.from_numpy(rows)
-        out = torch.empty((len(order), 2), dtype=torch.int64, pin_memory=self.pin_memory)
-        out.numpy()[:] = rows
-        return out
+        rows = torch.from_numpy(pool.take(order, axis=0))  # take's out= (straight into pinned memory) is slower than take + copy
+        return rows.pin_memory() if self.pin_memory else rows
 
 
 class ShardStream:
