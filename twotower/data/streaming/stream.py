@@ -97,11 +97,11 @@ class BlockShuffle:
     def __init__(self, capacity: int, batch_size: int, rng: np.random.Generator, pin_memory: bool = False):
         self.capacity, self.batch_size, self.pin_memory = capacity, batch_size, pin_memory
         self.generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
-        self.held: np.ndarray | None = None
+        self.held = np.empty((0, 2), dtype=np.int64)  # takes the blocks' type from the first push on
 
     def push(self, block: np.ndarray) -> torch.Tensor:
         """(m, 2): the rows going out, shuffled; m is a multiple of the batch size."""
-        pool = np.concatenate([self.held, block]) if self.held is not None and len(self.held) else block
+        pool = np.concatenate([self.held, block]) if len(self.held) else block
         order = self._permutation(len(pool))
         out = max(len(pool) - self.capacity, 0) // self.batch_size * self.batch_size
         self.held = pool.take(order[out:], axis=0)
@@ -109,7 +109,7 @@ class BlockShuffle:
 
     def drain(self) -> torch.Tensor:
         """Every row still held, shuffled."""
-        rows, self.held = (np.empty((0, 2), dtype=np.int64) if self.held is None else self.held), None
+        rows, self.held = self.held, self.held[:0]
         return self._gathered(rows, self._permutation(len(rows)))
 
     def _permutation(self, n: int) -> np.ndarray:
