@@ -38,10 +38,10 @@ def test_predefined_split_from_separate_files(tables):
 @pytest.mark.parametrize("breakage, message", [
     (lambda d: pd.DataFrame({"uid": [1], "item": ["a"]}).to_csv(d / "inter.csv", index=False), r"inter\.csv has no column\(s\) \['iid'\]"),
     (lambda d: (d / "inter.csv").write_text(""), r"inter\.csv is empty"),
-    (lambda d: pd.DataFrame({"uid": [1, 9], "iid": ["a", "a"]}).to_csv(d / "inter.csv", index=False), r"column 'user_id' names 1 row\(s\) with id\(s\) not in .*users\.parquet, e\.g\. \['9'\]"),
-    (lambda d: pd.DataFrame({"uid": [1], "iid": ["q"]}).to_csv(d / "inter.csv", index=False), r"column 'item_id' names 1 row\(s\) .* not in .*items\.csv, e\.g\. \['q'\]"),
-    (lambda d: pd.DataFrame({"uid": [1, None], "iid": ["a", "b"]}).to_csv(d / "inter.csv", index=False), r"column 'user_id' has 1 missing value\(s\), first at row 1"),
-    (lambda d: pd.DataFrame({"iid": ["a", "a"]}).to_csv(d / "items.csv", index=False), r"items\.csv: column 'item_id' repeats id\(s\) \['a'\]"),
+    (lambda d: pd.DataFrame({"uid": [1, 9], "iid": ["a", "a"]}).to_csv(d / "inter.csv", index=False), r"column 'uid' \(user_id\) names 1 row\(s\) with id\(s\) not in .*users\.parquet, e\.g\. \['9'\]"),
+    (lambda d: pd.DataFrame({"uid": [1], "iid": ["q"]}).to_csv(d / "inter.csv", index=False), r"column 'iid' \(item_id\) names 1 row\(s\) .* not in .*items\.csv, e\.g\. \['q'\]"),
+    (lambda d: pd.DataFrame({"uid": [1, None], "iid": ["a", "b"]}).to_csv(d / "inter.csv", index=False), r"column 'uid' \(user_id\) has 1 missing value\(s\), first at row 1"),
+    (lambda d: pd.DataFrame({"iid": ["a", "a"]}).to_csv(d / "items.csv", index=False), r"items\.csv: column 'iid' \(item_id\) repeats id\(s\) \['a'\]"),
 ])
 def test_bad_tables_are_named(tables, breakage, message):
     breakage(tables)

@@ -63,7 +63,7 @@ def test_tz_aware_datetimes_become_utc_seconds(tmp_path):
 
 def test_millisecond_numbers_are_refused(tmp_path):
     inter = pd.DataFrame({"user_id": ["a", "b"], "item_id": ["x", "y"], "ts": [1577836800, 1577836800000]})
-    with pytest.raises(ValueError, match=r"column 'timestamp' has the value .*1577836800000.* at row 1.*milliseconds"):
+    with pytest.raises(ValueError, match=r"column 'ts' \(timestamp\) has the value .*1577836800000.* at row 1.*milliseconds"):
         load(tmp_path, inter, timestamp="ts")
 
 

@@ -5,7 +5,7 @@ import csv
 import gzip
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +39,12 @@ class Tables:
     items: pd.DataFrame
     names: dict[str, str]
 
-    def validate(self) -> Tables:
-        """Check keys and references; raises ValueError naming the table, column and values."""
+    def validate(self, file_columns: Mapping[str, str] | None = None) -> Tables:
+        """Check keys and references; raises ValueError naming the table, column and values.
+
+        ``file_columns``: the standard columns' names in the files (``TableSource`` renames ``uid`` to ``user_id``,
+        ...), so an error names the column the user wrote."""
+        named = {key: column_label((file_columns or {}).get(key, key), key) for key in (USER, ITEM, TIME, SPLIT)}
         for table, key in (("interactions", USER), ("interactions", ITEM), ("users", USER), ("items", ITEM)):
             frame = getattr(self, table)
             require_columns(frame, [key], self.names[table])
@@ -48,17 +52,17 @@ class Tables:
                 raise ValueError(f"{self.names[table]} is empty")
             missing = frame[key].isna()
             if missing.any():
-                raise ValueError(f"{self.names[table]}: column '{key}' has {int(missing.sum())} missing value(s), first at row {int(missing.idxmax())}")
+                raise ValueError(f"{self.names[table]}: column {named[key]} has {int(missing.sum())} missing value(s), first at row {int(missing.idxmax())}")
         # Ids become string keys everywhere (see id_keys): csv text as written, parquet ints and
         # integral floats as their integer strings.
         for table, key in (("interactions", USER), ("interactions", ITEM), ("users", USER), ("items", ITEM)):
             frame = getattr(self, table)
-            frame[key] = id_keys(frame[key], f"{self.names[table]}: column '{key}'")
+            frame[key] = id_keys(frame[key], f"{self.names[table]}: column {named[key]}")
         for table, key in (("users", USER), ("items", ITEM)):
             frame = getattr(self, table)
             dupes = frame[key][frame[key].duplicated()]
             if len(dupes):
-                raise ValueError(f"{self.names[table]}: column '{key}' repeats id(s) {dupes.unique()[:5].tolist()}")
+                raise ValueError(f"{self.names[table]}: column {named[key]} repeats id(s) {dupes.unique()[:5].tolist()}")
         for table, key in (("users", USER), ("items", ITEM)):
             unknown = ~self.interactions[key].isin(getattr(self, table)[key])
             if unknown.any():
@@ -67,16 +71,21 @@ class Tables:
                 if any(isinstance(v, str) and v.endswith(".0") and v[:-2].lstrip("-").isdigit() for v in values):
                     hint = " (csv ids are read exactly as written, so '7.0' and '7' are different ids: write integer ids without '.0')"
                 raise ValueError(
-                    f"{self.names['interactions']}: column '{key}' names {int(unknown.sum())} row(s) with id(s) "
+                    f"{self.names['interactions']}: column {named[key]} names {int(unknown.sum())} row(s) with id(s) "
                     f"not in {self.names[table]}, e.g. {values}{hint}"
                 )
         if TIME in self.interactions:
-            self.interactions[TIME] = timestamp_seconds(self.interactions[TIME], self.names["interactions"])
+            self.interactions[TIME] = timestamp_seconds(self.interactions[TIME], self.names["interactions"], (file_columns or {}).get(TIME, TIME), TIME)
         if SPLIT in self.interactions:
             bad = ~self.interactions[SPLIT].isin(SPLITS)
             if bad.any():
-                raise ValueError(f"{self.names['interactions']}: column '{SPLIT}' has value(s) {self.interactions.loc[bad, SPLIT].unique()[:5].tolist()} (allowed: {SPLITS})")
+                raise ValueError(f"{self.names['interactions']}: column {named[SPLIT]} has value(s) {self.interactions.loc[bad, SPLIT].unique()[:5].tolist()} (allowed: {SPLITS})")
         return self
+
+
+def column_label(column: str, role: str) -> str:
+    """How an error names a column: as the file names it, with its role where that differs (``'ts' (timestamp)``)."""
+    return f"'{column}'" if column == role else f"'{column}' ({role})"
 
 
 def id_keys(ids: pd.Series, where: str = "ids") -> pd.Series:
@@ -110,7 +119,7 @@ def _id_key(value, where: str) -> str:
     raise ValueError(f"{where} has the id {value!r} of type {type(value).__name__}; ids are strings or integers")
 
 
-def timestamp_seconds(times: pd.Series, name: str, column: str = TIME, allow_missing: bool = False) -> pd.Series:
+def timestamp_seconds(times: pd.Series, name: str, column: str = TIME, role: str | None = None, allow_missing: bool = False) -> pd.Series:
     """Timestamps as Unix seconds (float64).
 
     datetime64 columns of any unit (parquet keeps microseconds or milliseconds) and tz-aware ones
@@ -120,13 +129,15 @@ def timestamp_seconds(times: pd.Series, name: str, column: str = TIME, allow_mis
     divide them by 1e3, 1e6 or 1e9, or store a datetime column.
 
     Args:
-        name: the table, for errors; ``column``: the column ``times`` is, for errors.
+        name: the table, for errors; ``column``: the column ``times`` is, for errors, and ``role`` what it stands for
+            (``timestamp``) where the file names it otherwise.
         allow_missing: missing cells (None, NaN, NaT) become NaN instead of an error; a cell that is
             there but not a time is refused all the same.
 
     Raises:
         ValueError: a missing (unless allowed), non-numeric or implausibly large timestamp, naming ``name``, the column, the row and the value.
     """
+    label = column_label(column, role or column)
     if isinstance(times.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(times):
         seconds = (times - pd.Timestamp(0, tz=getattr(times.dt, "tz", None))) / pd.Timedelta(seconds=1)
         seconds = seconds.astype("float64")
@@ -137,12 +148,12 @@ def timestamp_seconds(times: pd.Series, name: str, column: str = TIME, allow_mis
         bad &= times.notna().to_numpy()
     if bad.any():
         row = int(np.argmax(bad))
-        raise ValueError(f"{name}: column '{column}' has a {'non-numeric' if allow_missing else 'missing or non-numeric'} value at row {row}: {times.iloc[row]!r}")
+        raise ValueError(f"{name}: column {label} has a {'non-numeric' if allow_missing else 'missing or non-numeric'} value at row {row}: {times.iloc[row]!r}")
     large = np.abs(seconds.to_numpy()) > MAX_TIMESTAMP_SECONDS
     if large.any():
         row = int(np.argmax(large))
         raise ValueError(
-            f"{name}: column '{column}' has the value {times.tolist()[row]!r} at row {row}, beyond {MAX_TIMESTAMP_SECONDS:g} "
+            f"{name}: column {label} has the value {times.tolist()[row]!r} at row {row}, beyond {MAX_TIMESTAMP_SECONDS:g} "
             "Unix seconds (year 5138): it looks like milliseconds, microseconds or nanoseconds; timestamps are "
             "Unix seconds, so divide by 1e3, 1e6 or 1e9 (or store a datetime column)"
         )

@@ -69,7 +69,7 @@ class TableSource:
         users = self._read_entities(self.users, {k: v for k, v in self.columns.items() if v == USER}, interactions[USER])
         items = self._read_entities(self.items, {k: v for k, v in self.columns.items() if v == ITEM}, interactions[ITEM])
         names = {"interactions": name, "users": str(self.users or "users (from interactions)"), "items": str(self.items or "items (from interactions)")}
-        tables = Tables(interactions, users, items, names).validate()
+        tables = Tables(interactions, users, items, names).validate({standard: column for column, standard in self.columns.items()})
         tables.interactions = merge_repeats(tables.interactions, name)
         return tables
 
