@@ -52,6 +52,23 @@ def test_ckpt_path_null_starts_the_directory_over_with_the_new_settings(compose_
     assert RunRecord.load(tmp_path).config["loss"]["temperature"] == 0.2
 
 
+def test_a_checkpoint_of_another_run_resumes_only_under_its_settings(compose_cfg, synthetic_run, tmp_path):
+    """ckpt_path=<file> from another run directory: the optimizer state it restores would override a new learning rate
+    (and the towers a new shape), so other settings are refused there too, by that run's record or, for a checkpoint
+    copied out alone, by the settings it stores; the same settings resume it."""
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+    elsewhere = [f"ckpt_path={checkpoint}", f"paths.output_dir={tmp_path / 'next'}"]
+    with pytest.raises(ResumeRefused, match=r"ckpt_path=.*last\.ckpt was trained with other settings(.|\n)*optimizer.lr: 0.003 when the run started, 0.5 now"):
+        train(compose_cfg(*synthetic_run, *elsewhere, "optimizer.lr=0.5"))
+    alone = tmp_path / "shelf" / "model.ckpt"
+    alone.parent.mkdir()
+    alone.write_bytes(checkpoint.read_bytes())
+    with pytest.raises(ResumeRefused, match=r"model\.ckpt was trained with other settings(.|\n)*model.output_dim: 64 when the run started, 32 now"):
+        train(compose_cfg(*synthetic_run, f"ckpt_path={alone}", f"paths.output_dir={tmp_path / 'next'}", "model.output_dim=32"))
+    _, objects = train(compose_cfg(*synthetic_run, *elsewhere, "trainer.max_epochs=2"))
+    assert objects["trainer"].current_epoch == 2
+
+
 def test_rerunning_on_changed_tables_is_refused_naming_them(compose_cfg, tmp_path):
     data = tmp_path / "data"
     data.mkdir()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 RECORD = "run_record.json"
@@ -56,17 +57,38 @@ class RunRecord:
         partial.write_text(json.dumps(asdict(self), indent=1, sort_keys=True, default=str))
         os.replace(partial, run_dir / RECORD)
 
-    def refuse_other_config(self, recorded: RunRecord, run_dir: Path, hydra_dir: Path | None) -> None:
-        differences = _differences(_flat(recorded.config), _flat(self.config))
-        if differences:
-            recorded.restore_hydra_files(hydra_dir)
-            raise ResumeRefused(_message(run_dir, "settings", differences))
+    @classmethod
+    def resumed(cls, checkpoint: str | Path, run_dir: Path) -> tuple[RunRecord | None, Path | None]:
+        """The record of the run ``checkpoint`` continues, and the checkpoint where it lies outside ``run_dir`` (else None).
 
-    def refuse_other_data(self, recorded: RunRecord, run_dir: Path, hydra_dir: Path | None) -> None:
-        differences = _differences(_flat(recorded.data), _flat(self.data))
-        if differences:
-            recorded.restore_hydra_files(hydra_dir)
-            raise ResumeRefused(_message(run_dir, "data", differences))
+        A checkpoint of this run directory continues its record. One from elsewhere (``ckpt_path=<file>``) continues
+        the run it was trained in: that directory's record (the checkpoint's folder or the one above, as in
+        ``<run>/checkpoints/``), else the settings the checkpoint stores (no data fingerprint then)."""
+        checkpoint = Path(checkpoint).resolve()
+        if run_dir.resolve() in checkpoint.parents:
+            return cls.load(run_dir), None
+        for folder in (checkpoint.parent, checkpoint.parent.parent):
+            if (found := cls.load(folder)) is not None:
+                return found, checkpoint
+        run_config = (torch.load(checkpoint, map_location="cpu", weights_only=True).get("twotower") or {}).get("run_config")
+        return (cls({key: run_config.get(key) for key in COMPARED}) if run_config else None), checkpoint
+
+    def refuse_other_config(self, recorded: RunRecord, run_dir: Path, hydra_dir: Path | None, checkpoint: Path | None = None) -> None:
+        """``checkpoint``: the resumed file where it lies outside ``run_dir`` (``RunRecord.resumed``)."""
+        self._refuse(_differences(_flat(recorded.config), _flat(self.config)), "settings", recorded, run_dir, hydra_dir, checkpoint)
+
+    def refuse_other_data(self, recorded: RunRecord, run_dir: Path, hydra_dir: Path | None, checkpoint: Path | None = None) -> None:
+        if recorded.data:  # a checkpoint found without its run directory's record carries no data fingerprint
+            self._refuse(_differences(_flat(recorded.data), _flat(self.data)), "data", recorded, run_dir, hydra_dir, checkpoint)
+
+    @staticmethod
+    def _refuse(differences: list[str], what: str, recorded: RunRecord, run_dir: Path, hydra_dir: Path | None, checkpoint: Path | None) -> None:
+        if not differences:
+            return
+        if checkpoint is not None:
+            raise ResumeRefused(_checkpoint_message(checkpoint, what, differences))
+        recorded.restore_hydra_files(hydra_dir)  # Hydra's copies describe this directory's checkpoints again
+        raise ResumeRefused(_message(run_dir, what, differences))
 
     def restore_hydra_files(self, hydra_dir: Path | None) -> None:
         for name, text in self.hydra_files.items():
@@ -137,6 +159,13 @@ def _show(value: Any) -> str:
     if isinstance(value, str) and len(value) == 64:  # a sha256: its start is enough to tell two apart
         return f"{value[:12]}…"
     return repr(value)
+
+
+def _checkpoint_message(checkpoint: Path, what: str, differences: list[str]) -> str:
+    listed = "\n".join(f"  {line}" for line in differences)
+    return (f"ckpt_path={checkpoint} was trained with other {what}; resuming it would continue its weights, optimizer "
+            f"state and schedule under these {what}, and a new value such as a learning rate would not apply:\n{listed}\n"
+            f"Resume it with the {what} it was trained with, or start fresh with ckpt_path=null.")
 
 
 def _message(run_dir: Path, what: str, differences: list[str]) -> str:

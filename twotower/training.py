@@ -38,7 +38,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     Raises:
         ConfigError: before any work, for a key nothing reads or a value of the wrong type or out of range.
-        ResumeRefused: when the run directory holds checkpoints of other settings or other data.
+        ResumeRefused: when the resumed checkpoint (the run directory's, or ``ckpt_path``'s) was trained with other
+            settings or on other data.
     """
     check_config(cfg, TrainConfig)  # before any work: unknown keys, wrong types, values out of range
     run_dir = Path(cfg.paths.output_dir)
@@ -47,15 +48,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if resume:
         log.info("resuming from %s", resume)  # a log record, so train.log has it too
     hydra_dir = _hydra_dir()
-    record, recorded = RunRecord.of(cfg, hydra_dir), RunRecord.load(run_dir)
-    if resume and recorded:
-        record.refuse_other_config(recorded, run_dir, hydra_dir)
+    record = RunRecord.of(cfg, hydra_dir)
+    recorded, elsewhere = RunRecord.resumed(resume, run_dir) if resume else (None, None)
+    if recorded:
+        record.refuse_other_config(recorded, run_dir, hydra_dir, elsewhere)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")  # fitted vocabularies size the towers; raises on bad input before any training
     record.data = data_fingerprint(datamodule)
-    if resume and recorded:
-        record.refuse_other_data(recorded, run_dir, hydra_dir)
+    if recorded:
+        record.refuse_other_data(recorded, run_dir, hydra_dir, elsewhere)
     if rank_zero_only.rank == 0:
         record.save(run_dir)
     model = instantiate(cfg.model)
