@@ -189,6 +189,26 @@ def test_an_id_longer_than_an_artifact_holds_is_refused_before_the_work(compose_
     assert not (tmp_path / "artifact").exists()
 
 
+@pytest.mark.parametrize("index, override, named", [
+    ("hnsw", "index.target_recall=2", r"index.target_recall=2: must be in \(0, 1\]"),
+    ("ivf_flat", "index.nlist=0", r"index.nlist=0: must be at least 1"),
+    ("flat", "chunk_size=0", r"chunk_size=0: must be at least 1"),
+    ("flat", "eval_queries=-1", r"eval_queries=-1: must be at least 1"),
+    ("flat", "device=tpu", r"device='tpu' is not a device"),
+    pytest.param("flat", "device=cuda", r"device='cuda', but this machine has no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")),
+])
+def test_export_settings_that_cannot_apply_are_refused_before_the_work(exported, tmp_path, index, override, named):
+    """A recall target past 1 was accepted and never met, a chunk of 0 rows died inside the encoding and a
+    negative query sample silently measured one query less; now each is named before anything is read."""
+    from twotower.config_check import ConfigError
+
+    run_dir, _, _ = exported
+    with pytest.raises(ConfigError, match=named):
+        export(export_config(run_dir, tmp_path / "artifact", index=index, overrides=(override,)))
+    assert not (tmp_path / "artifact").exists()
+
+
 def test_a_compressed_index_serves_the_exact_ranking_through_its_fetch_factor(exported, tmp_path):
     run_dir, artifact, _ = exported
     compressed = export(export_config(run_dir, tmp_path / "sq", "ivf_sq", ("index.nlist=8", "index.fetch_factor=20", "index.target_recall=1.0")))

@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal, Union
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from twotower.constraints import ABOVE_0, AT_LEAST_0, EPOCHS, Allowed
+from twotower.constraints import ABOVE_0, AT_LEAST_0, AT_LEAST_1, EPOCHS, Allowed
 from twotower.index import IndexSpec
 
 # Ranges of arguments of classes that are not ours (so not annotated with them), by qualified-name prefix.
@@ -94,8 +94,8 @@ class ExportConfig:
     checkpoint: str
     output_dir: str
     device: str
-    chunk_size: int
-    eval_queries: int
+    chunk_size: Annotated[int, AT_LEAST_1]
+    eval_queries: Annotated[int, AT_LEAST_1]
     torchscript: bool
     torch_export: bool
     onnx: bool

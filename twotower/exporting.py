@@ -42,7 +42,7 @@ from twotower.artifact import (
     ArtifactWriter,
 )
 from twotower.artifact_checks import tower_digest
-from twotower.config_check import ExportConfig, check_config
+from twotower.config_check import ConfigError, ExportConfig, check_config
 from twotower.data.serving_data import ServingData
 from twotower.data.store import Features
 from twotower.index import IndexSpec, build_and_measure
@@ -101,9 +101,16 @@ def load_checkpoint(path: Path) -> tuple[TwoTower, dict[str, Any], dict[str, Any
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (cuda where available, else cpu) or a torch device; ConfigError naming the setting for anything else."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is not a device (auto, cpu, cuda, cuda:<n>, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r}, but this machine has no CUDA device (device=auto or device=cpu)")
+    return device
 
 
 @torch.inference_mode()
@@ -122,6 +129,7 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
     """
     cfg = OmegaConf.create(cfg) if not isinstance(cfg, DictConfig) else cfg
     check_config(cfg, ExportConfig)  # before any work: unknown keys, wrongly typed or missing values
+    device = resolve_device(cfg.device)
     writer = ArtifactWriter(cfg.output_dir)  # before any work too: refuses an output_dir that is not a twotower artifact
     checkpoint_path = find_checkpoint(cfg.checkpoint)
     model, meta, checkpoint = load_checkpoint(checkpoint_path)
@@ -134,7 +142,6 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
         longest = max(ids.astype(str), key=len, default="")
         if len(longest) > MAX_ID_CHARS:  # Retriever.load refuses wider ids: refuse before the work, not after
             raise ValueError(f"the {table} table has an id of {len(longest)} characters ({longest[:40]!r}...); an artifact's ids have at most {MAX_ID_CHARS}")
-    device = resolve_device(cfg.device)
     model.to(device)
     data: ServingData = datamodule.serving_data()
     started = time.perf_counter()

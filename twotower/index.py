@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import faiss
 import numpy as np
 
+from twotower.constraints import AT_LEAST_1, SHARE
 from twotower.progress import progress
 
 log = logging.getLogger(__name__)
@@ -55,15 +56,15 @@ class IndexSpec:
     """
 
     key: str = "Flat"
-    nlist: int | None = None
-    train_size: int = 262_144
-    add_chunk: int = 65_536
+    nlist: Annotated[int, AT_LEAST_1] | None = None
+    train_size: Annotated[int, AT_LEAST_1] = 262_144
+    add_chunk: Annotated[int, AT_LEAST_1] = 65_536
     search: dict[str, float] = field(default_factory=dict)
     tune: dict[str, Any] | None = None
-    target_recall: float = 0.95
-    target_k: int = 10
-    fetch_factor: int = 1
-    ef_construction: int | None = None
+    target_recall: Annotated[float, SHARE] = 0.95
+    target_k: Annotated[int, AT_LEAST_1] = 10
+    fetch_factor: Annotated[int, AT_LEAST_1] = 1
+    ef_construction: Annotated[int, AT_LEAST_1] | None = None
     large: dict[str, Any] | None = None
     seed: int = 0
 
