@@ -73,16 +73,20 @@ def test_a_setting_that_would_not_apply_is_refused_by_name(compose_cfg, override
         ("optimizer.lr=0", r"optimizer.lr=0: must be greater than 0"),
         ("optimizer.weight_decay=-0.1", r"optimizer.weight_decay=-0.1: must be at least 0"),
         ("trainer.max_epochs=0", r"trainer.max_epochs=0: must be -1 \(no limit\) or at least 1"),
+        ("seed=-1", r"seed=-1: must be in \[0, 2\*\*32\)"),
+        ("callbacks.early_stopping.patience=-1", r"callbacks.early_stopping.patience=-1: must be at least 0"),
+        ("data=synthetic data.source.n_users=0", r"data.source.n_users=0: must be at least 1"),
     ],
 )
 def test_a_degenerate_size_or_rate_is_refused_by_name(compose_cfg, override, named):
     with pytest.raises(ConfigError, match=named):
-        check_config(compose_cfg(override), TrainConfig)
+        check_config(compose_cfg(*override.split()), TrainConfig)
 
 
 def test_the_edges_of_each_range_are_accepted(compose_cfg):
     check_config(compose_cfg("model.output_dim=1", "model.hidden_dims=[]", "model.dropout=0.0", "loss.logq_weight=0", "data.batch_size=2",
-                             "trainer.max_epochs=-1", "+trainer.min_epochs=0"), TrainConfig)
+                             "trainer.max_epochs=-1", "+trainer.min_epochs=0", "seed=0", "callbacks.early_stopping.patience=0"), TrainConfig)
+    check_config(compose_cfg("seed=4294967295", "data=synthetic", "data.source.n_users=1"), TrainConfig)
 
 
 def test_every_problem_is_listed_at_once(compose_cfg):

@@ -26,13 +26,14 @@ from typing import Annotated, Any, Literal, Union
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from twotower.constraints import ABOVE_0, AT_LEAST_0, AT_LEAST_1, EPOCHS, Allowed
+from twotower.constraints import ABOVE_0, AT_LEAST_0, AT_LEAST_1, EPOCHS, SEED, Allowed
 from twotower.index import IndexSpec
 
 # Ranges of arguments of classes that are not ours (so not annotated with them), by qualified-name prefix.
 THIRD_PARTY_RANGES = {
     "pytorch_lightning.trainer.trainer.Trainer": {"max_epochs": EPOCHS},
     "torch.optim.": {"lr": ABOVE_0, "weight_decay": AT_LEAST_0},
+    "pytorch_lightning.callbacks.early_stopping.EarlyStopping": {"patience": AT_LEAST_0},
 }
 # Keys Hydra's instantiate reads itself.
 HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
@@ -70,7 +71,7 @@ ModuleArguments = Annotated[dict, ArgumentsOf("twotower.module.TwoTowerModule", 
 class TrainConfig:
     """conf/train.yaml's keys: groups are ``_target_`` nodes (or maps of them), checked against their targets."""
 
-    seed: int
+    seed: Annotated[int, SEED]
     test: bool
     verbose: bool
     ckpt_path: str | None

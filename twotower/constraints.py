@@ -24,4 +24,6 @@ AT_LEAST_2 = Allowed("at least 2 (in-batch negatives need another row)", lambda 
 ABOVE_0 = Allowed("greater than 0", lambda v: v > 0)
 FRACTION = Allowed("in [0, 1)", lambda v: 0 <= v < 1)
 SHARE = Allowed("in (0, 1]", lambda v: 0 < v <= 1)
+PROBABILITY = Allowed("in [0, 1]", lambda v: 0 <= v <= 1)
+SEED = Allowed("in [0, 2**32) (numpy's seeds)", lambda v: 0 <= v < 2**32)
 EPOCHS = Allowed("-1 (no limit) or at least 1", lambda v: v == -1 or v >= 1)

@@ -16,11 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from twotower.baseline_run import evaluate_baseline, is_baseline
-from twotower.config_check import TrainConfig, check_config
+from twotower.config_check import ConfigError, TrainConfig, check_config
 from twotower.module import TwoTowerModule
 from twotower.run_record import RunRecord, data_fingerprint
 from twotower.sweep_summary import METRICS_FILE
 from twotower.task.impression_metrics import NAMES as IMPRESSION_NAMES
+from twotower.task.monitor import monitor_problem
 from twotower.tracking import finish_runs, log_best_score, log_config, wandb_offline_unless_logged_in, wandb_run_of
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             settings or on other data.
     """
     check_config(cfg, TrainConfig)  # before any work: unknown keys, wrong types, values out of range
+    problem = monitor_problem(cfg.monitor.metric, _module_setting(cfg, "ks"), _module_setting(cfg, "beyond_accuracy_ks"))
+    if problem:
+        raise ConfigError(problem)  # before any work too: EarlyStopping would raise it after the first epoch
     run_dir = Path(cfg.paths.output_dir)
     _say(f"run directory: {run_dir.resolve()}")
     resume = _resume_path(cfg)
@@ -146,6 +150,11 @@ def _write_metrics(run_dir: Path, metrics: dict[str, float], monitor: str, best:
     partial = run_dir / f"{METRICS_FILE}.{os.getpid()}.partial"
     partial.write_text(json.dumps(summary, indent=1, sort_keys=True))
     os.replace(partial, run_dir / METRICS_FILE)
+
+
+def _module_setting(cfg: DictConfig, name: str) -> Any:
+    """``module.<name>`` as the run has it: the config's, else ``TwoTowerModule``'s default."""
+    return cfg.module.get(name, inspect.signature(TwoTowerModule).parameters[name].default)
 
 
 def _resume_path(cfg: DictConfig) -> str | None:

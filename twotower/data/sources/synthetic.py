@@ -7,22 +7,25 @@ popularity. A model that learns the structure beats popularity; one that does no
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 import pandas as pd
 
+from twotower.constraints import AT_LEAST_0, AT_LEAST_1, PROBABILITY, SEED
 from twotower.data.tables import ITEM, TIME, USER, Tables
 
 
 class SyntheticSource:
     def __init__(
         self,
-        n_users: int = 500,
-        n_items: int = 300,
-        n_genres: int = 8,
-        interactions_per_user: int = 20,
-        signal: float = 0.85,
-        popularity_exponent: float = 1.0,
-        seed: int = 0,
+        n_users: Annotated[int, AT_LEAST_1] = 500,
+        n_items: Annotated[int, AT_LEAST_1] = 300,
+        n_genres: Annotated[int, AT_LEAST_1] = 8,
+        interactions_per_user: Annotated[int, AT_LEAST_1] = 20,
+        signal: Annotated[float, PROBABILITY] = 0.85,
+        popularity_exponent: Annotated[float, AT_LEAST_0] = 1.0,
+        seed: Annotated[int, SEED] = 0,
     ):
         self.n_users, self.n_items, self.n_genres = n_users, n_items, n_genres
         self.per_user, self.signal, self.exponent, self.seed = interactions_per_user, signal, popularity_exponent, seed
