@@ -1,12 +1,14 @@
 """Issue 15: own tables reach the model as written (ids, timestamps, list and text cells, repeated pairs)."""
 import logging
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from twotower.data.datamodule import TwoTowerDataModule
 from twotower.data.sources import TableSource
-from twotower.data.splits import RandomSplit
+from twotower.data.splits import PredefinedSplit, RandomSplit
 from twotower.data.vocab import Vocabulary
 from twotower.features import FeatureSpec, fit_feature
 
@@ -123,3 +125,21 @@ def test_predefined_split_merges_repeats_within_a_split_only(tmp_path):
     inter = pd.DataFrame({"user_id": ["a", "a", "a"], "item_id": ["x", "x", "x"], "part": ["train", "train", "test"]})
     t = load(tmp_path, inter, split="part")
     assert t.interactions["split"].tolist() == ["train", "test"]
+
+
+@pytest.mark.parametrize("source, column", [({"split": "part"}, "'part' (split)"), ({}, "'split'")])
+def test_a_split_column_under_another_split_is_refused(tmp_path, source, column):
+    """A given split (data.source.split, or a column named 'split') merges repeats per given split; a
+    random split then labelled each copy apart: (a, x) was in train and in test, nothing raised."""
+    name = source.get("split", "split")
+    inter = pd.DataFrame({"user_id": ["a"] * 6 + ["b"] * 6, "item_id": list("xyzuvw") * 2,
+                          name: ["train", "test", "train", "val", "train", "train"] * 2})
+    inter = pd.concat([inter, inter.assign(**{name: inter[name].map({"train": "test", "test": "train", "val": "val"})})], ignore_index=True)
+    inter.to_csv(tmp_path / "i.csv", index=False)
+    features = {"query": [{"name": "user_id", "kind": "id"}], "candidate": [{"name": "item_id", "kind": "id"}]}
+    dm = TwoTowerDataModule(TableSource(str(tmp_path / "i.csv"), **source), features, RandomSplit(test=0.3, val=0.2), batch_size=2)
+    with pytest.raises(ValueError, match=rf"i\.csv: column {re.escape(column)} .* RandomSplit.*data/split=predefined"):
+        dm.setup()
+    given = TwoTowerDataModule(TableSource(str(tmp_path / "i.csv"), **source), features, PredefinedSplit(), batch_size=2)
+    given.setup()
+    assert given.prepared.split_counts == {"train": 10, "val": 2, "test": 10}  # as given, repeats merged within a split

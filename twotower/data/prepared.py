@@ -20,6 +20,7 @@ from twotower.data.first_seen import FirstSeen, first_seen
 from twotower.data.impressions import Impressions
 from twotower.data.schema import Schema
 from twotower.data.serving_data import ServingLog
+from twotower.data.splits import PredefinedSplit
 from twotower.data.store import CSR, FeatureStore
 from twotower.data.tables import EXCLUDED, ITEM, SPLIT, SPLITS, TIME, USER, Tables
 from twotower.features import Preprocessor
@@ -161,6 +162,11 @@ def prepare_tables(tables: Tables, schema: Schema, split: Callable[[pd.DataFrame
     Args:
         candidates: ``all`` ranks the whole catalogue at evaluation; ``heldout`` only each split's held-out items.
     """
+    if SPLIT in tables.interactions and not isinstance(split, PredefinedSplit):
+        # The source merged repeats of a pair per given split; splitting again would put the copies apart.
+        raise ValueError(f"{tables.names['interactions']}: column {tables.column_label(SPLIT)} gives a train/val/test split, and the split is "
+                         f"{type(split).__name__}, which would ignore it and split again: use data/split=predefined, "
+                         "or leave out the column (and data.source.split)")
     interactions = label_split(tables.interactions, split, tables.names["interactions"])
     train = interactions[interactions[SPLIT] == "train"]
     preprocessor = Preprocessor.fit(schema, train, tables.users, tables.items, tables.names)

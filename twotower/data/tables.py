@@ -6,7 +6,7 @@ import gzip
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,20 +31,23 @@ MAX_TIMESTAMP_SECONDS = 1e11
 class Tables:
     """Interactions (user_id, item_id[, timestamp][, split]) plus users and items tables keyed by id.
 
-    ``names`` says where each table came from, so errors can name the file.
+    ``names`` says where each table came from, so errors can name the file; ``file_columns`` (set by
+    ``validate``) what the files call the standard columns, so errors can name the column as written.
     """
 
     interactions: pd.DataFrame
     users: pd.DataFrame
     items: pd.DataFrame
     names: dict[str, str]
+    file_columns: dict[str, str] = field(default_factory=dict, kw_only=True)
 
     def validate(self, file_columns: Mapping[str, str] | None = None) -> Tables:
         """Check keys and references; raises ValueError naming the table, column and values.
 
         ``file_columns``: the standard columns' names in the files (``TableSource`` renames ``uid`` to ``user_id``,
         ...), so an error names the column the user wrote."""
-        named = {key: column_label((file_columns or {}).get(key, key), key) for key in (USER, ITEM, TIME, SPLIT)}
+        self.file_columns = dict(file_columns or {})
+        named = {key: self.column_label(key) for key in (USER, ITEM, TIME, SPLIT)}
         for table, key in (("interactions", USER), ("interactions", ITEM), ("users", USER), ("items", ITEM)):
             frame = getattr(self, table)
             require_columns(frame, [key], self.names[table])
@@ -81,6 +84,10 @@ class Tables:
             if bad.any():
                 raise ValueError(f"{self.names['interactions']}: column {named[SPLIT]} has value(s) {self.interactions.loc[bad, SPLIT].unique()[:5].tolist()} (allowed: {SPLITS})")
         return self
+
+    def column_label(self, key: str) -> str:
+        """How an error names the standard column ``key``: as the file names it (``'ts' (timestamp)``)."""
+        return column_label(self.file_columns.get(key, key), key)
 
 
 def column_label(column: str, role: str) -> str:
