@@ -27,6 +27,11 @@ def test_csv_and_parquet_with_renamed_columns(tables):
     assert set(t.users["user_id"]) == {"1", "2", "3"}
 
 
+def test_one_column_for_two_roles_is_refused():
+    with pytest.raises(ValueError, match=r"data\.source\.user_id and data\.source\.item_id both name column 'id'"):
+        TableSource("inter.csv", user_id="id", item_id="id")
+
+
 def test_predefined_split_from_separate_files(tables):
     inter = pd.read_csv(tables / "inter.csv")
     for part, rows in (("train", [0, 2, 4]), ("val", [1]), ("test", [3, 5])):
@@ -42,6 +47,11 @@ def test_predefined_split_from_separate_files(tables):
     (lambda d: pd.DataFrame({"uid": [1], "iid": ["q"]}).to_csv(d / "inter.csv", index=False), r"column 'iid' \(item_id\) names 1 row\(s\) .* not in .*items\.csv, e\.g\. \['q'\]"),
     (lambda d: pd.DataFrame({"uid": [1, None], "iid": ["a", "b"]}).to_csv(d / "inter.csv", index=False), r"column 'uid' \(user_id\) has 1 missing value\(s\), first at row 1"),
     (lambda d: pd.DataFrame({"iid": ["a", "a"]}).to_csv(d / "items.csv", index=False), r"items\.csv: column 'iid' \(item_id\) repeats id\(s\) \['a'\]"),
+    # A column named like the one a configured column is renamed to: two 'item_id' columns, a pandas error naming nothing.
+    (lambda d: pd.read_csv(d / "items.csv").assign(item_id=["p", "q", "r"]).to_csv(d / "items.csv", index=False),
+     r"items\.csv has both column 'iid', read as item_id, and a column 'item_id': rename or drop 'item_id'"),
+    (lambda d: pd.read_csv(d / "inter.csv").assign(user_id=0).to_csv(d / "inter.csv", index=False),
+     r"inter\.csv has both column 'uid', read as user_id, and a column 'user_id': rename or drop 'user_id'"),
 ])
 def test_bad_tables_are_named(tables, breakage, message):
     breakage(tables)

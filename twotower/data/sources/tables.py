@@ -49,11 +49,13 @@ class TableSource:
             raise ValueError("give either 'interactions' or 'train'/'val'/'test' files, not both")
         self.interactions, self.split_files = interactions, split_files
         self.users, self.items = users, items
-        self.columns = {user_id: USER, item_id: ITEM}
-        if timestamp:
-            self.columns[timestamp] = TIME
-        if split:
-            self.columns[split] = SPLIT
+        roles = {USER: user_id, ITEM: item_id, TIME: timestamp, SPLIT: split}
+        named = [(role, column) for role, column in roles.items() if column]
+        for n, (role, column) in enumerate(named):
+            other = next((r for r, c in named[:n] if c == column), None)
+            if other is not None:
+                raise ValueError(f"data.source.{other} and data.source.{role} both name column '{column}'")
+        self.columns = {column: role for role, column in named}
 
     def load(self) -> Tables:
         if self.interactions is not None:
@@ -75,8 +77,7 @@ class TableSource:
 
     def _read_interactions(self, path: str) -> pd.DataFrame:
         frame = read_table(path, text=True)
-        require_columns(frame, list(self.columns), str(path))
-        return frame.rename(columns=self.columns)
+        return _renamed(frame, self.columns, str(path))
 
     @staticmethod
     def _read_entities(path: str | None, rename: dict[str, str], ids: pd.Series) -> pd.DataFrame:
@@ -84,5 +85,19 @@ class TableSource:
         if path is None:
             return pd.DataFrame({key: ids.drop_duplicates().reset_index(drop=True)})
         frame = read_table(Path(path), text=True)
-        require_columns(frame, list(rename), str(path))
-        return frame.rename(columns=rename)
+        return _renamed(frame, rename, str(path))
+
+
+def _renamed(frame: pd.DataFrame, rename: dict[str, str], name: str) -> pd.DataFrame:
+    """``frame`` with the configured columns renamed to the standard ones.
+
+    Raises:
+        ValueError: a configured column is missing, or the file also has a column of the standard name
+            the configured one becomes (two 'user_id' columns would follow), naming both.
+    """
+    require_columns(frame, list(rename), name)
+    for column, role in rename.items():
+        if column != role and role in frame.columns:
+            raise ValueError(f"{name} has both column '{column}', read as {role}, and a column '{role}': "
+                             f"rename or drop '{role}' (or read it as {role}: data.source.{role}={role})")
+    return frame.rename(columns=rename)
