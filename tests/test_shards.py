@@ -188,6 +188,31 @@ def test_predefined_split_column(tmp_path):
     assert dm.prepared.split_counts == frame["part"].value_counts().to_dict()
 
 
+@pytest.mark.parametrize("as_time", [
+    lambda seconds: pd.to_datetime(seconds, unit="s").astype("datetime64[ms]"),
+    lambda seconds: pd.to_datetime(seconds, unit="s").astype("datetime64[us]"),
+    lambda seconds: pd.to_datetime(seconds, unit="s").dt.tz_localize("UTC").dt.tz_convert("Europe/Berlin"),  # ns, tz-aware
+    lambda seconds: pd.to_datetime(seconds, unit="s").dt.date,  # a date column (days since 1970)
+], ids=["ms", "us", "ns-tz", "date"])
+def test_shard_datetimes_become_unix_seconds(tmp_path, as_time):
+    """A datetime column was read as its raw integers (ms, us or ns; a date as days), so trending's and
+    freshness' seconds (half_life=7 * 86400) and time features were off by 1e3-1e9: nothing raised."""
+    frame = write_tables(tmp_path)
+    for path in (tmp_path / "shards").glob("*.parquet"):
+        part = pd.read_parquet(path)
+        pq.write_table(pa.Table.from_pandas(part.assign(ts=as_time((part["ts"] + 18_000) * 86400)), preserve_index=False), path)
+    expected = sorted(((frame["ts"] + 18_000) * 86400.0).tolist())  # whole days from 2019 on, as Unix seconds
+    assert sorted(sharded(tmp_path).prepared.serving_log().event_times.tolist()) == expected
+
+
+def test_shard_timestamps_in_milliseconds_are_refused(tmp_path):
+    write_tables(tmp_path)
+    bad = tmp_path / "shards" / "part-01.parquet"
+    pq.write_table(pa.Table.from_pandas(pd.read_parquet(bad).assign(ts=lambda f: f["ts"] + 1_700_000_000_000), preserve_index=False), bad)
+    with pytest.raises(ValueError, match=r"part-01\.parquet: column 'ts' has the value 1700000\d+ at row \d+ of the directory, beyond 1e\+11 .*milliseconds"):
+        sharded(tmp_path)
+
+
 def _source(root, **kwargs):
     return ShardSource(str(root / "shards"), str(root / "users.parquet"), str(root / "items.csv"), **{"user_id": "uid", "item_id": "iid", **kwargs})
 

@@ -159,12 +159,13 @@ def timestamp_seconds(times: pd.Series, name: str, column: str = TIME, role: str
     large = np.abs(seconds.to_numpy()) > MAX_TIMESTAMP_SECONDS
     if large.any():
         row = int(np.argmax(large))
-        raise ValueError(
-            f"{name}: column {label} has the value {times.tolist()[row]!r} at row {row}, beyond {MAX_TIMESTAMP_SECONDS:g} "
-            "Unix seconds (year 5138): it looks like milliseconds, microseconds or nanoseconds; timestamps are "
-            "Unix seconds, so divide by 1e3, 1e6 or 1e9 (or store a datetime column)"
-        )
+        raise ValueError(f"{name}: column {label} has the value {times.tolist()[row]!r} at row {row}, {TOO_LARGE_TIMESTAMP}")
     return seconds
+
+
+#: Why a number beyond ``MAX_TIMESTAMP_SECONDS`` is refused, after "column 'ts' has the value 1700000000000 at row 3, ".
+TOO_LARGE_TIMESTAMP = (f"beyond {MAX_TIMESTAMP_SECONDS:g} Unix seconds (year 5138): it looks like milliseconds, microseconds or "
+                       "nanoseconds; timestamps are Unix seconds, so divide by 1e3, 1e6 or 1e9 (or store a datetime column)")
 
 
 def merge_repeats(interactions: pd.DataFrame, name: str) -> pd.DataFrame:

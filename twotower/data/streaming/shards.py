@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from twotower.data.tables import ITEM, SPLIT, SPLITS, TIME, USER
+from twotower.data.tables import ITEM, MAX_TIMESTAMP_SECONDS, SPLIT, SPLITS, TIME, TOO_LARGE_TIMESTAMP, USER
 
 
 @dataclass(frozen=True)
@@ -221,11 +221,15 @@ class InteractionShards:
         if self.has_times and self.columns[TIME] in batch.schema.names:
             column = _decoded(batch.column(self.columns[TIME]))
             _no_nulls(column, path, self.columns[TIME], offset)
-            if pa.types.is_timestamp(column.type) or pa.types.is_date(column.type):
-                column = column.cast(pa.int64()) if pa.types.is_timestamp(column.type) else column.cast(pa.date32()).cast(pa.int32())
-            times = column.to_numpy().astype(np.float64)
-            if np.isnan(times).any():
-                raise ValueError(f"interaction shard {path}: column '{self.columns[TIME]}' has NaN, first at row {offset + int(np.argmax(np.isnan(times)))} of the directory")
+            times = _unix_seconds(column)
+            if not np.isfinite(times).all():
+                raise ValueError(f"interaction shard {path}: column '{self.columns[TIME]}' has NaN or infinity, first at row "
+                                 f"{offset + int(np.argmax(~np.isfinite(times)))} of the directory")
+            large = np.abs(times) > MAX_TIMESTAMP_SECONDS
+            if large.any():
+                first = int(np.argmax(large))
+                raise ValueError(f"interaction shard {path}: column '{self.columns[TIME]}' has the value {column[first].as_py()!r} at row "
+                                 f"{offset + first} of the directory, {TOO_LARGE_TIMESTAMP}")
         if self.has_split and self.columns[SPLIT] in batch.schema.names:
             column = _decoded(batch.column(self.columns[SPLIT]))
             found = pc.index_in(column, value_set=pa.array(SPLITS))
@@ -235,6 +239,16 @@ class InteractionShards:
                 raise ValueError(f"interaction shard {path}: column '{self.columns[SPLIT]}' has value(s) {values} (allowed: {SPLITS})")
             splits = found.to_numpy().astype(np.int8)
         return Chunk(position, offset, rows[USER], rows[ITEM], times, splits)
+
+
+def _unix_seconds(column: pa.Array) -> np.ndarray:
+    """(n,) float64 Unix seconds of a timestamp column (any unit; UTC where it has a zone), a date column (days), or numbers (seconds already)."""
+    if pa.types.is_timestamp(column.type):
+        per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[column.type.unit]
+        return column.cast(pa.int64()).to_numpy().astype(np.float64) / per_second
+    if pa.types.is_date(column.type):
+        return column.cast(pa.date32()).cast(pa.int32()).to_numpy().astype(np.float64) * 86400.0
+    return column.to_numpy().astype(np.float64)
 
 
 def _value_type(kind: pa.DataType) -> pa.DataType:
