@@ -254,6 +254,28 @@ def test_integer_ids_in_shards_do_not_match_zero_padded_table_ids(tmp_path):
         _source(tmp_path).load().interactions.chunks().__next__()
 
 
+def test_csv_users_and_items_tables_are_read_as_written_as_in_memory(tmp_path):
+    """A csv users/items table beside the shards was read with guessed types: ids '0100' became 100 (so
+    the shards' '0100' were refused as unknown) and categories '07', '007' and '7' one category 7, where
+    the in-memory path and serving keep each as written."""
+    write_tables(tmp_path)
+    for path in (tmp_path / "shards").glob("*.parquet"):
+        part = pd.read_parquet(path)
+        pq.write_table(pa.Table.from_pandas(part.assign(uid=part["uid"].map("{:04d}".format)), preserve_index=False), path)
+    users = pd.read_parquet(tmp_path / "users.parquet")
+    users.assign(uid=users["uid"].map("{:04d}".format)).to_csv(tmp_path / "users.csv", index=False)
+    items = pd.read_csv(tmp_path / "items.csv")
+    items.assign(genre=np.resize(["07", "007", "7"], len(items))).to_csv(tmp_path / "items.csv", index=False)
+    source = {"users": str(tmp_path / "users.csv"), "items": str(tmp_path / "items.csv"), "user_id": "uid", "item_id": "iid", "timestamp": "ts"}
+    streamed = TwoTowerDataModule(ShardSource(str(tmp_path / "shards"), eval_users=None, shuffle_buffer=256, **source), FEATURES, HashSplit(seed=3), seed=3)
+    streamed.setup()
+    memory = TwoTowerDataModule(TableSource(str(tmp_path / "shards"), **source), FEATURES, HashSplit(seed=3), seed=3)
+    memory.setup()
+    assert sorted(streamed.prepared.preprocessor.candidate["genre"].vocab.values) == ["007", "07", "7"]
+    assert streamed.prepared.preprocessor.to_json() == memory.prepared.preprocessor.to_json()
+    assert sorted(streamed.prepared.user_rows) == sorted(users["uid"].map("{:04d}".format))
+
+
 def test_train_on_shards_end_to_end(tables, compose_cfg):
     _, root = tables
     cfg = compose_cfg(

@@ -66,8 +66,10 @@ class ShardSource:
 
 
 def _entities(path: str, column: str, key: str) -> pd.DataFrame:
-    """A users/items table with its ids as string keys; raises on a missing or repeated id."""
-    frame = read_table(path)
+    """A users/items table with its ids as string keys; raises on a missing or repeated id.
+
+    csv/tsv cells are read as written, as ``TableSource`` reads them ('007' stays '007')."""
+    frame = read_table(path, text=True)
     require_columns(frame, [column], str(path))
     frame = frame.rename(columns={column: key})
     missing = frame[key].isna()
