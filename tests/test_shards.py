@@ -246,6 +246,16 @@ def test_empty_or_unreadable_directories_are_named(tmp_path):
         _source(tmp_path).load()
 
 
+def test_an_items_table_with_both_the_id_column_and_item_id_is_named(tmp_path):
+    """items.csv with 'iid' (data.source.item_id) and 'item_id' became two 'item_id' columns: pandas'
+    'The truth value of a Series is ambiguous', naming no file or column."""
+    write_tables(tmp_path)
+    items = pd.read_csv(tmp_path / "items.csv")
+    items.assign(item_id=range(len(items))).to_csv(tmp_path / "items.csv", index=False)
+    with pytest.raises(ValueError, match=r"items\.csv has both column 'iid', read as item_id, and a column 'item_id'"):
+        _source(tmp_path).load()
+
+
 def test_integer_ids_in_shards_do_not_match_zero_padded_table_ids(tmp_path):
     """Shard id 100 is users-table id "100", not "0100" (ids are compared as the in-memory path's string keys)."""
     write_tables(tmp_path)

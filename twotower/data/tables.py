@@ -193,6 +193,21 @@ def require_columns(frame: pd.DataFrame, columns: Sequence[str], name: str) -> N
         raise ValueError(f"{name} has no column(s) {missing} (columns: {list(frame.columns)})")
 
 
+def renamed_columns(frame: pd.DataFrame, rename: dict[str, str], name: str) -> pd.DataFrame:
+    """``frame`` with the configured columns renamed to the standard ones.
+
+    Raises:
+        ValueError: a configured column is missing, or the file also has a column of the standard name
+            the configured one becomes (two 'user_id' columns would follow), naming both.
+    """
+    require_columns(frame, list(rename), name)
+    for column, role in rename.items():
+        if column != role and role in frame.columns:
+            raise ValueError(f"{name} has both column '{column}', read as {role}, and a column '{role}': "
+                             f"rename or drop '{role}' (or read it as {role}: data.source.{role}={role})")
+    return frame.rename(columns=rename)
+
+
 def read_table(path: str | Path, text: bool = False) -> pd.DataFrame:
     """Read a parquet or csv/tsv file, or a directory of parquet shards; clear errors for bad files.
 

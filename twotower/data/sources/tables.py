@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from twotower.data.tables import ITEM, SPLIT, SPLITS, TIME, USER, Tables, merge_repeats, read_table, require_columns
+from twotower.data.tables import ITEM, SPLIT, SPLITS, TIME, USER, Tables, merge_repeats, read_table, renamed_columns
 
 
 class TableSource:
@@ -77,7 +77,7 @@ class TableSource:
 
     def _read_interactions(self, path: str) -> pd.DataFrame:
         frame = read_table(path, text=True)
-        return _renamed(frame, self.columns, str(path))
+        return renamed_columns(frame, self.columns, str(path))
 
     @staticmethod
     def _read_entities(path: str | None, rename: dict[str, str], ids: pd.Series) -> pd.DataFrame:
@@ -85,19 +85,5 @@ class TableSource:
         if path is None:
             return pd.DataFrame({key: ids.drop_duplicates().reset_index(drop=True)})
         frame = read_table(Path(path), text=True)
-        return _renamed(frame, rename, str(path))
+        return renamed_columns(frame, rename, str(path))
 
-
-def _renamed(frame: pd.DataFrame, rename: dict[str, str], name: str) -> pd.DataFrame:
-    """``frame`` with the configured columns renamed to the standard ones.
-
-    Raises:
-        ValueError: a configured column is missing, or the file also has a column of the standard name
-            the configured one becomes (two 'user_id' columns would follow), naming both.
-    """
-    require_columns(frame, list(rename), name)
-    for column, role in rename.items():
-        if column != role and role in frame.columns:
-            raise ValueError(f"{name} has both column '{column}', read as {role}, and a column '{role}': "
-                             f"rename or drop '{role}' (or read it as {role}: data.source.{role}={role})")
-    return frame.rename(columns=rename)

@@ -11,7 +11,7 @@ from twotower.data.prepared import Prepared
 from twotower.data.schema import Schema
 from twotower.data.streaming.prepare import prepare_shards
 from twotower.data.streaming.shards import InteractionShards, ShardedTables
-from twotower.data.tables import ITEM, USER, id_keys, read_table, require_columns
+from twotower.data.tables import ITEM, USER, id_keys, read_table, renamed_columns
 
 
 class ShardSource:
@@ -70,8 +70,7 @@ def _entities(path: str, column: str, key: str) -> pd.DataFrame:
 
     csv/tsv cells are read as written, as ``TableSource`` reads them ('007' stays '007')."""
     frame = read_table(path, text=True)
-    require_columns(frame, [column], str(path))
-    frame = frame.rename(columns={column: key})
+    frame = renamed_columns(frame, {column: key}, str(path))
     missing = frame[key].isna()
     if missing.any():
         raise ValueError(f"{path}: column '{column}' has {int(missing.sum())} missing value(s), first at row {int(missing.to_numpy().argmax())}")
