@@ -166,3 +166,10 @@ def test_add_items_needs_an_id_on_every_row(fresh):
         fresh.add_items(new_items(fresh, ["n1", None]))  # once: the item 'None'
     assert fresh.add_items(new_items(fresh, [1000.0])).tolist() == ["1000"]  # keyed as the vocabularies key ids
     assert fresh.similar_items([1000], k=1).item_ids[0, 0] == "0"
+
+
+def test_an_empty_item_id_is_not_added(fresh):
+    """add_items(item_id='') put an item in the index whose id is serving's padding: answers holding it looked short."""
+    with pytest.raises(ValueError, match=r"new items table: column 'item_id' has an empty id '' at row\(s\) \[1\]"):
+        fresh.add_items(new_items(fresh, ["new-a", ""]))
+    assert len(fresh.item_ids) == fresh.index.ntotal == len(fresh.items)

@@ -46,6 +46,14 @@ def test_non_integral_float_id_is_refused(tmp_path):
         load(tmp_path, pd.DataFrame({"user_id": ["a", "b"], "item_id": [1.0, 2.5]}), suffix="parquet")
 
 
+def test_an_empty_string_id_is_refused(tmp_path):
+    """A parquet string id '' trained and was exported: serving pads short answers with '', so the
+    item was dropped from every HTTP answer and read as padding by Recommendations' users."""
+    items = pd.DataFrame({"item_id": ["x", "", "z"]})
+    with pytest.raises(ValueError, match=r"items\.parquet: column 'item_id' has an empty id '' at row 1"):
+        load(tmp_path, pd.DataFrame({"user_id": ["a", "a"], "item_id": ["x", "z"]}), items=items, suffix="parquet")
+
+
 # 2. timestamps -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])

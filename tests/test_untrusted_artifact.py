@@ -200,7 +200,7 @@ def test_a_changed_vocabulary_is_refused(artifact):
         Retriever.load(artifact)
 
 
-@pytest.mark.parametrize("fault", ["a repeated id", "an id the vocabulary does not know", "ids 1,000 characters wide"])
+@pytest.mark.parametrize("fault", ["a repeated id", "an id the vocabulary does not know", "ids 1,000 characters wide", "an empty id"])
 def test_item_ids_that_do_not_name_the_index_rows_are_refused(artifact, fault):
     ids = np.load(artifact / "item_ids.npy").tolist()
     if fault == "a repeated id":
@@ -209,6 +209,9 @@ def test_item_ids_that_do_not_name_the_index_rows_are_refused(artifact, fault):
     elif fault == "an id the vocabulary does not know":
         ids[ids.index("5")] = "zzz"
         message = r"item_ids\.npy lacks id\(s\) \['5'\] that candidate_tower/vocab\.json holds \(1 in all\)"
+    elif fault == "an empty id":  # serving pads short answers with '': the item would read as padding
+        ids[3] = ""
+        message = r"item_ids\.npy holds an empty id at row 3"
     else:
         ids[0] = "0" + " " * 999
         message = r"item_ids\.npy holds ids up to 1000 characters wide; ids have at most 256"

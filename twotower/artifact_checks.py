@@ -180,6 +180,9 @@ def ids_of(root: Path, name: str, array: np.ndarray, vocabulary: Vocabulary, voc
         row, column = np.argwhere(invalid)[0]
         raise ArtifactError(f"{where}: the id at row {row} holds code point {int(codes[row, column]):#x}, which is not Unicode text")
     ids = np.asarray(array, dtype=object)
+    empty = ids == ""
+    if empty.any():
+        raise ArtifactError(f"{where} holds an empty id at row {int(np.argmax(empty))}; '' pads answers shorter than k, so it is no item's or user's id")
     keys = pd.Index(ids, dtype=object)
     if not keys.is_unique:
         raise ArtifactError(f"{where} repeats id(s) {keys[keys.duplicated()].unique()[:5].tolist()}")

@@ -362,6 +362,10 @@ class Retriever:
         missing = [row for row, key in enumerate(keys) if key is None]
         if missing:
             raise ValueError(f"new items table: column '{ITEM}' is missing at row(s) {missing[:5]}; a new item needs an id")
+        empty = [row for row, key in enumerate(keys) if key == ""]
+        if empty:
+            raise ValueError(f"new items table: column '{ITEM}' has an empty id '' at row(s) {empty[:5]}; "
+                             "'' pads answers shorter than k, so it is no item's id")
         clash = [key for key in keys if key in self._item_row]
         repeated = pd.Index(keys)[pd.Index(keys).duplicated()].tolist()
         if clash or repeated:

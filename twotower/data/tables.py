@@ -102,11 +102,14 @@ def id_keys(ids: pd.Series, where: str = "ids") -> pd.Series:
     integral floats become their integer strings, without overflow (1e20 -> '100000000000000000000').
 
     Raises:
-        ValueError: an id is a non-integral or infinite float, or not a string or number; names ``where`` and the value.
+        ValueError: an id is empty, a non-integral or infinite float, or not a string or number; names ``where`` and the value.
     """
     if ids.dtype == object or pd.api.types.is_float_dtype(ids) or pd.api.types.is_string_dtype(ids):
         codes, uniques = pd.factorize(ids, use_na_sentinel=True)
         keys = np.array([_id_key(v, where) for v in uniques] + [None], dtype=object)
+        empty = np.flatnonzero(keys[:-1] == "")
+        if len(empty):  # serving pads short answers with '': an item of that id would read as padding
+            raise ValueError(f"{where} has an empty id '' at row {int(np.argmax(codes == empty[0]))}; ids are non-empty")
         return pd.Series(keys[codes], index=ids.index, name=ids.name)
     return ids.astype(str)
 

@@ -74,7 +74,7 @@ def _entities(path: str, column: str, key: str) -> pd.DataFrame:
     missing = frame[key].isna()
     if missing.any():
         raise ValueError(f"{path}: column '{column}' has {int(missing.sum())} missing value(s), first at row {int(missing.to_numpy().argmax())}")
-    frame[key] = id_keys(frame[key])
+    frame[key] = id_keys(frame[key], f"{path}: column '{column}'")
     dupes = frame[key][frame[key].duplicated()]
     if len(dupes):
         raise ValueError(f"{path}: column '{column}' repeats id(s) {dupes.unique()[:5].tolist()}")
