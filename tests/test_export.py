@@ -189,6 +189,30 @@ def test_an_id_longer_than_an_artifact_holds_is_refused_before_the_work(compose_
     assert not (tmp_path / "artifact").exists()
 
 
+def test_an_artifact_without_timestamps_refuses_what_needs_them(compose_cfg, tmp_path):
+    """Interactions without timestamps were exported with every event at time 0: trending(half_life=1)
+    gave popular's list, max_age=1 dropped nothing and freshness_boost raised every score alike."""
+    rows = [(f"u{u}", f"i{(u * 7 + k) % 40}") for u in range(60) for k in range(12)]
+    clicks = tmp_path / "clicks.csv"
+    pd.DataFrame(rows, columns=["uid", "iid"]).to_csv(clicks, index=False)
+    ids_only = ["data.features.query=[{name: user_id, kind: id}]", "data.features.candidate=[{name: item_id, kind: id}]"]
+    train(compose_cfg("data=tables", f"data.source.interactions={clicks}", "data.source.timestamp=null", "data.batch_size=64", *ids_only,
+                      "logger=none", "trainer.max_epochs=1", "test=false", "trainer.enable_progress_bar=false"))
+    export(export_config(tmp_path, tmp_path / "artifact"))
+    retriever = Retriever.load(tmp_path / "artifact")
+    assert json.loads((tmp_path / "artifact" / MANIFEST).read_text())["timestamps"] is False
+    why = r"the artifact's interactions have no timestamps \(trained without data.source.timestamp\)"
+    with pytest.raises(ValueError, match=rf"trending: {why}, so no item is more recent than another: use popular"):
+        retriever.trending(5, half_life=1.0)
+    for knob in ({"max_age": 1.0}, {"freshness_boost": 0.5}):
+        with pytest.raises(ValueError, match=rf"{next(iter(knob))}={next(iter(knob.values()))}: {why}, so items have no age"):
+            retriever.recommend(["u1"], k=5, **knob)
+        with pytest.raises(ValueError, match=rf"{next(iter(knob))}=.*{why}"):
+            retriever.recommend_from_history(["i1"], k=5, **knob)
+    assert retriever.recommend(["u1"], k=5).item_ids.shape == (1, 5)  # what needs no time still serves
+    assert retriever.popular(3).item_ids.shape == (1, 3)
+
+
 @pytest.mark.parametrize("index, override, named", [
     ("hnsw", "index.target_recall=2", r"index.target_recall=2: must be in \(0, 1\]"),
     ("ivf_flat", "index.nlist=0", r"index.nlist=0: must be at least 1"),

@@ -87,6 +87,8 @@ def check_manifest(root: Path, manifest: Mapping[str, Any]) -> None:
     index = manifest.get("index")
     if not isinstance(index, dict) or not isinstance(index.get("key"), str):
         raise ArtifactError(f"{where}: index is {_short(index)}, expected an object with the index's factory 'key'")
+    if type(manifest.get("timestamps", True)) is not bool:  # absent in artifacts written before it was recorded: they had times
+        raise ArtifactError(f"{where}: timestamps is {_short(manifest['timestamps'])}, expected true or false")
     towers = manifest.get("towers")
     if not isinstance(towers, dict) or any(not isinstance(towers.get(name), str) for name in (QUERY_TOWER, CANDIDATE_TOWER)):
         raise ArtifactError(f"{where}: towers is {_short(towers)}, expected the digest of '{QUERY_TOWER}' and '{CANDIDATE_TOWER}'")

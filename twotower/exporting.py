@@ -203,6 +203,7 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
             "metric": "inner_product",
             "normalized": bool(model.query_tower.normalize and model.candidate_tower.normalize) and prior is None,
             "popularity_prior": None if prior is None else prior.to_json(),
+            "timestamps": bool(data.log.timed),  # false: item_events' times are zeros, so trending and the freshness knob are refused
             "counts": {"items": len(data.item_ids), "users": len(data.user_ids), "interactions": len(data.log.event_items), "indexed": int(index.ntotal)},
             "index": {"key": infos["key"], "search_params": infos["search_params"], "fetch_factor": infos["fetch_factor"], "recall@10": infos.get("recall@10")},
             "towers": digests,

@@ -97,6 +97,9 @@ class Freshness:
         return young, bonus
 
 
+NO_TIMESTAMPS = "the artifact's interactions have no timestamps (trained without data.source.timestamp)"
+
+
 def freshness_of(max_age: float | None, boost: float, half_life: float, now: float | None) -> Freshness:
     """The freshness knob's arguments, checked: a wrong type raises TypeError, a wrong value ValueError, naming the argument."""
     return Freshness(None if max_age is None else positive_number(max_age, "max_age"), finite_number(boost, "freshness_boost", at_least=0.0),
@@ -141,6 +144,9 @@ class Retriever:
         self.user_ids, self.user_features, self.seen = np.asarray(user_ids, dtype=object), user_features, seen
         self._item_row = {v: i for i, v in enumerate(self.item_ids.tolist())}
         self._user_row = {v: i for i, v in enumerate(self.user_ids.tolist())}
+        # Whether the exported interactions had timestamps (older artifacts did not record it, and had them):
+        # without, every event is at time 0, and trending and the freshness knob would answer as if it were not asked.
+        self.timed = artifact.manifest.get("timestamps", True)
         self._set_events(events)
         self._new_item_popularity = self._popularity()[1] if prior is not None else 0.0
         self._add_lock = threading.Lock()
@@ -264,6 +270,7 @@ class Retriever:
         k = top_k(k, self.index.ntotal)
         exclude_seen, rerank = flag(exclude_seen, "exclude_seen"), rerank_of(rerank, k)
         freshness = freshness_of(max_age, freshness_boost, freshness_half_life, now)
+        self._check_timed(freshness)
         if isinstance(users, pd.DataFrame):
             features, seen = self._raw_user_features(users, freshness.now)
         else:
@@ -287,6 +294,7 @@ class Retriever:
         k = top_k(k, self.index.ntotal)
         rerank = rerank_of(rerank, k)
         freshness = freshness_of(max_age, freshness_boost, freshness_half_life, now)
+        self._check_timed(freshness)
         if self.history_name is None:
             raise ValueError("the query tower has no history feature; recommend_from_history needs one")
         rows = self._history_rows(histories)
@@ -334,6 +342,8 @@ class Retriever:
         """
         item_ids = self.item_ids
         k, half_life = top_k(k, len(item_ids)), positive_number(half_life, "half_life")
+        if not self.timed:
+            raise ValueError(f"trending: {NO_TIMESTAMPS}, so no item is more recent than another: use popular")
         times = self._events["times"]
         weights = np.exp2(-(times.max(initial=0.0) - times) / half_life) if len(times) else times
         return self._top_by(item_ids, np.bincount(self._events["items"], weights=weights, minlength=len(item_ids)).astype(np.float32), k)
@@ -480,6 +490,14 @@ class Retriever:
                             f"{type(item_ids[row]).__name__}): give one visitor's list of ids, or a list of such lists")
         lists = [(h, f"item_ids[{i}]") for i, h in enumerate(item_ids)] if nested and all(nested) else [(item_ids, "item_ids")]
         return [[key for key in id_list(h, name) if key is not None] for h, name in lists]
+
+    def _check_timed(self, freshness: Freshness) -> None:
+        """Refuses a freshness knob that needs items' ages when the artifact's interactions had no timestamps."""
+        if not self.timed:
+            for name, value, used in (("max_age", freshness.max_age, freshness.max_age is not None),
+                                      ("freshness_boost", freshness.boost, freshness.boost > 0)):
+                if used:
+                    raise ValueError(f"{name}={value}: {NO_TIMESTAMPS}, so items have no age")
 
     def _set_events(self, events: dict[str, np.ndarray]) -> None:
         """The exported log (``items``: catalogue rows, ``times``) and each item's first interaction in it (the freshness knob's ages)."""

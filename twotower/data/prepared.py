@@ -193,7 +193,7 @@ def prepare_tables(tables: Tables, schema: Schema, split: Callable[[pd.DataFrame
 
     def serving_log() -> ServingLog:
         served = {history_name: history_table(n_users, u, i, times, max_len, seed)} if history_name else {}
-        return ServingLog(served, CSR.from_pairs(u, i, n_users), i.numpy(), times if times is not None else np.zeros(len(i)))
+        return ServingLog(served, CSR.from_pairs(u, i, n_users), i.numpy(), times if times is not None else np.zeros(len(i)), timed=times is not None)
     return Prepared(
         preprocessor=preprocessor, users=users, items=items, user_rows=user_rows, item_rows=item_rows,
         item_vocab_index=torch.from_numpy(preprocessor.item_ids.lookup(tables.items[ITEM].tolist())),

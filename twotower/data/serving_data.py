@@ -24,12 +24,14 @@ class ServingLog:
             most recent first, 0 = empty slot.
         seen: user row -> the item rows the user interacted with (excluded from recommendations).
         event_items, event_times: (n,) item row and timestamp of every interaction (popular, trending).
+        timed: whether the interactions have timestamps; without, ``event_times`` are zeros and nothing has an age.
     """
 
     histories: dict[str, torch.Tensor]
     seen: CSR
     event_items: np.ndarray
     event_times: np.ndarray
+    timed: bool = True
 
 
 @dataclass

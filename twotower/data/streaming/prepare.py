@@ -85,7 +85,8 @@ def prepare_shards(tables: ShardedTables, schema: Schema, split: Callable, seed:
     def serving_log() -> ServingLog:
         every = serving_scan(shards, n_users, history_len, seed)
         served = {history_name: torch.from_numpy(every.history.astype(np.int64) + 1)} if history_name else {}
-        return ServingLog(served, CSR.from_pairs(torch.from_numpy(every.users), torch.from_numpy(every.items), n_users), every.items, every.times)
+        return ServingLog(served, CSR.from_pairs(torch.from_numpy(every.users), torch.from_numpy(every.items), n_users), every.items, every.times,
+                          timed=shards.has_times)
 
     return Prepared(
         preprocessor=preprocessor,
