@@ -54,6 +54,13 @@ def test_an_empty_string_id_is_refused(tmp_path):
         load(tmp_path, pd.DataFrame({"user_id": ["a", "a"], "item_id": ["x", "z"]}), items=items, suffix="parquet")
 
 
+def test_a_list_id_is_refused_naming_the_file_column_and_row(tmp_path):
+    """A parquet list column as ids stopped with pandas' bare "unhashable type: 'list'", naming nothing."""
+    items = pd.DataFrame({"item_id": [["x"], ["y"]]})
+    with pytest.raises(ValueError, match=r"items\.parquet: column 'item_id' has the id \['x'\] of type list at row 0; ids are strings or integers"):
+        load(tmp_path, pd.DataFrame({"user_id": ["a"], "item_id": ["x"]}), items=items, suffix="parquet")
+
+
 # 2. timestamps -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])

@@ -105,13 +105,26 @@ def id_keys(ids: pd.Series, where: str = "ids") -> pd.Series:
         ValueError: an id is empty, a non-integral or infinite float, or not a string or number; names ``where`` and the value.
     """
     if ids.dtype == object or pd.api.types.is_float_dtype(ids) or pd.api.types.is_string_dtype(ids):
-        codes, uniques = pd.factorize(ids, use_na_sentinel=True)
+        try:
+            codes, uniques = pd.factorize(ids, use_na_sentinel=True)
+        except TypeError:  # an unhashable cell (a list or an array from a parquet list column, a dict): name it
+            row, value = next((row, v) for row, v in enumerate(ids.tolist()) if not _hashable(v))
+            shown = value.tolist() if isinstance(value, np.ndarray) else value
+            raise ValueError(f"{where} has the id {shown!r} of type {type(shown).__name__} at row {row}; ids are strings or integers") from None
         keys = np.array([_id_key(v, where) for v in uniques] + [None], dtype=object)
         empty = np.flatnonzero(keys[:-1] == "")
         if len(empty):  # serving pads short answers with '': an item of that id would read as padding
             raise ValueError(f"{where} has an empty id '' at row {int(np.argmax(codes == empty[0]))}; ids are non-empty")
         return pd.Series(keys[codes], index=ids.index, name=ids.name)
     return ids.astype(str)
+
+
+def _hashable(value) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _id_key(value, where: str) -> str:
