@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.export_fixtures import export_config, trained_and_exported
+from tests.export_fixtures import compose_config, export_config, trained_and_exported
 from twotower import Retriever
 from twotower.artifact import INDEX, MANIFEST, MAX_ID_CHARS, ArtifactError, sha256_of
 from twotower.data.tables import ITEM, TIME, USER
@@ -189,18 +189,24 @@ def test_an_id_longer_than_an_artifact_holds_is_refused_before_the_work(compose_
     assert not (tmp_path / "artifact").exists()
 
 
-def test_an_artifact_without_timestamps_refuses_what_needs_them(compose_cfg, tmp_path):
-    """Interactions without timestamps were exported with every event at time 0: trending(half_life=1)
-    gave popular's list, max_age=1 dropped nothing and freshness_boost raised every score alike."""
+@pytest.fixture(scope="module")
+def ids_only_untimed(tmp_path_factory):
+    """An artifact of id towers trained on interactions without timestamps."""
+    root = tmp_path_factory.mktemp("ids-only-untimed")
     rows = [(f"u{u}", f"i{(u * 7 + k) % 40}") for u in range(60) for k in range(12)]
-    clicks = tmp_path / "clicks.csv"
+    clicks = root / "clicks.csv"
     pd.DataFrame(rows, columns=["uid", "iid"]).to_csv(clicks, index=False)
     ids_only = ["data.features.query=[{name: user_id, kind: id}]", "data.features.candidate=[{name: item_id, kind: id}]"]
-    train(compose_cfg("data=tables", f"data.source.interactions={clicks}", "data.source.timestamp=null", "data.batch_size=64", *ids_only,
-                      "logger=none", "trainer.max_epochs=1", "test=false", "trainer.enable_progress_bar=false"))
-    export(export_config(tmp_path, tmp_path / "artifact"))
-    retriever = Retriever.load(tmp_path / "artifact")
-    assert json.loads((tmp_path / "artifact" / MANIFEST).read_text())["timestamps"] is False
+    train(compose_config("train", [f"paths.output_dir={root}", "data=tables", f"data.source.interactions={clicks}", "data.source.timestamp=null",
+                                   "data.batch_size=64", *ids_only, "logger=none", "trainer.max_epochs=1", "test=false", "trainer.enable_progress_bar=false"]))
+    return export(export_config(root, root / "artifact"))
+
+
+def test_an_artifact_without_timestamps_refuses_what_needs_them(ids_only_untimed):
+    """Interactions without timestamps were exported with every event at time 0: trending(half_life=1)
+    gave popular's list, max_age=1 dropped nothing and freshness_boost raised every score alike."""
+    retriever = Retriever.load(ids_only_untimed)
+    assert json.loads((ids_only_untimed / MANIFEST).read_text())["timestamps"] is False
     why = r"the artifact's interactions have no timestamps \(trained without data.source.timestamp\)"
     with pytest.raises(ValueError, match=rf"trending: {why}, so no item is more recent than another: use popular"):
         retriever.trending(5, half_life=1.0)
@@ -211,6 +217,15 @@ def test_an_artifact_without_timestamps_refuses_what_needs_them(compose_cfg, tmp
             retriever.recommend_from_history(["i1"], k=5, **knob)
     assert retriever.recommend(["u1"], k=5).item_ids.shape == (1, 5)  # what needs no time still serves
     assert retriever.popular(3).item_ids.shape == (1, 3)
+
+
+def test_a_raw_row_whose_user_id_is_a_list_or_dict_is_named(ids_only_untimed):
+    """With an id feature, such a row stopped in the id lookup with a bare "unhashable type: 'dict'"."""
+    retriever = Retriever.load(ids_only_untimed)
+    for value, shown in (({"a": 1}, r"dict \{'a': 1\}"), (["u1"], r"list \['u1'\]")):
+        with pytest.raises(TypeError, match=rf"users\['user_id'\]\[1\] is {shown}; an id is a string or a number"):
+            retriever.recommend(pd.DataFrame({"user_id": ["u1", value]}), k=3)
+    assert retriever.recommend(pd.DataFrame({"user_id": ["u1"]}), k=3).item_ids.tolist() == retriever.recommend(["u1"], k=3).item_ids.tolist()
 
 
 @pytest.mark.parametrize("index, override, named", [

@@ -561,12 +561,13 @@ class Retriever:
 
     def _raw_user_features(self, users: pd.DataFrame, now: float | None) -> tuple[dict[str, torch.Tensor], list[np.ndarray]]:
         frame = data_frame(users, "users")
-        features = self.preprocessor.transform("query", frame, "users")
         known = np.full(len(frame), -1, dtype=np.int64)
         if USER in frame.columns:
             # Keys as the vocabulary made them (1.0 -> '1'); a missing id is an unknown user, never a match.
+            # Checked before the features: an id feature's lookup would stop at a list or dict id with a bare TypeError.
             keys = [id_key(v, f"users['{USER}'][{row}]") for row, v in enumerate(frame[USER].tolist())]
             known = np.asarray([self._user_row.get(key, -1) if key is not None else -1 for key in keys], dtype=np.int64)
+        features = self.preprocessor.transform("query", frame, "users")
         seen = [self._seen_of(r) if r >= 0 else np.zeros(0, dtype=np.int64) for r in known]
         histories = {}
         if self.history_name:
