@@ -240,6 +240,14 @@ def test_shard_timestamps_in_milliseconds_are_refused(tmp_path):
         sharded(tmp_path)
 
 
+def test_a_split_column_under_the_hash_split_is_refused(tmp_path):
+    """data.source.split=part with the hash split read and checked the column, then split by hash: the column was ignored."""
+    write_tables(tmp_path, split_column=True)
+    source = ShardSource(str(tmp_path / "shards"), str(tmp_path / "users.parquet"), str(tmp_path / "items.csv"), user_id="uid", item_id="iid", split="part")
+    with pytest.raises(ValueError, match=r"shards: column 'part' gives a train/val/test split, and the split is HashSplit.*data/split=predefined"):
+        TwoTowerDataModule(source, FEATURES, HashSplit()).setup()
+
+
 def _source(root, **kwargs):
     return ShardSource(str(root / "shards"), str(root / "users.parquet"), str(root / "items.csv"), **{"user_id": "uid", "item_id": "iid", **kwargs})
 

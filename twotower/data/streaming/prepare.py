@@ -22,7 +22,7 @@ from twotower.data.streaming.labels import TEST, TRAIN, VAL, ColumnCodes, HashCo
 from twotower.data.streaming.scan import scan, serving_scan
 from twotower.data.streaming.shards import InteractionShards, ShardedTables
 from twotower.data.streaming.stream import ShardStream
-from twotower.data.tables import ITEM, SPLITS, USER
+from twotower.data.tables import ITEM, SPLIT, SPLITS, USER
 from twotower.data.vocab import Vocabulary
 from twotower.features import Preprocessor
 from twotower.features.history import history_length
@@ -49,6 +49,9 @@ def prepare_shards(tables: ShardedTables, schema: Schema, split: Callable, seed:
     shards: InteractionShards = tables.interactions
     if isinstance(split, PredefinedSplit) and not shards.has_split:
         raise ValueError(f"PredefinedSplit needs a split column: set data.source.split to its name in {shards.directory}")
+    if shards.has_split and not isinstance(split, PredefinedSplit):
+        raise ValueError(f"{shards.directory}: column '{shards.columns[SPLIT]}' gives a train/val/test split, and the split is {type(split).__name__}, "
+                         "which would ignore it: use data/split=predefined, or leave out data.source.split")
     users, items = tables.users, tables.items
     user_rows, item_rows = pd.Index(users[USER]), pd.Index(items[ITEM])
     n_users, n_items = len(users), len(items)
