@@ -83,8 +83,8 @@ def test_set_up_equals_the_in_memory_datamodule_on_the_same_split(tables):
 
 def test_repeated_pairs_in_shards_are_each_one_relevant_item(tmp_path):
     """A pair repeated across shards was held out twice: evaluation counted two relevant items where one
-    can be retrieved, so a perfect ranking scored recall 0.5 for it (nothing raised); the known and
-    held-out sets now hold each pair once, as the in-memory path's merged tables do."""
+    can be retrieved, so a perfect ranking scored recall 0.5 for it (nothing raised); the held-out sets
+    now hold each pair once, as the in-memory path's merged tables do."""
     frame = write_tables(tmp_path)
     repeats = frame.iloc[::7].assign(ts=lambda f: f["ts"] + 100_000)  # later copies of every 7th pair
     pq.write_table(pa.Table.from_pandas(repeats, preserve_index=False), tmp_path / "shards" / "part-99.parquet")
@@ -93,9 +93,8 @@ def test_repeated_pairs_in_shards_are_each_one_relevant_item(tmp_path):
                                             item_id="iid", timestamp="ts"), FEATURES, HashSplit(seed=3), batch_size=64, seed=3)
     memory.setup()
     for split in ("val", "test"):
-        for csr in ("known", "heldout"):
-            a, b = getattr(streamed.prepared, csr)[split], getattr(memory.prepared, csr)[split]
-            assert torch.equal(a.indptr, b.indptr) and torch.equal(a.indices, b.indices), (split, csr)
+        a, b = streamed.prepared.heldout[split], memory.prepared.heldout[split]
+        assert torch.equal(a.indptr, b.indptr) and torch.equal(a.indices, b.indices), split
     heldout = streamed.prepared.heldout["test"]
     users = streamed.prepared.eval_users["test"]
     targets = torch.stack(heldout.gather(users))  # (2, nnz) relevant (position, item)
@@ -103,8 +102,6 @@ def test_repeated_pairs_in_shards_are_each_one_relevant_item(tmp_path):
     perfect[targets[0], torch.cat([torch.arange(n) for n in heldout.row_lengths(users).tolist()])] = targets[1]
     hits, n_relevant = retrieval_hits(perfect, targets, len(users), N_ITEMS)
     assert metrics_at_k(hits, n_relevant, N_ITEMS)["recall"].min().item() == 1.0
-    seen = streamed.prepared.serving_log().seen
-    assert torch.equal(seen.indices, memory.prepared.serving_log().seen.indices)
 
 
 def test_two_ranks_stream_disjoint_rows_whose_union_is_the_train_split(tables):

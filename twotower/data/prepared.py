@@ -199,7 +199,7 @@ def prepare_tables(tables: Tables, schema: Schema, split: Callable[[pd.DataFrame
         item_vocab_index=torch.from_numpy(preprocessor.item_ids.lookup(tables.items[ITEM].tolist())),
         item_counts=item_counts, item_log_q=log_q_of(item_counts), trained_items=torch.unique(train_pairs[:, 1]),
         known={s: CSR.from_pairs(u[k], i[k], n_users) for s, k in known_before.items()},
-        heldout={s: CSR.from_pairs(u[part[s]], i[part[s]], n_users) for s in ("val", "test")},
+        heldout={s: CSR.from_pairs(u[part[s]], i[part[s]], n_users, distinct=True) for s in ("val", "test")},
         eval_users={s: torch.unique(u[part[s]]) for s in ("val", "test")},
         candidates={s: None if candidates == "all" else torch.zeros(n_items, dtype=torch.bool).index_fill_(0, torch.unique(i[part[s]]), True)
                     for s in ("val", "test")},

@@ -44,14 +44,20 @@ class CSR:
     indices: torch.Tensor
 
     @classmethod
-    def from_pairs(cls, rows: torch.Tensor, cols: torch.Tensor, num_rows: int) -> CSR:
-        """The 0/1 matrix of the (row, col) pairs, columns sorted within a row; a repeated pair is one entry
-        (a pair repeated in the interactions is one relevant item, not two: recall's denominator counts entries)."""
+    def from_pairs(cls, rows: torch.Tensor, cols: torch.Tensor, num_rows: int, distinct: bool = False) -> CSR:
+        """The (row, col) pairs by row, columns sorted within a row.
+
+        Args:
+            distinct: a repeated pair is one entry (held-out items: a pair repeated in the interactions is one
+                relevant item, not two, as recall's denominator counts entries); else every pair is kept
+                (seen and known items count interactions, as the artifact's user_seen does).
+        """
         keys = rows.long() * (int(cols.max()) + 1 if len(cols) else 1) + cols.long()
         order = torch.argsort(keys)
-        first = torch.ones(len(order), dtype=torch.bool)
-        first[1:] = keys[order][1:] != keys[order][:-1]
-        order = order[first]
+        if distinct:
+            first = torch.ones(len(order), dtype=torch.bool)
+            first[1:] = keys[order][1:] != keys[order][:-1]
+            order = order[first]
         rows, cols = rows[order], cols[order]
         counts = torch.bincount(rows, minlength=num_rows)
         indptr = torch.zeros(num_rows + 1, dtype=torch.long)

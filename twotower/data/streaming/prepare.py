@@ -76,8 +76,8 @@ def prepare_shards(tables: ShardedTables, schema: Schema, split: Callable, seed:
     part = torch.from_numpy(stats.sample["splits"])
     train, known_test = part == TRAIN, part != TEST
 
-    def pairs(where: torch.Tensor) -> CSR:
-        return CSR.from_pairs(u[where].long(), i[where].long(), n_users)
+    def pairs(where: torch.Tensor, distinct: bool = False) -> CSR:
+        return CSR.from_pairs(u[where].long(), i[where].long(), n_users, distinct)
 
     histories = {}
     if history_name:
@@ -98,7 +98,7 @@ def prepare_shards(tables: ShardedTables, schema: Schema, split: Callable, seed:
         user_rows=user_rows, item_rows=item_rows, item_vocab_index=torch.from_numpy(item_ids.lookup(items[ITEM].tolist())),
         item_counts=item_counts, item_log_q=log_q_of(item_counts), trained_items=torch.from_numpy(np.flatnonzero(stats.item_counts)),
         known={"val": pairs(train), "test": pairs(known_test)},
-        heldout={s: pairs(part == code) for s, code in (("val", VAL), ("test", TEST))},
+        heldout={s: pairs(part == code, distinct=True) for s, code in (("val", VAL), ("test", TEST))},
         eval_users={s: torch.unique(u[part == code]).long() for s, code in (("val", VAL), ("test", TEST))},
         candidates={"val": None, "test": None}, histories=histories, history_name=history_name, split_counts=counts, tables=tables,
         stream=ShardStream(shards, stats.train_masks, shuffle_buffer, seed, pin_memory), serving_log=serving_log,
