@@ -78,7 +78,7 @@ class Tables:
                     f"not in {self.names[table]}, e.g. {values}{hint}"
                 )
         if TIME in self.interactions:
-            self.interactions[TIME] = timestamp_seconds(self.interactions[TIME], self.names["interactions"], (file_columns or {}).get(TIME, TIME), TIME)
+            self.interactions[TIME] = timestamp_seconds(self.interactions[TIME], self.names["interactions"], self.file_columns.get(TIME, TIME), TIME)
         if SPLIT in self.interactions:
             bad = ~self.interactions[SPLIT].isin(SPLITS)
             if bad.any():
