@@ -47,6 +47,15 @@ def test_more_epochs_or_another_logger_resume_the_same_run(compose_cfg, syntheti
     assert objects["trainer"].current_epoch == 2 and objects["best_epoch"] in (1, 2)
 
 
+def test_a_new_early_stopping_patience_applies_to_the_resumed_run(compose_cfg, synthetic_run):
+    """Lightning's EarlyStopping restores the checkpoint's patience with its wait count, so a resume with
+    callbacks.early_stopping.patience=9 (callbacks may change on resume) silently kept the first run's 5."""
+    _, objects = train(compose_cfg(*synthetic_run, "trainer.max_epochs=2", "callbacks.early_stopping.patience=9"))
+    stopping = objects["trainer"].early_stopping_callback
+    assert stopping.patience == 9 and objects["trainer"].current_epoch == 2
+    assert stopping.state_dict()["patience"] == 9
+
+
 def test_ckpt_path_null_starts_the_directory_over_with_the_new_settings(compose_cfg, synthetic_run, tmp_path):
     train(compose_cfg(*synthetic_run, "loss.temperature=0.2", "ckpt_path=null"))
     assert RunRecord.load(tmp_path).config["loss"]["temperature"] == 0.2

@@ -193,8 +193,10 @@ def _hints(receiver: Callable) -> dict[str, Any]:
         hints = typing.get_type_hints(function, include_extras=True)
     except Exception:  # noqa: BLE001 - e.g. a name imported only for type checkers
         hints = {}
+    # A subclass of a third-party class (twotower.callbacks.EarlyStopping) takes its base's ranges.
+    owners = {f"{getattr(c, '__module__', '')}.{getattr(c, '__qualname__', '')}" for c in getattr(receiver, "__mro__", (receiver,))}
     for prefix, ranges in THIRD_PARTY_RANGES.items():
-        if f"{getattr(receiver, '__module__', '')}.{getattr(receiver, '__qualname__', '')}".startswith(prefix):
+        if any(owner.startswith(prefix) for owner in owners):
             hints.update({name: Annotated[hints.get(name, Any), allowed] for name, allowed in ranges.items()})
     return hints
 
