@@ -134,3 +134,25 @@ def test_errors_name_what_is_wrong():
         Tower(QUERY, [8], 5)({"user_id": torch.tensor([0]), "history": torch.tensor([[0]])})
     with pytest.raises(ValueError, match="history pooling 'max'"):
         HistoryEncoder(3, 2, pooling="max")
+
+
+def _synthetic_preprocessor(query_history: dict):
+    from twotower.data import TwoTowerDataModule
+    from twotower.data.sources import SyntheticSource
+    from twotower.data.splits import RandomSplit
+
+    features = {"query": [{"name": "user_id", "kind": "id"}, {"name": "age", "kind": "numeric"}, query_history],
+                "candidate": [{"name": "item_id", "kind": "id"}, {"name": "genres", "kind": "multi_hot", "separator": "|"}, {"name": "title", "kind": "text"}]}
+    datamodule = TwoTowerDataModule(SyntheticSource(n_users=60, n_items=40, seed=1), features, RandomSplit(test=0.1, val=0.1), batch_size=16)
+    datamodule.setup("fit")
+    return datamodule.prepared.preprocessor
+
+
+def test_feature_dims_naming_no_feature_is_refused():
+    """feature_dims keyed by a name no feature has (a typo, +model.feature_dims.titel=8) was accepted and changed nothing."""
+    from twotower.model import build_two_tower
+
+    profile = _synthetic_preprocessor({"name": "history", "kind": "history", "max_len": 8})
+    assert build_two_tower(profile, embedding_dim=8, feature_dims={"title": 3}).candidate_tower.encoders["title"].embedding.embedding_dim == 3
+    with pytest.raises(ValueError, match=r"model.feature_dims names 'titel', which is no feature \(features: age, genres, history, item_id, title, user_id\)"):
+        build_two_tower(profile, embedding_dim=8, feature_dims={"titel": 3})

@@ -85,6 +85,10 @@ def build_two_tower(
             history is read by the candidate tower itself; the other query features join after pooling.
     """
     dims = dict(feature_dims or {})
+    names = sorted({*preprocessor.query, *preprocessor.candidate})
+    for name in dims:
+        if name not in names:  # a typo would otherwise leave the feature at embedding_dim, silently
+            raise ValueError(f"model.feature_dims names '{name}', which is no feature (features: {', '.join(names)})")
     options = {"text": text, "history": history}  # the model's encoder options, by kind
     item_ids = next((name for name, fitted in preprocessor.candidate.items() if fitted.kind.identity), None)
 
