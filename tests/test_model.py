@@ -156,3 +156,15 @@ def test_feature_dims_naming_no_feature_is_refused():
     assert build_two_tower(profile, embedding_dim=8, feature_dims={"title": 3}).candidate_tower.encoders["title"].embedding.embedding_dim == 3
     with pytest.raises(ValueError, match=r"model.feature_dims names 'titel', which is no feature \(features: age, genres, history, item_id, title, user_id\)"):
         build_two_tower(profile, embedding_dim=8, feature_dims={"titel": 3})
+
+
+def test_query_hidden_dims_beside_a_click_history_tower_is_refused():
+    """A click-history user tower takes its MLP widths from click_history.hidden_dims: query_hidden_dims was accepted and ignored."""
+    from twotower.model import build_two_tower
+
+    clicks = _synthetic_preprocessor({"name": "history", "kind": "history", "max_len": 8, "through_item_tower": True})
+    with pytest.raises(ValueError, match=r"model.query_hidden_dims=\[7\] sets a profile tower's MLP, but the user tower reads 'history' "
+                                         r"through the item tower: set model.click_history.hidden_dims"):
+        build_two_tower(clicks, embedding_dim=8, query_hidden_dims=[7])
+    widths = build_two_tower(clicks, embedding_dim=8, click_history={"hidden_dims": [7]}).query_tower
+    assert any(getattr(layer, "out_features", None) == 7 for layer in widths.modules())

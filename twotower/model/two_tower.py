@@ -108,6 +108,9 @@ def build_two_tower(
     if len(through) > 1:
         raise ValueError(f"a click-history user tower reads one history through the item tower (found {through})")
     if through:
+        if query_hidden_dims is not None:  # the click-history tower's widths are its own: it would be ignored
+            raise ValueError(f"model.query_hidden_dims={list(query_hidden_dims)} sets a profile tower's MLP, but the user tower reads "
+                             f"'{through[0]}' through the item tower: set model.click_history.hidden_dims")
         others = [f for f in query_specs if f["name"] not in through]
         query = ClickHistoryTower(candidate, through[0], others, **{"dropout": dropout, **(click_history or {})})
         return TwoTower(query, candidate, share_item_embedding)
