@@ -231,6 +231,9 @@ def test_a_raw_row_whose_user_id_is_a_list_or_dict_is_named(ids_only_untimed):
 @pytest.mark.parametrize("index, override, named", [
     ("hnsw", "index.target_recall=2", r"index.target_recall=2: must be in \(0, 1\]"),
     ("ivf_flat", "index.nlist=0", r"index.nlist=0: must be at least 1"),
+    # auto's large index (the default above 100k items) was never checked: a target of 2 was accepted and never met.
+    ("auto", "index.large.target_recall=2", r"index.large.target_recall=2: must be in \(0, 1\]"),
+    ("auto", "+index.large.nprob=4", r"index.large.nprob: IndexSpec takes no argument 'nprob'"),
     ("flat", "chunk_size=0", r"chunk_size=0: must be at least 1"),
     ("flat", "eval_queries=-1", r"eval_queries=-1: must be at least 1"),
     ("flat", "device=tpu", r"device='tpu' is not a device"),

@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal, Union
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from twotower.constraints import ABOVE_0, AT_LEAST_0, AT_LEAST_1, EPOCHS, SEED, Allowed
+from twotower.constraints import ABOVE_0, AT_LEAST_0, AT_LEAST_1, EPOCHS, SEED, Allowed, ArgumentsOf
 from twotower.index import IndexSpec
 
 # Ranges of arguments of classes that are not ours (so not annotated with them), by qualified-name prefix.
@@ -42,14 +42,6 @@ MISSING = "???"
 
 class ConfigError(ValueError):
     """A composed config with settings that would not apply; the message lists each one."""
-
-
-@dataclass(frozen=True)
-class ArgumentsOf:
-    """Marks a block whose keys are keyword arguments of ``receiver`` (less ``given``, passed in code)."""
-
-    receiver: str
-    given: tuple[str, ...] = ()
 
 
 @dataclass
@@ -125,7 +117,7 @@ def _check(value: Any, hint: Any, key: str) -> list[str]:
     if isinstance(value, dict) and "_target_" in value:
         return _check_call(value, value["_target_"], key)
     receiver = next((m for m in getattr(hint, "__metadata__", ()) if isinstance(m, ArgumentsOf)), None)
-    if receiver:
+    if receiver and value is not None:  # None: an optional block left out (index.large), checked against its type below
         return _check_arguments(value, get_object(receiver.receiver), key, receiver.given)
     if dataclasses.is_dataclass(hint) and isinstance(value, dict):
         return _check_fields(value, hint, key)

@@ -11,6 +11,14 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class ArgumentsOf:
+    """Marks a block whose keys are keyword arguments of ``receiver`` (less ``given``, passed in code)."""
+
+    receiver: str
+    given: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Allowed:
     """The values an argument may take: ``description`` says them, ``test`` decides one (a number)."""
 

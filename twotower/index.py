@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import faiss
 import numpy as np
 
-from twotower.constraints import AT_LEAST_1, SHARE
+from twotower.constraints import AT_LEAST_1, SHARE, ArgumentsOf
 from twotower.progress import progress
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,8 @@ class IndexSpec:
     target_k: Annotated[int, AT_LEAST_1] = 10
     fetch_factor: Annotated[int, AT_LEAST_1] = 1
     ef_construction: Annotated[int, AT_LEAST_1] | None = None
-    large: dict[str, Any] | None = None
+    # Checked as an IndexSpec's arguments (twotower.config_check), though only catalogues above EXACT_BELOW build it.
+    large: Annotated[dict[str, Any] | None, ArgumentsOf("twotower.index.IndexSpec", ("large",))] = None
     seed: int = 0
 
     @classmethod
