@@ -251,6 +251,17 @@ def test_export_settings_that_cannot_apply_are_refused_before_the_work(exported,
     assert not (tmp_path / "artifact").exists()
 
 
+@pytest.mark.parametrize("override", ["+index.target_recall=0.99", "+index.nlist=64", "+index.fetch_factor=10"])
+def test_a_setting_auto_does_not_read_is_refused_before_the_work(exported, tmp_path, override):
+    """index=auto builds Flat, or above 100k items the index of index.large: a top-level recall target, nlist or
+    fetch factor was accepted and silently not applied to either."""
+    run_dir, _, _ = exported
+    name = override.removeprefix("+").split("=")[0].removeprefix("index.")
+    with pytest.raises(ValueError, match=rf"index.{name} is not read by index=auto: set index.large.{name} \(the index built above 100000 items\)"):
+        export(export_config(run_dir, tmp_path / "artifact", index="auto", overrides=(override,)))
+    assert not (tmp_path / "artifact").exists()
+
+
 def test_a_compressed_index_serves_the_exact_ranking_through_its_fetch_factor(exported, tmp_path):
     run_dir, artifact, _ = exported
     compressed = export(export_config(run_dir, tmp_path / "sq", "ivf_sq", ("index.nlist=8", "index.fetch_factor=20", "index.target_recall=1.0")))

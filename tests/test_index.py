@@ -142,6 +142,11 @@ def test_the_index_is_tuned_to_the_recall_at_the_k_serving_asks_for():
     assert at_100["recall@100"] >= 0.9 and points[at_100["search_params"]["nprobe"]]["chosen"]
 
 
+def test_auto_passes_add_chunk_to_the_large_index():
+    spec = IndexSpec(key="auto", add_chunk=1000, large={"key": "IVF{nlist},Flat"})
+    assert spec.resolve(1_000_000, 8).add_chunk == 1000 and spec.resolve(10, 8).add_chunk == 1000
+
+
 def test_auto_passes_target_k_to_the_large_index():
     spec = IndexSpec(key="auto", target_k=100, large={"key": "IVF{nlist},Flat", "tune": {"name": "nprobe", "values": [1, 4]}})
     assert spec.resolve(200_000, 16).target_k == 100

@@ -129,6 +129,7 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
     """
     cfg = OmegaConf.create(cfg) if not isinstance(cfg, DictConfig) else cfg
     check_config(cfg, ExportConfig)  # before any work: unknown keys, wrongly typed or missing values
+    spec = IndexSpec.from_config(OmegaConf.to_container(cfg.index, resolve=True))  # before any work too: settings the index would not read
     device = resolve_device(cfg.device)
     writer = ArtifactWriter(cfg.output_dir)  # before any work too: refuses an output_dir that is not a twotower artifact
     checkpoint_path = find_checkpoint(cfg.checkpoint)
@@ -161,7 +162,7 @@ def export(cfg: DictConfig | Mapping[str, Any]) -> Path:
     else:
         prior = None
     started = time.perf_counter()
-    index, infos = build_and_measure(item_vectors, queries, IndexSpec.from_config(OmegaConf.to_container(cfg.index, resolve=True)))
+    index, infos = build_and_measure(item_vectors, queries, spec)
     log.info("index %s built, tuned and measured in %.1fs: recall@10 %.4f, p99 %.2f ms", infos["key"], time.perf_counter() - started,
              infos.get("recall@10", float("nan")), infos["latency_ms"]["p99"])
 

@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 EXACT_BELOW = 100_000
 
 
+#: What ``key: auto`` reads at the top level (the rest of the large index's spec is in ``large``).
+AUTO_READS = {"key", "large", "target_k", "add_chunk", "seed"}
+
+
 @dataclass
 class IndexSpec:
     """How to build one index.
@@ -74,6 +78,12 @@ class IndexSpec:
         unknown = set(config) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"index config has unknown key(s) {sorted(unknown)} (known: {sorted(cls.__dataclass_fields__)})")
+        if config.get("key") == "auto":
+            # auto builds Flat, or the index of `large`: a setting of neither kind would silently not apply.
+            unread = sorted(set(config) - AUTO_READS)
+            if unread:
+                raise ValueError("; ".join(f"index.{name} is not read by index=auto: set index.large.{name}" for name in unread)
+                                 + f" (the index built above {EXACT_BELOW} items)")
         return cls(**{k: (dict(v) if isinstance(v, Mapping) else v) for k, v in config.items()})
 
     def resolve(self, n: int, dim: int) -> IndexSpec:
@@ -81,7 +91,7 @@ class IndexSpec:
         if self.key == "auto":
             if n < EXACT_BELOW or not self.large:
                 return IndexSpec(key="Flat", seed=self.seed, add_chunk=self.add_chunk)
-            return IndexSpec.from_config({"seed": self.seed, "target_k": self.target_k, **self.large}).resolve(n, dim)
+            return IndexSpec.from_config({"seed": self.seed, "target_k": self.target_k, "add_chunk": self.add_chunk, **self.large}).resolve(n, dim)
         nlist = self.nlist or default_nlist(n)
         if "{nlist}" in self.key and n < nlist:
             raise ValueError(f"index '{self.key}' needs at least nlist={nlist} vectors to train, the catalogue has {n}")
