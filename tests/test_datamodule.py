@@ -103,6 +103,19 @@ def test_new_user_rows_lose_ids_and_history_but_keep_profile(compose_cfg, synthe
         instantiate(compose_cfg("data=synthetic", "data.new_user_rate=1.0").data)
 
 
+@pytest.mark.parametrize("overrides, named", [
+    (("data.use_ids=false", "data.id_dropout=0.3"), r"id_dropout=0.3: no feature is an id \(data.use_ids=false drops them\), so none would be dropped; set it to 0"),
+    (("data.use_ids=false", "data.features.query=[{name: age, kind: numeric}]", "data.new_user_rate=0.3"),
+     r"new_user_rate=0.3: the query side reads no id or history \(features: age\), so every row already reads as a new user's; set it to 0"),
+])
+def test_a_step_with_nothing_to_change_is_refused_at_set_up(compose_cfg, overrides, named):
+    """Content-only towers (data.use_ids=false, experiment=content_only) have no id to drop: id_dropout was accepted and
+    changed no batch; new-user rows without an id or history feature to forget likewise."""
+    dm = instantiate(compose_cfg("data=synthetic", "data.source.n_users=60", *overrides).data)
+    with pytest.raises(ValueError, match=named):
+        dm.setup()
+
+
 def _tensors(value, path="prepared"):
     """Every tensor reachable from ``value`` (dataclasses, dicts), with where it sits."""
     import dataclasses

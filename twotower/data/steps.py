@@ -70,7 +70,8 @@ class IdDropout:
     rate: float
 
     def check(self, data: Prepared) -> None:
-        pass
+        if not any(fitted.kind.identity for side in ("query", "candidate") for fitted in data.preprocessor.side(side).values()):
+            raise ValueError(f"id_dropout={self.rate}: no feature is an id (data.use_ids=false drops them), so none would be dropped; set it to 0")
 
     def __call__(self, batch: Batch, data: Prepared, rows: torch.Tensor | None) -> None:
         for features, side in ((batch.query, "query"), (batch.candidate, "candidate"), (batch.negatives, "candidate"), (batch.row_negatives, "candidate")):
@@ -90,7 +91,10 @@ class NewUsers:
     rate: float
 
     def check(self, data: Prepared) -> None:
-        pass
+        query = data.preprocessor.query
+        if not any(fitted.kind.identity or fitted.kind.from_interactions for fitted in query.values()):
+            raise ValueError(f"new_user_rate={self.rate}: the query side reads no id or history (features: {', '.join(query)}), "
+                             "so every row already reads as a new user's; set it to 0")
 
     def __call__(self, batch: Batch, data: Prepared, rows: torch.Tensor | None) -> None:
         new = torch.rand(len(batch), device=batch.candidate_ids.device) < self.rate  # (B,)
