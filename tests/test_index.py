@@ -142,6 +142,14 @@ def test_the_index_is_tuned_to_the_recall_at_the_k_serving_asks_for():
     assert at_100["recall@100"] >= 0.9 and points[at_100["search_params"]["nprobe"]]["chosen"]
 
 
+@pytest.mark.parametrize("key", ["Flat", "HNSW32,Flat"])
+def test_nlist_for_a_key_without_lists_is_refused(key):
+    """index=flat / hnsw with +index.nlist=64 built the same index as without it, silently."""
+    with pytest.raises(ValueError, match=rf"index.nlist=64 is not read by index key '{key}': only an IVF key with \{{nlist\}} has lists"):
+        IndexSpec.from_config({"key": key, "nlist": 64})
+    assert IndexSpec.from_config({"key": "IVF{nlist},Flat", "nlist": 64}).resolve(1000, 8).key == "IVF64,Flat"
+
+
 def test_auto_passes_add_chunk_to_the_large_index():
     spec = IndexSpec(key="auto", add_chunk=1000, large={"key": "IVF{nlist},Flat"})
     assert spec.resolve(1_000_000, 8).add_chunk == 1000 and spec.resolve(10, 8).add_chunk == 1000

@@ -84,6 +84,10 @@ class IndexSpec:
             if unread:
                 raise ValueError("; ".join(f"index.{name} is not read by index=auto: set index.large.{name}" for name in unread)
                                  + f" (the index built above {EXACT_BELOW} items)")
+        key = config.get("key", cls.key)
+        if config.get("nlist") is not None and key != "auto" and "{nlist}" not in key:
+            raise ValueError(f"index.nlist={config['nlist']} is not read by index key '{key}': only an IVF key with {{nlist}} has lists "
+                             "(index=ivf_flat, ivf_sq, ivf_pq)")
         return cls(**{k: (dict(v) if isinstance(v, Mapping) else v) for k, v in config.items()})
 
     def resolve(self, n: int, dim: int) -> IndexSpec:
