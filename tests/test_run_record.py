@@ -10,7 +10,7 @@ import yaml
 
 from tests.conftest import CONF
 from twotower.run_record import RECORD, ResumeRefused, RunRecord
-from twotower.training import train
+from twotower.training import _resume_path, train
 
 ROOT = CONF.parent
 FAST = ["logger=none", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "test=false"]
@@ -54,6 +54,20 @@ def test_a_new_early_stopping_patience_applies_to_the_resumed_run(compose_cfg, s
     stopping = objects["trainer"].early_stopping_callback
     assert stopping.patience == 9 and objects["trainer"].current_epoch == 2
     assert stopping.state_dict()["patience"] == 9
+
+
+def test_a_run_without_checkpoint_callbacks_keeps_its_checkpoint_where_resume_and_export_look(compose_cfg, tmp_path):
+    """callbacks=none beside a logger: Lightning's own checkpoint went to <run dir>/csv/checkpoints, where neither
+    ckpt_path=last nor export looks, so rerunning the line silently started over and export.py checkpoint=<run dir>
+    found no checkpoint."""
+    from twotower.exporting import find_checkpoint
+
+    overrides = ["data=synthetic", "data.source.n_users=100", "callbacks=none", "logger=csv", "trainer.max_epochs=1",
+                 "trainer.enable_progress_bar=false", "test=false"]
+    train(compose_cfg(*overrides))
+    (written,) = (tmp_path / "checkpoints").glob("*.ckpt")
+    assert _resume_path(compose_cfg(*overrides)) == str(written)  # rerunning the line resumes it
+    assert find_checkpoint(tmp_path) == written
 
 
 def test_ckpt_path_null_starts_the_directory_over_with_the_new_settings(compose_cfg, synthetic_run, tmp_path):

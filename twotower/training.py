@@ -80,6 +80,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     # A live bar where someone watches (a terminal), EpochLog's one line per epoch where output goes to a file.
     progress = {"enable_progress_bar": sys.stdout.isatty()} if cfg.trainer.get("enable_progress_bar") is None else {}
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **progress)
+    for checkpoint in trainer.checkpoint_callbacks:
+        if checkpoint.dirpath is None:
+            # Lightning's own (callbacks=none) would write under the first logger's directory (csv/checkpoints),
+            # where neither ckpt_path=last nor export looks: the run directory's checkpoints/, as the configured ones.
+            checkpoint.dirpath = os.path.realpath(run_dir / "checkpoints")
     log_config(loggers, module.run_config)
     module.wandb_run = wandb_run_of(loggers)
 
