@@ -61,6 +61,14 @@ def test_every_key_a_bundle_sets_reaches_the_composed_config(path: Path):
     assert checked, f"{path.name} sets no key"
 
 
+@pytest.mark.parametrize("mode, direction", [("max", "maximize"), ("min", "minimize")])
+def test_the_sweep_optimises_the_monitored_metric_in_its_mode(mode, direction):
+    """The sweep's objective is monitor.metric: monitor.mode=min (train/loss, val/gini@20) left Optuna maximising it,
+    so the study's best trial was the checkpoint selection's worst."""
+    cfg = compose_with("hparams_search", "ml100k_optuna", "monitor.metric=train/loss", f"monitor.mode={mode}")
+    assert cfg.hydra.sweeper.direction == direction
+
+
 def test_experiment_wins_over_the_base_file():
     """The regression itself: the base file's optimizer block used to put lr back to 0.003."""
     cfg = compose_with("experiment", "ml100k_best")
