@@ -141,3 +141,29 @@ def test_a_recency_weighted_prior_on_data_without_times_is_refused_before_traini
                                          r"interaction times: set it to null"):
         train(cfg)
     assert not list(tmp_path.glob("**/*.ckpt"))  # refused before the first epoch
+
+
+def test_sample_recommendations_rank_with_the_prior_validation_kept(tmp_path, compose_cfg):
+    """sample_recommendations.csv said it ranked as the validation does, but ranked by the towers alone: with a prior
+    kept (as export serves it) its top 10 were neither the validated nor the served ones."""
+    import pandas as pd
+
+    from twotower.task.retrieval import encode_catalogue
+
+    cfg = compose_cfg("data=synthetic", "data.source.n_users=100", "logger=none", "trainer.max_epochs=1", "test=false",
+                      "trainer.enable_progress_bar=false", "module.popularity_prior_weights=[3.0]")
+    metrics, objects = train(cfg)
+    assert metrics["val/popularity_prior"] == pytest.approx(3.0)
+    module, dm = objects["module"], objects["datamodule"]
+    table = pd.read_csv(tmp_path / "sample_recommendations.csv", dtype={"user_id": str, "item_id": str})
+    users = dm.prepared.eval_users["val"][:5]
+    batch = dm.eval_batch(users, "val")
+    with torch.no_grad():
+        items = encode_catalogue(module.model.encode_candidate, dm.catalogue()).numpy()  # (n_items, D)
+        queries = module.model.encode_query(batch.query).numpy()  # (5, D)
+    z, _ = PopularityPrior.item_scores(PopularityPrior(3.0).counts(*dm.data.known_events["val"], len(items)))
+    scores = queries @ items.T + 3.0 * z  # (5, n_items): every validation user weighs the prior alike (no signal)
+    scores[batch.exclude[0].numpy(), batch.exclude[1].numpy()] = -np.inf  # known (training) items, as validation
+    for row, user in enumerate(users.tolist()):
+        shown = table[table["user_id"] == dm.prepared.user_rows[user]].sort_values("rank")
+        np.testing.assert_allclose(shown["score"].to_numpy(), np.sort(scores[row])[::-1][:10], atol=1e-4)

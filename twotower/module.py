@@ -203,7 +203,7 @@ class TwoTowerModule(pl.LightningModule):
             self._beyond[split] = beyond_accuracy_for_split(self.trainer.datamodule, split, self.hparams.beyond_accuracy_ks).to(self.device)
         # Validation ranks with every candidate prior (the first with the task's own metrics), testing with the one kept.
         priors = self.prior_candidates if split == "val" else [self.popularity_prior]
-        popularity = self._item_popularity(split) if any(p.active for p in priors) else None  # (n_items,) z
+        popularity = self.item_popularity(split) if any(p.active for p in priors) else None  # (n_items,) z
         self._evaluations = []
         for n, prior in enumerate(priors):
             catalogue = with_column(self._catalogue, popularity) if prior.active else self._catalogue  # (n_items, D [+ 1])
@@ -214,9 +214,9 @@ class TwoTowerModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         if any(p.active for p in self.prior_candidates):
-            self._item_popularity("val")  # a prior the data cannot give is refused before any training, not after an epoch
+            self.item_popularity("val")  # a prior the data cannot give is refused before any training, not after an epoch
 
-    def _item_popularity(self, split: str) -> torch.Tensor:
+    def item_popularity(self, split: str) -> torch.Tensor:
         """(n_items,) the prior's ``z`` from the interactions known before ``split`` (a source that keeps no times: the training ones)."""
         data, prior = self.trainer.datamodule.data, self.prior_candidates[0]
         if data.known_events is not None:

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from twotower.data.tables import ITEM, USER
+from twotower.task.popularity_prior import with_column
 from twotower.task.retrieval import encode_catalogue, rank
 from twotower.tracking import log_table
 
@@ -48,8 +49,13 @@ class SampleRecommendations(pl.Callback):
         users = datamodule.prepared.eval_users["val"][: self.n_users].to(datamodule.data.items.device)
         batch = datamodule.eval_batch(users, "val")
         catalogue = encode_catalogue(pl_module.model.encode_candidate, datamodule.catalogue())  # (n_items, D)
+        query = pl_module.model.encode_query(batch.query)  # (U, D)
+        prior = pl_module.popularity_prior
+        if prior.active:  # the blend validation kept, as export serves it: [q, w(u)] . [c, z]
+            catalogue = with_column(catalogue, pl_module.item_popularity("val"))
+            query = with_column(query, prior.user_weights(datamodule.data.known["val"].row_lengths(users)))
         # The evaluation's ranking: known items excluded, and only the split's candidates (cold-start protocols).
-        top = rank(pl_module.model.encode_query(batch.query), catalogue, self.k, batch.exclude, batch.candidates)
+        top = rank(query, catalogue, self.k, batch.exclude, batch.candidates)
         pl_module.train(was_training)
 
         heldout = set(zip(batch.targets[0].tolist(), batch.targets[1].tolist()))
