@@ -98,3 +98,16 @@ def test_known_items_are_removed_from_the_softmax():
 def test_the_config_chooses_the_tweaks_once():
     names = [getattr(t, "__qualname__", "") for t in RetrievalLoss(logq_weight=1.0, mask_accidental_hits=False, mask_same_user=True).tweaks]
     assert names == ["add_row_negatives", "logq_correction.<locals>.correct", "exclude_same_user", "exclude_known_items"]
+
+
+def test_a_fixed_temperature_is_the_one_given_and_a_learned_one_starts_at_or_above_its_floor():
+    """loss.temperature=0.005 with the default min_temperature=0.01 trained at 0.01: the floor was applied to a fixed
+    temperature too; and a learned one starting below the floor sat on the clamp, where it has no gradient, for good."""
+    from twotower.module import TwoTowerModule
+
+    fixed = TwoTowerModule(torch.nn.Linear(1, 1), torch.optim.Adam, temperature=0.005)
+    assert float(fixed.temperature) == pytest.approx(0.005)
+    learned = TwoTowerModule(torch.nn.Linear(1, 1), torch.optim.Adam, temperature=0.05, learn_temperature=True, min_temperature=0.01)
+    assert float(learned.temperature) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match=r"temperature=0.005 is below min_temperature=0.01: a learned temperature starts at or above its floor"):
+        TwoTowerModule(torch.nn.Linear(1, 1), torch.optim.Adam, temperature=0.005, learn_temperature=True, min_temperature=0.01)

@@ -93,6 +93,10 @@ class TwoTowerModule(pl.LightningModule):
             raise ValueError(f"lr_schedule '{lr_schedule}' is not one of constant, cosine")
         if temperature <= 0:
             raise ValueError(f"temperature={temperature} must be positive")
+        if learn_temperature and temperature < min_temperature:
+            # Below the floor the clamp passes no gradient: the temperature would stay at min_temperature for good.
+            raise ValueError(f"temperature={temperature} is below min_temperature={min_temperature}: a learned temperature starts at or "
+                             "above its floor (lower loss.min_temperature, or raise loss.temperature)")
         self.save_hyperparameters(ignore=["model", "optimizer", "table_optimizer"])
         self.model, self.optimizer_factory, self.table_optimizer_factory = model, optimizer, table_optimizer
         if compile:
@@ -118,6 +122,9 @@ class TwoTowerModule(pl.LightningModule):
 
     @property
     def temperature(self) -> torch.Tensor:
+        # The floor keeps a learned temperature from collapsing; a fixed one is what was given.
+        if not self.hparams.learn_temperature:
+            return self.log_temperature.exp()
         return self.log_temperature.exp().clamp(min=self.hparams.min_temperature)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
