@@ -54,6 +54,17 @@ def test_bad_priors_are_refused_naming_the_field(data, match):
         PopularityPrior.from_json(data)
 
 
+@pytest.mark.parametrize("setting", [{"popularity_prior_signal": 3.0}, {"popularity_prior_half_life_days": 30.0}])
+def test_prior_settings_without_a_prior_weight_are_refused(setting):
+    """module.popularity_prior_half_life_days=30 (or _signal) with the default weights [0.0] shaped a prior that no
+    validation blends in: accepted, and nothing changed."""
+    name, value = next(iter(setting.items()))
+    with pytest.raises(ValueError, match=rf"{name}={value} shapes the popularity prior, but popularity_prior_weights=\[0.0\] "
+                                         r"has no weight above 0: add one \(module.popularity_prior_weights=\[0.0,0.5\]\)"):
+        TwoTowerModule(torch.nn.Linear(1, 1), torch.optim.Adam, **setting)
+    TwoTowerModule(torch.nn.Linear(1, 1), torch.optim.Adam, popularity_prior_weights=[0.0, 0.5], **setting)
+
+
 class _Ranking(_Evaluation):
     """An evaluation whose metrics are given."""
 

@@ -116,6 +116,11 @@ class TwoTowerModule(pl.LightningModule):
         self.checkpoint_epoch: int | None = None  # set when weights are restored from a checkpoint
         if not popularity_prior_weights:
             raise ValueError("popularity_prior_weights is empty: give [0.0] for no prior")
+        shaping = {"popularity_prior_signal": popularity_prior_signal, "popularity_prior_half_life_days": popularity_prior_half_life_days}
+        for name, value in shaping.items():
+            if value is not None and not any(w > 0 for w in popularity_prior_weights):  # no validation would blend it in
+                raise ValueError(f"{name}={value} shapes the popularity prior, but popularity_prior_weights={list(popularity_prior_weights)} "
+                                 "has no weight above 0: add one (module.popularity_prior_weights=[0.0,0.5])")
         self.prior_candidates = [PopularityPrior(float(w), popularity_prior_signal, popularity_prior_half_life_days) for w in popularity_prior_weights]
         self.popularity_prior = self.prior_candidates[0]  # validation keeps the best candidate; checkpoints store it
         self._evaluations: list[_Evaluation] = []
