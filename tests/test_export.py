@@ -278,3 +278,18 @@ def test_a_compressed_index_serves_the_exact_ranking_through_its_fetch_factor(ex
     (compressed / "index_infos.json").write_text(json.dumps(infos))
     with pytest.raises(ArtifactError, match=r"index_infos.json"):  # its checksum first; a crafted manifest is refused too
         Retriever.load(compressed)
+
+
+def test_a_rerank_over_a_compressed_index_picks_from_the_exact_best(exported, tmp_path):
+    """Retriever re-scores what a compressed index fetches exactly, but a re-ranker was handed the first rerank.fetch
+    of them in the index's approximate order: MMR at trade_off=1 (relevance only) then differed from plain recommend."""
+    from twotower.rerank import Rerank
+
+    run_dir, artifact, _ = exported
+    coarse = export(export_config(run_dir, tmp_path / "sq4", "ivf_sq", ("index.key='IVF{nlist},SQ4'", "index.nlist=8", "index.fetch_factor=20",
+                                                                           "index.target_recall=1.0")))
+    served, exact = Retriever.load(coarse), Retriever.load(artifact)
+    users = [str(u) for u in range(300)]
+    want = exact.recommend(users, k=10)
+    np.testing.assert_allclose(served.recommend(users, k=10).scores, want.scores, atol=1e-5)
+    np.testing.assert_allclose(served.recommend(users, k=10, rerank=Rerank("mmr", fetch=10, trade_off=1.0)).scores, want.scores, atol=1e-5)

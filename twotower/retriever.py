@@ -459,7 +459,9 @@ class Retriever:
                         continue
                     found, vectors, exact = found[order], vectors[order], exact[order]
                 if rerank is not None:
-                    found, vectors, exact = found[: rerank.fetch], vectors[: rerank.fetch], exact[: rerank.fetch]  # the best rerank.fetch, after exclusions
+                    # The best rerank.fetch by exact score, after exclusions: a compressed index fetches in approximate order.
+                    best = np.argsort(-exact, kind="stable")[: rerank.fetch]
+                    found, vectors, exact = found[best], vectors[best], exact[best]
                     order = rerank.select(exact, vectors[:, : self.dim - (self.prior is not None)], k)  # diversity by the towers' vectors
                 else:
                     order = np.argsort(-exact, kind="stable")[:k]
