@@ -168,3 +168,15 @@ def test_query_hidden_dims_beside_a_click_history_tower_is_refused():
         build_two_tower(clicks, embedding_dim=8, query_hidden_dims=[7])
     widths = build_two_tower(clicks, embedding_dim=8, click_history={"hidden_dims": [7]}).query_tower
     assert any(getattr(layer, "out_features", None) == 7 for layer in widths.modules())
+
+
+def test_feature_dims_of_a_history_that_shares_the_item_table_is_refused():
+    """With share_item_embedding the history reads the item-id table, as wide as item_id: feature_dims.history=4 was accepted and ignored."""
+    from twotower.model import build_two_tower
+
+    profile = _synthetic_preprocessor({"name": "history", "kind": "history", "max_len": 8})
+    with pytest.raises(ValueError, match=r"model.feature_dims.history=4: 'history' reads the item-id table of 'item_id' \(model.share_item_embedding\), "
+                                         r"as wide as it: set model.feature_dims.item_id, or model.share_item_embedding=false"):
+        build_two_tower(profile, embedding_dim=8, feature_dims={"history": 4})
+    own = build_two_tower(profile, embedding_dim=8, feature_dims={"history": 4}, share_item_embedding=False)
+    assert own.query_tower.encoders["history"].embedding.embedding_dim == 4

@@ -98,6 +98,9 @@ def build_two_tower(
             kind = fitted.kind
             # A feature reading the item-id table is as wide as that table.
             shared = share_item_embedding and kind.shares_item_ids and item_ids is not None
+            if shared and name in dims and name != item_ids:  # the shared table's width is the item id's: this one would be ignored
+                raise ValueError(f"model.feature_dims.{name}={dims[name]}: '{name}' reads the item-id table of '{item_ids}' (model.share_item_embedding), "
+                                 f"as wide as it: set model.feature_dims.{item_ids}, or model.share_item_embedding=false")
             dim = dims.get(item_ids if shared else name, embedding_dim)
             out.append(kind.encoder_spec(fitted, preprocessor, dim, dict(options.get(kind.name) or {})))
         return out
