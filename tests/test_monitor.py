@@ -34,3 +34,17 @@ def test_train_refuses_them_before_reading_any_data(compose_cfg, tmp_path):
     with pytest.raises(ConfigError, match=r"recall is logged at module.ks=\[10, 20, 50, 100\] only"):
         train(cfg)
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("override, named", [
+    ("callbacks.model_checkpoint.monitor=val/ndcg@10",
+     r"callbacks.model_checkpoint.monitor='val/ndcg@10' differs from monitor.metric='val/recall@20'"),
+    ("callbacks.early_stopping.mode=min", r"callbacks.early_stopping.mode='min' differs from monitor.mode='max'"),
+])
+def test_a_callback_monitoring_another_metric_than_monitor_is_refused(compose_cfg, tmp_path, override, named):
+    """callbacks.model_checkpoint.monitor=val/ndcg@10 picked the checkpoint by NDCG while early stopping, the popularity
+    prior's weight and a sweep's objective followed monitor.metric: one run, two notions of best, nothing said."""
+    cfg = compose_cfg("data=tables", f"data.source.interactions={tmp_path / 'absent.csv'}", "logger=none", override)
+    with pytest.raises(ConfigError, match=named + r"; set monitor.metric / monitor.mode, which every callback and a sweep follow"):
+        train(cfg)
+    assert not (tmp_path / "checkpoints").exists()

@@ -46,6 +46,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     problem = monitor_problem(cfg.monitor.metric, _module_setting(cfg, "ks"), _module_setting(cfg, "beyond_accuracy_ks"))
     if problem:
         raise ConfigError(problem)  # before any work too: EarlyStopping would raise it after the first epoch
+    problem = _callback_monitor_problem(cfg)
+    if problem:
+        raise ConfigError(problem)
     run_dir = Path(cfg.paths.output_dir)
     _say(f"run directory: {run_dir.resolve()}")
     resume = _resume_path(cfg)
@@ -155,6 +158,18 @@ def _write_metrics(run_dir: Path, metrics: dict[str, float], monitor: str, best:
     partial = run_dir / f"{METRICS_FILE}.{os.getpid()}.partial"
     partial.write_text(json.dumps(summary, indent=1, sort_keys=True))
     os.replace(partial, run_dir / METRICS_FILE)
+
+
+def _callback_monitor_problem(cfg: DictConfig) -> str | None:
+    """A callback that monitors (checkpoint selection, early stopping) another metric or mode than ``monitor``, which the
+    popularity prior's weight, the closing report and a sweep's objective follow: one run would have two notions of best."""
+    for name, callback in (cfg.get("callbacks") or {}).items():
+        for key, expected in (("monitor", cfg.monitor.metric), ("mode", cfg.monitor.mode)):
+            # A resume-point checkpoint monitors nothing (monitor: null), and its mode is then unused.
+            if callback.get("monitor") is not None and key in callback and callback[key] != expected:
+                return (f"callbacks.{name}.{key}={callback[key]!r} differs from monitor.{'metric' if key == 'monitor' else 'mode'}={expected!r}; "
+                        "set monitor.metric / monitor.mode, which every callback and a sweep follow")
+    return None
 
 
 def _module_setting(cfg: DictConfig, name: str) -> Any:
